@@ -1,0 +1,288 @@
+"""Model architecture: one dataclass, named presets as data, and the mapping to megatron-core.
+
+The architecture holds no parallelism: the same `ModelConfig` describes a model whether it is
+trained on one CPU or on 64 nodes. `to_transformer_config` adds the parallel layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A Llama-style decoder-only transformer (RMSNorm, SwiGLU, RoPE, GQA, untied, no biases)."""
+
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    ffn_hidden_size: Optional[int] = None  # None: Llama's 8/3*h rounded up to a multiple of 256
+    num_query_groups: Optional[int] = None  # None: multi-head attention (groups == heads)
+    vocab_size: int = 32000
+    seq_length: int = 2048
+    max_position_embeddings: Optional[int] = None  # None: seq_length
+    normalization: str = "RMSNorm"
+    norm_epsilon: float = 1e-5
+    swiglu: bool = True
+    add_bias_linear: bool = False
+    position_embedding_type: str = "rope"
+    rotary_base: int = 10000
+    untie_embeddings_and_output_weights: bool = True
+    init_method_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.ffn_hidden_size is None:
+            object.__setattr__(self, "ffn_hidden_size", llama_ffn_hidden_size(self.hidden_size))
+        if self.num_query_groups is None:
+            object.__setattr__(self, "num_query_groups", self.num_attention_heads)
+        if self.max_position_embeddings is None:
+            object.__setattr__(self, "max_position_embeddings", self.seq_length)
+        self.validate()
+
+    def validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(msg)
+
+        need(self.num_layers >= 1, f"--num-layers must be >= 1, got {self.num_layers}")
+        need(
+            self.hidden_size % self.num_attention_heads == 0,
+            f"--hidden-size {self.hidden_size} is not divisible by --num-attention-heads "
+            f"{self.num_attention_heads}: pick a hidden size that is a multiple of the head count",
+        )
+        need(
+            self.num_attention_heads % self.num_query_groups == 0,
+            f"--num-attention-heads {self.num_attention_heads} is not divisible by "
+            f"--num-query-groups {self.num_query_groups}: each query group must hold whole heads",
+        )
+        need(
+            self.normalization in ("RMSNorm", "LayerNorm"),
+            f"--normalization must be RMSNorm or LayerNorm, got {self.normalization!r}",
+        )
+        need(
+            self.position_embedding_type in ("rope", "learned_absolute", "none"),
+            f"--position-embedding-type must be rope, learned_absolute or none, "
+            f"got {self.position_embedding_type!r}",
+        )
+        need(
+            self.max_position_embeddings >= self.seq_length,
+            f"--max-position-embeddings {self.max_position_embeddings} is smaller than "
+            f"--seq-length {self.seq_length}",
+        )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def kv_channels(self) -> int:
+        return self.head_dim
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> "ModelConfig":
+        if name not in PRESETS:
+            raise ValueError(
+                f"--model {name!r} is not a known preset; choose one of: {', '.join(sorted(PRESETS))}"
+            )
+        return cls(**{**PRESETS[name], **overrides})
+
+    # ---- sizes -------------------------------------------------------------------------------
+    def num_parameters(self, include_embeddings: bool = True) -> int:
+        """Exact parameter count of the megatron-core GPTModel this config builds."""
+        h, f = self.hidden_size, self.ffn_hidden_size
+        kv = self.num_query_groups * self.head_dim
+        attn = h * (h + 2 * kv) + h * h  # qkv + output projection
+        mlp = h * (2 * f if self.swiglu else f) + f * h
+        norms = 2 * h if self.normalization == "RMSNorm" else 4 * h
+        if self.add_bias_linear:
+            attn += (h + 2 * kv) + h
+            mlp += (2 * f if self.swiglu else f) + h
+        layers = self.num_layers * (attn + mlp + norms)
+        final_norm = h if self.normalization == "RMSNorm" else 2 * h
+        total = layers + final_norm
+        if include_embeddings:
+            emb = self.vocab_size * h
+            total += emb * (2 if self.untie_embeddings_and_output_weights else 1)
+            if self.position_embedding_type == "learned_absolute":
+                total += self.max_position_embeddings * h
+        return total
+
+    def flops_per_token(self, seq_length: Optional[int] = None) -> float:
+        """Training FLOPs per token (forward + backward) as Megatron-LM counts them."""
+        s = seq_length or self.seq_length
+        h, f, L = self.hidden_size, self.ffn_hidden_size, self.num_layers
+        kv = self.num_query_groups * self.head_dim
+        mlp_mult = 3 if self.swiglu else 2
+        per_layer = 2 * h * (h + 2 * kv) + 2 * h * h + 2 * s * h * 2 + 2 * mlp_mult * h * f
+        return 3.0 * (L * per_layer + 2 * h * self.vocab_size)
+
+
+def llama_ffn_hidden_size(hidden_size: int, multiple_of: int = 256) -> int:
+    f = int(2 * (4 * hidden_size) / 3)
+    return multiple_of * ((f + multiple_of - 1) // multiple_of)
+
+
+# Presets are data: a name -> ModelConfig keyword arguments. The `tiny-*` presets keep CI fast.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-2l": dict(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2,
+                    ffn_hidden_size=176, vocab_size=512, seq_length=64),
+    "tiny-4l": dict(num_layers=4, hidden_size=64, num_attention_heads=4, num_query_groups=2,
+                    ffn_hidden_size=176, vocab_size=512, seq_length=64),
+    "tiny-8l": dict(num_layers=8, hidden_size=64, num_attention_heads=4, num_query_groups=2,
+                    ffn_hidden_size=176, vocab_size=512, seq_length=64),
+    # Quickstart / miniature-experiment sizes (about 4k-token SentencePiece vocabulary).
+    "mini-2l128h": dict(num_layers=2, hidden_size=128, num_attention_heads=4,
+                        ffn_hidden_size=352, vocab_size=4096, seq_length=256),
+    "mini-8l128h": dict(num_layers=8, hidden_size=128, num_attention_heads=4,
+                        ffn_hidden_size=352, vocab_size=4096, seq_length=256),
+    # The paper's settings (Du et al. 2024): 6L2048H grown to 24L2048H, 1B class.
+    "6L2048H": dict(num_layers=6, hidden_size=2048, num_attention_heads=16,
+                    ffn_hidden_size=5632, vocab_size=32000, seq_length=2048),
+    "24L2048H": dict(num_layers=24, hidden_size=2048, num_attention_heads=16,
+                     ffn_hidden_size=5632, vocab_size=32000, seq_length=2048),
+    "6L1024H": dict(num_layers=6, hidden_size=1024, num_attention_heads=16,
+                    ffn_hidden_size=2816, vocab_size=32000, seq_length=2048),
+    "24L1024H": dict(num_layers=24, hidden_size=1024, num_attention_heads=16,
+                     ffn_hidden_size=2816, vocab_size=32000, seq_length=2048),
+    "8L4096H": dict(num_layers=8, hidden_size=4096, num_attention_heads=32,
+                    ffn_hidden_size=11008, vocab_size=32000, seq_length=4096),
+    "llama2-7b": dict(num_layers=32, hidden_size=4096, num_attention_heads=32,
+                      ffn_hidden_size=11008, vocab_size=32000, seq_length=4096),
+    "llama2-13b": dict(num_layers=40, hidden_size=5120, num_attention_heads=40,
+                       ffn_hidden_size=13824, vocab_size=32000, seq_length=4096),
+    "llama3-8b": dict(num_layers=32, hidden_size=4096, num_attention_heads=32,
+                      num_query_groups=8, ffn_hidden_size=14336, vocab_size=128256,
+                      seq_length=8192, rotary_base=500000),
+}
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How the model is laid out over ranks. Sizes use Megatron's flag names."""
+
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    num_layers_per_virtual_pipeline_stage: Optional[int] = None
+    sequence_parallel: bool = False
+    use_distributed_optimizer: bool = False
+
+    def virtual_pipeline_size(self, num_layers: int) -> Optional[int]:
+        if self.num_layers_per_virtual_pipeline_stage is None:
+            return None
+        per_stage = num_layers // self.pipeline_model_parallel_size
+        return per_stage // self.num_layers_per_virtual_pipeline_stage
+
+    def validate(self, model: ModelConfig, world_size: Optional[int] = None) -> None:
+        """Raise ValueError naming the flag when the layout cannot hold the model."""
+        tp, pp = self.tensor_model_parallel_size, self.pipeline_model_parallel_size
+        if tp < 1 or pp < 1:
+            raise ValueError("--tensor-model-parallel-size and --pipeline-model-parallel-size must be >= 1")
+        if world_size is not None and world_size % (tp * pp) != 0:
+            raise ValueError(
+                f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
+                f"--pipeline-model-parallel-size {pp}: launch a multiple of {tp * pp} processes"
+            )
+        if model.num_attention_heads % tp != 0:
+            raise ValueError(
+                f"--num-attention-heads {model.num_attention_heads} is not divisible by "
+                f"--tensor-model-parallel-size {tp}: use a TP size that divides the head count"
+            )
+        if model.num_query_groups % tp != 0:
+            raise ValueError(
+                f"--num-query-groups {model.num_query_groups} is not divisible by "
+                f"--tensor-model-parallel-size {tp}: use a TP size that divides the query groups"
+            )
+        if model.ffn_hidden_size % tp != 0:
+            raise ValueError(
+                f"--ffn-hidden-size {model.ffn_hidden_size} is not divisible by "
+                f"--tensor-model-parallel-size {tp}"
+            )
+        if model.num_layers % pp != 0:
+            raise ValueError(
+                f"--num-layers {model.num_layers} is not divisible by "
+                f"--pipeline-model-parallel-size {pp}: choose a pipeline size that divides the "
+                f"layer count (e.g. {', '.join(str(d) for d in _divisors(model.num_layers))})"
+            )
+        v = self.num_layers_per_virtual_pipeline_stage
+        if v is not None:
+            if pp < 2:
+                raise ValueError(
+                    "--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size >= 2"
+                )
+            per_stage = model.num_layers // pp
+            if v < 1 or per_stage % v != 0:
+                raise ValueError(
+                    f"--num-layers-per-virtual-pipeline-stage {v} does not divide the "
+                    f"{per_stage} layers of each pipeline stage"
+                )
+        if self.sequence_parallel and tp == 1:
+            # Megatron silently ignores it; say so instead of pretending it is on.
+            logger.warning("--sequence-parallel has no effect with --tensor-model-parallel-size 1")
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def to_transformer_config(
+    model: ModelConfig,
+    parallel: ParallelConfig = ParallelConfig(),
+    *,
+    bf16: bool = False,
+    use_cpu_initialization: bool = False,
+    recompute_granularity: Optional[str] = None,
+    **extra: Any,
+):
+    """Build megatron-core's TransformerConfig for this architecture and layout."""
+    import torch
+    from megatron.core.transformer import TransformerConfig
+
+    tp = parallel.tensor_model_parallel_size
+    return TransformerConfig(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        ffn_hidden_size=model.ffn_hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.num_query_groups,
+        kv_channels=model.kv_channels,
+        normalization=model.normalization,
+        layernorm_epsilon=model.norm_epsilon,
+        gated_linear_unit=model.swiglu,
+        activation_func=torch.nn.functional.silu if model.swiglu else torch.nn.functional.gelu,
+        bias_activation_fusion=False,
+        add_bias_linear=model.add_bias_linear,
+        init_method_std=model.init_method_std,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_size(model.num_layers),
+        sequence_parallel=parallel.sequence_parallel and tp > 1,
+        bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
+        use_cpu_initialization=use_cpu_initialization,
+        recompute_granularity=recompute_granularity,
+        persist_layer_norm=False,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        **extra,
+    )
