@@ -1,0 +1,168 @@
+"""Build megatron-core GPTModel chunks for this rank. The layer implementation is chosen here.
+
+Three implementations, chosen in `select_layer_spec` and nowhere else:
+- ``transformer_engine``: megatron-core's TE spec, when Transformer Engine imports and CUDA is up;
+- ``fused``: megatron-core's local spec with megastack's fused CUDA kernels (csrc/);
+- ``local``: megatron-core's local (pure PyTorch) spec; the CPU path.
+
+Weights are initialised *layout-invariantly*: every parameter's global tensor is drawn from a
+generator seeded by (seed, checkpoint key, layer number), and each rank keeps its shard. A model
+built at TP2 PP2 therefore holds exactly the weights of the same model built on one process,
+which is what lets runs at different layouts be compared step for step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from typing import Optional
+
+import torch
+
+from megastack.config import ModelConfig, ParallelConfig, to_transformer_config
+
+logger = logging.getLogger(__name__)
+
+LAYER_IMPLS = ("auto", "local", "transformer_engine", "fused")
+
+
+def transformer_engine_available() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:
+        return False
+    return torch.cuda.is_available()
+
+
+def select_layer_spec(impl: str = "auto"):
+    """Return (impl_name, ModuleSpec) for a transformer layer."""
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+
+    if impl not in LAYER_IMPLS:
+        raise ValueError(f"--transformer-impl must be one of {LAYER_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        impl = "transformer_engine" if transformer_engine_available() else "local"
+    if impl == "transformer_engine":
+        if not transformer_engine_available():
+            raise ValueError(
+                "--transformer-impl transformer_engine needs Transformer Engine and a CUDA device; "
+                "install transformer-engine[pytorch] or use --transformer-impl local"
+            )
+        return impl, get_gpt_layer_with_transformer_engine_spec()
+    if impl == "fused":
+        from megastack.kernels.spec import get_gpt_layer_fused_spec
+
+        return impl, get_gpt_layer_fused_spec()
+    return impl, get_gpt_layer_local_spec()
+
+
+def build_model_chunks(
+    model_cfg: ModelConfig,
+    parallel: ParallelConfig,
+    *,
+    seed: int = 1234,
+    bf16: bool = False,
+    transformer_impl: str = "auto",
+    recompute_granularity: Optional[str] = None,
+) -> list[torch.nn.Module]:
+    """Build this rank's GPTModel chunks (one per virtual pipeline stage), initialised.
+
+    Needs `megastack.runtime.initialize` to have set up megatron-core's parallel state.
+    """
+    from megatron.core import parallel_state
+    from megatron.core.models.gpt import GPTModel
+
+    impl, spec = select_layer_spec(transformer_impl)
+    config = to_transformer_config(
+        model_cfg,
+        parallel,
+        bf16=bf16,
+        use_cpu_initialization=not torch.cuda.is_available(),
+        recompute_granularity=recompute_granularity,
+        perform_initialization=False,  # layout-invariant init below replaces Megatron's
+    )
+    vp_size = parallel.virtual_pipeline_size(model_cfg.num_layers)
+    chunks = []
+    for vp_stage in range(vp_size or 1):
+        stage = vp_stage if vp_size else None
+        model = GPTModel(
+            config=config,
+            transformer_layer_spec=spec,
+            vocab_size=model_cfg.vocab_size,
+            max_sequence_length=model_cfg.max_position_embeddings,
+            pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
+            post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
+            share_embeddings_and_output_weights=not model_cfg.untie_embeddings_and_output_weights,
+            position_embedding_type=model_cfg.position_embedding_type,
+            rotary_base=model_cfg.rotary_base,
+            vp_stage=stage,
+        )
+        if torch.cuda.is_available():
+            model.cuda(torch.cuda.current_device())
+        if bf16:
+            model.bfloat16()
+        chunks.append(model)
+    for model in chunks:
+        init_weights_layout_invariant(model, model_cfg, seed)
+    logger.info("built %d model chunk(s) with the %s layer spec", len(chunks), impl)
+    return chunks
+
+
+def _sharded_tensors(model: torch.nn.Module):
+    """Yield megatron ShardedTensors of a model, expanding factories (SwiGLU fc1)."""
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+
+    for value in nested_values(model.sharded_state_dict()):
+        if isinstance(value, ShardedTensorFactory):
+            built = value.build()
+            for sub in nested_values(built):
+                if isinstance(sub, ShardedTensor):
+                    yield sub
+        elif isinstance(value, ShardedTensor):
+            yield value
+
+
+def _init_kind(key: str) -> str:
+    name = key.rsplit(".", 1)[-1]
+    if "norm" in key and name in ("weight", "layer_norm_weight"):
+        return "ones"
+    if name in ("bias", "layer_norm_bias"):
+        return "zeros"
+    if key.endswith(("linear_proj.weight", "linear_fc2.weight")):
+        return "scaled_normal"
+    return "normal"
+
+
+@torch.no_grad()
+def init_weights_layout_invariant(model: torch.nn.Module, model_cfg: ModelConfig, seed: int) -> None:
+    """Megatron's init (normal(0, std), output projections scaled by 1/sqrt(2L), norms at 1),
+    drawn per global tensor so the result does not depend on TP/PP/VP."""
+    std = model_cfg.init_method_std
+    scaled_std = std / math.sqrt(2.0 * model_cfg.num_layers)
+    for sh in _sharded_tensors(model):
+        kind = _init_kind(sh.key)
+        data = sh.data
+        if kind in ("ones", "zeros"):
+            data.fill_(1.0 if kind == "ones" else 0.0)
+            continue
+        prepend = sh.prepend_axis_num
+        layer_index = tuple(sh.global_offset[:prepend])
+        full_shape = sh.global_shape[prepend:]
+        gen_device = data.device if data.device.type == "cuda" else torch.device("cpu")
+        gen = torch.Generator(device=gen_device)
+        gen.manual_seed(zlib.crc32(f"{seed}|{sh.key}|{layer_index}".encode()) & 0x7FFFFFFF)
+        full = torch.empty(full_shape, dtype=torch.float32, device=gen_device)
+        full.normal_(0.0, scaled_std if kind == "scaled_normal" else std, generator=gen)
+        index = tuple(
+            slice(off, off + size) for off, size in zip(sh.global_offset[prepend:], sh.local_shape)
+        )
+        data.copy_(full[index].to(data.dtype))
+
+
+def count_parameters(chunks: list[torch.nn.Module]) -> int:
+    return sum(p.numel() for m in chunks for p in m.parameters())

@@ -1,0 +1,124 @@
+"""The one place where megatron-core's CUDA assumptions are bridged for CPU (gloo) runs.
+
+megatron-core 0.16.1 assumes a GPU in three ways (see DESIGN.md):
+
+1. tensors created with ``device="cuda"`` / ``torch.cuda.current_device()`` (schedules, p2p
+   communication, layers, optimizer), ``.cuda()`` calls and ``torch.cuda.synchronize()``;
+2. the CUDA RNG tracker (``tensor_parallel/random.py``) reading and writing CUDA generator state;
+3. type checks such as ``param.grad.type() == 'torch.cuda.FloatTensor'``.
+
+`enable()` bridges them, and only when CUDA is unavailable: a `TorchFunctionMode` maps CUDA
+devices to the CPU and reports CUDA type names for CPU tensors, and a handful of ``torch.cuda``
+functions get CPU stand-ins. Each bridged point has a test in tests/runtime/test_cpu_compat.py,
+so a megatron-core upgrade shows at once which assumption changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+logger = logging.getLogger(__name__)
+
+_CPU = torch.device("cpu")
+_CUDA_TYPE_NAMES = {
+    "torch.FloatTensor": "torch.cuda.FloatTensor",
+    "torch.HalfTensor": "torch.cuda.HalfTensor",
+    "torch.BFloat16Tensor": "torch.cuda.BFloat16Tensor",
+    "torch.DoubleTensor": "torch.cuda.DoubleTensor",
+    "torch.IntTensor": "torch.cuda.IntTensor",
+    "torch.LongTensor": "torch.cuda.LongTensor",
+}
+
+_state: dict[str, Any] = {"mode": None, "saved": {}}
+
+
+def _is_cuda_device(device: Any) -> bool:
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    return False
+
+
+class CudaToCpuMode(TorchFunctionMode):
+    """Runs megatron-core's CUDA-flavoured tensor code on the CPU."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        device = kwargs.get("device")
+        if device is not None and _is_cuda_device(device):
+            kwargs = {**kwargs, "device": _CPU}
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
+            args = (args[0], _CPU, *args[2:])
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            name = func(*args)
+            return _CUDA_TYPE_NAMES.get(name, name)
+        return func(*args, **kwargs)
+
+
+def _cpu_current_device() -> torch.device:
+    return _CPU
+
+
+def _cpu_get_rng_state(device: Any = "cuda", clone: bool = False, graph_safe: bool = False):
+    return torch.get_rng_state()
+
+
+def _cpu_set_rng_state(new_state: torch.Tensor, device: Any = -1, graph_safe: bool = False):
+    torch.set_rng_state(new_state)
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _patches() -> list[tuple[Any, str, Any]]:
+    from megatron.core.tensor_parallel import random as mcore_random
+
+    return [
+        (torch.cuda, "current_device", _cpu_current_device),
+        (torch.cuda, "synchronize", _noop),
+        (torch.cuda, "get_rng_state", _cpu_get_rng_state),
+        (torch.cuda, "set_rng_state", _cpu_set_rng_state),
+        # Megatron seeds the CUDA generator on top of the CPU one; on CPU they are the same.
+        (torch.cuda, "manual_seed", lambda seed: torch.manual_seed(seed)),
+        (mcore_random, "_get_cuda_rng_state", _cpu_get_rng_state),
+        (mcore_random, "_set_cuda_rng_state", _cpu_set_rng_state),
+    ]
+
+
+def is_enabled() -> bool:
+    return _state["mode"] is not None
+
+
+def enable() -> bool:
+    """Bridge megatron-core to the CPU. A no-op (returns False) when CUDA is available."""
+    if torch.cuda.is_available():
+        return False
+    if is_enabled():
+        return True
+    for owner, name, replacement in _patches():
+        _state["saved"][(owner, name)] = getattr(owner, name)
+        setattr(owner, name, replacement)
+    mode = CudaToCpuMode()
+    mode.__enter__()
+    _state["mode"] = mode
+    logger.info("CUDA not available: megatron-core runs on CPU through megastack's compat layer")
+    return True
+
+
+def disable() -> None:
+    """Undo `enable()` (tests use this to check each bridged point in isolation)."""
+    if not is_enabled():
+        return
+    _state["mode"].__exit__(None, None, None)
+    _state["mode"] = None
+    for (owner, name), original in _state["saved"].items():
+        setattr(owner, name, original)
+    _state["saved"].clear()
