@@ -1,0 +1,221 @@
+"""Save and load training checkpoints in Megatron-LM's layout, atomically.
+
+    SAVE/iter_0000100/          torch_dist shards (__R_N.distcp, .metadata), common.pt, metadata.json
+    SAVE/latest_checkpointed_iteration.txt
+
+Every rank writes its shards into ``iter_XXXXXXX.tmp``; once all are done, rank 0 renames it to
+``iter_XXXXXXX`` and only then rewrites ``latest_checkpointed_iteration.txt`` (temp file, then
+rename). A crash at any point leaves the previous checkpoint and the ``latest`` file intact.
+Model tensors are saved through megatron-core's ``sharded_state_dict`` so a checkpoint saved at
+one TP/PP/VP layout loads at any other; the distributed optimizer uses the fully reshardable
+format for the same reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+LATEST_FILE = "latest_checkpointed_iteration.txt"
+CHECKPOINT_VERSION = 3.0
+_OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+def checkpoint_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def read_latest_iteration(root: str) -> Optional[int]:
+    """The iteration named by ROOT/latest_checkpointed_iteration.txt, or None when absent."""
+    path = os.path.join(root, LATEST_FILE)
+    if not os.path.exists(path):
+        return None
+    text = open(path).read().strip()
+    if text == "release":
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{path}: expected an iteration number, found {text!r}") from None
+
+
+def resolve_checkpoint(path: str) -> str:
+    """Accept a save root (uses its latest file) or an iter_XXXXXXX directory."""
+    if os.path.exists(os.path.join(path, "metadata.json")):
+        return path
+    iteration = read_latest_iteration(path)
+    if iteration is None:
+        raise ValueError(
+            f"--load {path}: neither a checkpoint directory (no metadata.json) nor a save root "
+            f"(no {LATEST_FILE}); point it at the --save directory of an earlier run"
+        )
+    ckpt = checkpoint_dir(path, iteration)
+    if not os.path.exists(os.path.join(ckpt, "metadata.json")):
+        raise ValueError(f"{os.path.join(path, LATEST_FILE)} names iteration {iteration} but "
+                         f"{ckpt} is missing or incomplete")
+    return ckpt
+
+
+def _model_state(chunks: list[torch.nn.Module]) -> dict[str, Any]:
+    if len(chunks) == 1:
+        return {"model": chunks[0].sharded_state_dict()}
+    return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}
+
+
+def _rng_state(layout: tuple[int, int, int], coords: tuple[int, int, int]):
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    state = {
+        "torch_rng_state": torch.get_rng_state(),
+        "cuda_rng_tracker": get_cuda_rng_tracker().get_states(),
+    }
+    if torch.cuda.is_available():
+        state["cuda_rng_state"] = torch.cuda.get_rng_state()
+    return ShardedObject("rng_state", state, layout, coords, replica_id=0)
+
+
+def _layout_coords():
+    from megatron.core import parallel_state as ps
+
+    layout = (ps.get_pipeline_model_parallel_world_size(),
+              ps.get_tensor_model_parallel_world_size(), ps.get_data_parallel_world_size())
+    coords = (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank(),
+              ps.get_data_parallel_rank())
+    return layout, coords
+
+
+def save_checkpoint(
+    root: str,
+    iteration: int,
+    chunks: list[torch.nn.Module],
+    optimizer=None,
+    scheduler=None,
+    common: Optional[dict[str, Any]] = None,
+    args: Optional[argparse.Namespace] = None,
+) -> str:
+    """Collectively save a checkpoint; returns the final directory."""
+    from megatron.core import dist_checkpointing
+
+    final = checkpoint_dir(root, iteration)
+    tmp = final + ".tmp"
+    rank = dist.get_rank()
+    if rank == 0:
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # debris of a crashed save
+        os.makedirs(tmp)
+    dist.barrier()
+
+    state: dict[str, Any] = _model_state(chunks)
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(
+            _merged(dict(state)), is_loading=False, metadata=_OPTIM_METADATA
+        )
+    if scheduler is not None:
+        state["opt_param_scheduler"] = scheduler.state_dict()
+    layout, coords = _layout_coords()
+    state["rng_state"] = _rng_state(layout, coords)
+    state["rng_layout"] = list(layout)
+    state["iteration"] = iteration
+    state["checkpoint_version"] = CHECKPOINT_VERSION
+    if args is not None:
+        state["args"] = args
+    state.update(common or {})
+
+    dist_checkpointing.save(state, tmp, validate_access_integrity=True)
+    dist.barrier()
+    if rank == 0:
+        _publish(root, tmp, final, iteration)
+    dist.barrier()
+    logger.info("saved checkpoint %s", final)
+    return final
+
+
+def _merged(model_sd: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer maps parameters to sharded tensors through one flat dict of model state."""
+    if len(model_sd) == 1:
+        return next(iter(model_sd.values()))
+    merged: dict[str, Any] = {}
+    for i, sd in enumerate(model_sd.values()):
+        merged.update({f"{i}.{k}": v for k, v in sd.items()})
+    return merged
+
+
+def _publish(root: str, tmp: str, final: str, iteration: int) -> None:
+    if os.path.exists(final):  # re-saving the same iteration: keep the old one until replaced
+        old = final + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, final)
+    latest_tmp = os.path.join(root, LATEST_FILE + ".tmp")
+    with open(latest_tmp, "w") as f:
+        f.write(str(iteration))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(latest_tmp, os.path.join(root, LATEST_FILE))
+
+
+def load_common(path: str) -> dict[str, Any]:
+    """The non-sharded part of a checkpoint (iteration, args, scheduler, ...), without a model."""
+    from megatron.core import dist_checkpointing
+
+    return dist_checkpointing.load_common_state_dict(resolve_checkpoint(path))
+
+
+def load_checkpoint(
+    path: str,
+    chunks: list[torch.nn.Module],
+    optimizer=None,
+    scheduler=None,
+    load_rng: bool = True,
+) -> dict[str, Any]:
+    """Collectively load model (and optionally optimizer, scheduler, RNG) state.
+
+    Returns the checkpoint's common state (iteration, consumed samples, ...).
+    """
+    from megatron.core import dist_checkpointing
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    ckpt = resolve_checkpoint(path)
+    common = dist_checkpointing.load_common_state_dict(ckpt)
+    state: dict[str, Any] = _model_state(chunks)
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(
+            _merged(dict(_model_state(chunks))), is_loading=True, metadata=_OPTIM_METADATA
+        )
+    layout, coords = _layout_coords()
+    same_layout = list(layout) == list(common.get("rng_layout", []))
+    if load_rng and same_layout:
+        state["rng_state"] = _rng_state(layout, coords)
+    elif load_rng:
+        logger.info("layout changed from %s to %s: RNG state is re-seeded, not restored",
+                    common.get("rng_layout"), list(layout))
+    loaded = dist_checkpointing.load(state, ckpt)
+    if len(chunks) == 1:
+        chunks[0].load_state_dict(loaded["model"], strict=True)
+    else:
+        for i, chunk in enumerate(chunks):
+            chunk.load_state_dict(loaded[f"model{i}"], strict=True)
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+    if scheduler is not None and "opt_param_scheduler" in loaded:
+        scheduler.load_state_dict(loaded["opt_param_scheduler"])
+    if "rng_state" in state:
+        rng = loaded["rng_state"]
+        torch.set_rng_state(rng["torch_rng_state"])
+        if torch.cuda.is_available() and "cuda_rng_state" in rng:
+            torch.cuda.set_rng_state(rng["cuda_rng_state"])
+        get_cuda_rng_tracker().set_states(rng["cuda_rng_tracker"])
+    logger.info("loaded checkpoint %s", ckpt)
+    return common

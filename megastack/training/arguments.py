@@ -1,0 +1,381 @@
+"""Command-line flags of `python -m megastack.pretrain`, with Megatron-LM's names.
+
+`parse_args` returns an `argparse.Namespace`; `build_pretrain_config` turns it into the typed,
+validated `PretrainConfig` the trainer runs. Validation happens here, before any process group
+or model exists, and every error names the flag and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from megastack.config import PRESETS, ModelConfig, ParallelConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    micro_batch_size: int
+    global_batch_size: int
+    train_iters: int
+    lr: float = 3e-4
+    min_lr: float = 0.0
+    lr_warmup_iters: int = 0
+    lr_decay_iters: Optional[int] = None
+    lr_decay_style: str = "cosine"
+    weight_decay: float = 0.01
+    clip_grad: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    bf16: bool = False
+    seed: int = 1234
+    transformer_impl: str = "auto"
+    recompute_granularity: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data_path: tuple[str, ...] = ()
+    split: str = "969,30,1"
+    mock_data: bool = False
+    tokenizer_type: Optional[str] = None
+    tokenizer_model: Optional[str] = None
+    vocab_file: Optional[str] = None
+    merge_file: Optional[str] = None
+    vocab_size: Optional[int] = None
+    data_cache_path: Optional[str] = None
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    save: Optional[str] = None
+    load: Optional[str] = None
+    save_interval: Optional[int] = None
+    no_load_optim: bool = False
+    no_load_rng: bool = False
+    finetune: bool = False
+    exit_interval: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    log_interval: int = 10
+    eval_interval: int = 1000
+    eval_iters: int = 10
+    tensorboard_dir: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    model: ModelConfig
+    parallel: ParallelConfig
+    train: TrainConfig
+    data: DataConfig
+    checkpoint: CheckpointConfig
+    logging: LoggingConfig
+    growth: Optional["GrowthConfig"] = None  # set when --grow-at-tokens is given
+
+    @property
+    def tokens_per_iteration(self) -> int:
+        return self.train.global_batch_size * self.model.seq_length
+
+
+@dataclass(frozen=True)
+class GrowthConfig:
+    """Growth in one run: train the small model, grow it, continue at the target size."""
+
+    grow_at_tokens: Optional[int]  # None: the timing guideline decides ("auto")
+    stacking_list: str
+    target_num_layers: int
+    operator: str = "stack"
+    target_parallel: Optional[ParallelConfig] = None
+    lr_after_growth: Optional[float] = None
+    lr_warmup_iters_after_growth: Optional[int] = None
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=sorted(PRESETS), help="named architecture preset")
+    g.add_argument("--num-layers", type=int)
+    g.add_argument("--hidden-size", type=int)
+    g.add_argument("--ffn-hidden-size", type=int)
+    g.add_argument("--num-attention-heads", type=int)
+    g.add_argument("--num-query-groups", type=int)
+    g.add_argument("--group-query-attention", action="store_true")
+    g.add_argument("--normalization", choices=["RMSNorm", "LayerNorm"])
+    g.add_argument("--norm-epsilon", type=float)
+    g.add_argument("--swiglu", action="store_true", default=None)
+    g.add_argument("--disable-bias-linear", action="store_true", default=None)
+    g.add_argument("--position-embedding-type", choices=["rope", "learned_absolute", "none"])
+    g.add_argument("--rotary-base", type=int)
+    g.add_argument("--untie-embeddings-and-output-weights", action="store_true", default=None)
+    g.add_argument("--seq-length", type=int)
+    g.add_argument("--max-position-embeddings", type=int)
+    g.add_argument("--init-method-std", type=float)
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    g.add_argument("--transformer-impl", default="auto",
+                   choices=["auto", "local", "transformer_engine", "fused"])
+
+
+def add_parallel_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("parallelism")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int)
+    g.add_argument("--sequence-parallel", action="store_true")
+    g.add_argument("--use-distributed-optimizer", action="store_true")
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--micro-batch-size", type=int, default=1)
+    g.add_argument("--global-batch-size", type=int)
+    g.add_argument("--train-iters", type=int)
+    g.add_argument("--train-tokens", type=float, help="alternative to --train-iters")
+    g.add_argument("--lr", type=float, default=3e-4)
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--lr-warmup-iters", type=int, default=0)
+    g.add_argument("--lr-decay-iters", type=int)
+    g.add_argument("--lr-decay-style", default="cosine",
+                   choices=["constant", "linear", "cosine", "inverse-square-root", "WSD"])
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--clip-grad", type=float, default=1.0)
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.95)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--bf16", action="store_true")
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--recompute-granularity", choices=["full", "selective"])
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data-path", nargs="*", default=[],
+                   help="dataset prefixes, optionally weighted: 'W1 PREFIX1 W2 PREFIX2'")
+    g.add_argument("--split", default="969,30,1")
+    g.add_argument("--mock-data", action="store_true")
+    g.add_argument("--tokenizer-type", choices=["SentencePieceTokenizer", "GPT2BPETokenizer",
+                                                "HuggingFaceTokenizer", "NullTokenizer"])
+    g.add_argument("--tokenizer-model")
+    g.add_argument("--vocab-file")
+    g.add_argument("--merge-file")
+    g.add_argument("--vocab-size", type=int)
+    g.add_argument("--data-cache-path")
+    g.add_argument("--num-workers", type=int, default=0)
+
+
+def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("checkpointing")
+    g.add_argument("--save")
+    g.add_argument("--load")
+    g.add_argument("--save-interval", type=int)
+    g.add_argument("--no-load-optim", action="store_true")
+    g.add_argument("--no-load-rng", action="store_true")
+    g.add_argument("--finetune", action="store_true",
+                   help="load weights only; start at iteration 0 with a fresh optimizer")
+    g.add_argument("--exit-interval", type=int, help="stop (after saving) at this iteration")
+
+
+def add_logging_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("logging and evaluation")
+    g.add_argument("--log-interval", type=int, default=10)
+    g.add_argument("--eval-interval", type=int, default=1000)
+    g.add_argument("--eval-iters", type=int, default=10)
+    g.add_argument("--tensorboard-dir")
+
+
+def add_growth_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("growth in one run")
+    g.add_argument("--grow-at-tokens",
+                   help="tokens to train the small model before growing, or 'auto' (guideline)")
+    g.add_argument("--stacking-list", help="source layer per target layer, e.g. '0-5*4'")
+    g.add_argument("--target-num-layers", type=int)
+    g.add_argument("--growth-operator", default="stack", choices=["stack", "zero", "random"])
+    g.add_argument("--target-tensor-model-parallel-size", type=int)
+    g.add_argument("--target-pipeline-model-parallel-size", type=int)
+    g.add_argument("--target-num-layers-per-virtual-pipeline-stage", type=int)
+    g.add_argument("--lr-after-growth", type=float)
+    g.add_argument("--lr-warmup-iters-after-growth", type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m megastack.pretrain",
+        description="GPT pre-training on megatron-core (launch with torchrun for several ranks)",
+    )
+    for add in (add_model_args, add_parallel_args, add_training_args, add_data_args,
+                add_checkpoint_args, add_logging_args, add_growth_args):
+        add(p)
+    return p
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+_MODEL_FLAGS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                "num_query_groups", "normalization", "norm_epsilon", "position_embedding_type",
+                "rotary_base", "seq_length", "max_position_embeddings", "init_method_std")
+
+
+def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
+    """Pad the vocabulary like Megatron, but to lcm(divisible_by, TP) rather than
+    divisible_by * TP, so the padded size (and so the checkpoint) does not change with TP."""
+    multiple = math.lcm(divisible_by, tp)
+    return int(math.ceil(vocab_size / multiple) * multiple)
+
+
+def model_config_from_args(args: argparse.Namespace, vocab_size: Optional[int]) -> ModelConfig:
+    base = dict(PRESETS[args.model]) if args.model else {}
+    for name in _MODEL_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            base[name] = value
+    if args.num_query_groups is not None and not args.group_query_attention and not args.model:
+        raise ValueError("--num-query-groups needs --group-query-attention (as in Megatron-LM)")
+    if args.swiglu is not None:
+        base["swiglu"] = True
+    if args.disable_bias_linear is not None:
+        base["add_bias_linear"] = False
+    if args.untie_embeddings_and_output_weights is not None:
+        base["untie_embeddings_and_output_weights"] = True
+    missing = [f"--{n.replace('_', '-')}" for n in ("num_layers", "hidden_size",
+                                                    "num_attention_heads", "seq_length")
+               if n not in base]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}: give them or a preset with --model "
+                         f"({', '.join(sorted(PRESETS))})")
+    if vocab_size is not None:
+        base["vocab_size"] = padded_vocab_size(
+            vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size
+        )
+    return ModelConfig(**base)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def _validate_data(args: argparse.Namespace) -> None:
+    if args.mock_data:
+        return
+    _check(bool(args.data_path),
+           "no training data: give --data-path PREFIX (a preprocessed .bin/.idx prefix from "
+           "tools/preprocess_data.py) or --mock-data for synthetic tokens")
+    _check(args.tokenizer_type is not None,
+           "--data-path needs --tokenizer-type (the tokenizer the data was preprocessed with)")
+    prefixes = [p for p in args.data_path if not _is_number(p)]
+    for prefix in prefixes:
+        for ext in (".bin", ".idx"):
+            _check(os.path.exists(prefix + ext),
+                   f"--data-path {prefix}: {prefix + ext} does not exist; run "
+                   f"tools/preprocess_data.py --output-prefix ... first, and pass the prefix "
+                   f"without the extension (e.g. data/corpus_text_document)")
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -> PretrainConfig:
+    """Validate everything that can be checked before training and return the typed config."""
+    _validate_data(args)
+    model = model_config_from_args(args, vocab_size)
+    parallel = ParallelConfig(
+        tensor_model_parallel_size=args.tensor_model_parallel_size,
+        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+        num_layers_per_virtual_pipeline_stage=args.num_layers_per_virtual_pipeline_stage,
+        sequence_parallel=args.sequence_parallel,
+        use_distributed_optimizer=args.use_distributed_optimizer,
+    )
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    parallel.validate(model, world_size)
+    dp = world_size // (parallel.tensor_model_parallel_size * parallel.pipeline_model_parallel_size)
+    mbs = args.micro_batch_size
+    gbs = args.global_batch_size if args.global_batch_size is not None else mbs * dp
+    _check(gbs % (mbs * dp) == 0,
+           f"--global-batch-size {gbs} is not divisible by --micro-batch-size {mbs} x data-parallel "
+           f"size {dp}: use a global batch that is a multiple of {mbs * dp}")
+    if args.num_layers_per_virtual_pipeline_stage is not None:
+        pp = parallel.pipeline_model_parallel_size
+        _check((gbs // (mbs * dp)) % pp == 0,
+               f"the interleaved schedule needs the number of micro-batches ({gbs // (mbs * dp)}) "
+               f"to be a multiple of --pipeline-model-parallel-size {pp}: raise "
+               f"--global-batch-size")
+    if args.train_iters is None and args.train_tokens is None:
+        raise ValueError("give --train-iters or --train-tokens")
+    if args.train_iters is not None and args.train_tokens is not None:
+        raise ValueError("give only one of --train-iters and --train-tokens")
+    train_iters = args.train_iters
+    if train_iters is None:
+        train_iters = int(math.ceil(args.train_tokens / (gbs * model.seq_length)))
+    _check(train_iters >= 1, f"--train-iters must be >= 1, got {train_iters}")
+    _check(args.lr_warmup_iters <= train_iters or args.lr_decay_style == "constant",
+           f"--lr-warmup-iters {args.lr_warmup_iters} exceeds the {train_iters} training iterations")
+    _check(args.log_interval >= 1, "--log-interval must be >= 1")
+    _check(args.save_interval is None or args.save is not None,
+           "--save-interval needs --save DIR")
+    train = TrainConfig(
+        micro_batch_size=mbs, global_batch_size=gbs, train_iters=train_iters, lr=args.lr,
+        min_lr=args.min_lr, lr_warmup_iters=args.lr_warmup_iters,
+        lr_decay_iters=args.lr_decay_iters, lr_decay_style=args.lr_decay_style,
+        weight_decay=args.weight_decay, clip_grad=args.clip_grad, adam_beta1=args.adam_beta1,
+        adam_beta2=args.adam_beta2, adam_eps=args.adam_eps, bf16=args.bf16, seed=args.seed,
+        transformer_impl=args.transformer_impl, recompute_granularity=args.recompute_granularity,
+    )
+    data = DataConfig(
+        data_path=tuple(args.data_path), split=args.split, mock_data=args.mock_data,
+        tokenizer_type=args.tokenizer_type, tokenizer_model=args.tokenizer_model,
+        vocab_file=args.vocab_file, merge_file=args.merge_file, vocab_size=args.vocab_size,
+        data_cache_path=args.data_cache_path, num_workers=args.num_workers,
+    )
+    checkpoint = CheckpointConfig(
+        save=args.save, load=args.load, save_interval=args.save_interval,
+        no_load_optim=args.no_load_optim, no_load_rng=args.no_load_rng,
+        finetune=args.finetune, exit_interval=args.exit_interval,
+    )
+    logging_cfg = LoggingConfig(
+        log_interval=args.log_interval, eval_interval=args.eval_interval,
+        eval_iters=args.eval_iters, tensorboard_dir=args.tensorboard_dir,
+    )
+    return PretrainConfig(model=model, parallel=parallel, train=train, data=data,
+                          checkpoint=checkpoint, logging=logging_cfg,
+                          growth=growth_config_from_args(args, model, parallel))
+
+
+def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
+                            parallel: ParallelConfig) -> Optional[GrowthConfig]:
+    if args.grow_at_tokens is None:
+        return None
+    _check(args.stacking_list is not None and args.target_num_layers is not None,
+           "--grow-at-tokens needs --stacking-list and --target-num-layers")
+    _check(args.save is not None, "--grow-at-tokens needs --save DIR (the small model is saved "
+                                  "there before growing)")
+    grow_at = None if args.grow_at_tokens == "auto" else int(float(args.grow_at_tokens))
+    target_model = model.replace(num_layers=args.target_num_layers)
+    target_parallel = ParallelConfig(
+        tensor_model_parallel_size=args.target_tensor_model_parallel_size
+        or parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=args.target_pipeline_model_parallel_size
+        or parallel.pipeline_model_parallel_size,
+        num_layers_per_virtual_pipeline_stage=args.target_num_layers_per_virtual_pipeline_stage,
+        sequence_parallel=parallel.sequence_parallel,
+        use_distributed_optimizer=parallel.use_distributed_optimizer,
+    )
+    target_parallel.validate(target_model, int(os.environ.get("WORLD_SIZE", "1")))
+    return GrowthConfig(
+        grow_at_tokens=grow_at, stacking_list=args.stacking_list,
+        target_num_layers=args.target_num_layers, operator=args.growth_operator,
+        target_parallel=target_parallel, lr_after_growth=args.lr_after_growth,
+        lr_warmup_iters_after_growth=args.lr_warmup_iters_after_growth,
+    )
