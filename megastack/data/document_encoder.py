@@ -1,0 +1,157 @@
+"""Turn raw JSON lines into token arrays: the work each preprocessing worker does.
+
+The per-document steps follow Megatron-LM's preprocess_data.py ``Encoder.encode``: optional
+sentence split, tokenize each sentence, drop sentences with no tokens, optionally append eod to
+the last sentence. Unlike Megatron, a line that cannot become a document (bad JSON, missing key,
+invalid UTF-8, empty text) is reported with its file:line instead of crashing a worker.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from megastack.data.indexed_writer import optimal_token_dtype
+from megastack.data.jsonl_reader import RawLine
+from megastack.data.sentence_splitter import SentenceSplitter
+from megastack.data.tokenizers import TokenizerSpec
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    tokenizer: TokenizerSpec
+    json_keys: Tuple[str, ...] = ("text",)
+    append_eod: bool = False
+    split_sentences: bool = False
+    keep_newlines: bool = False
+    punkt_dir: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class BadLine:
+    path: str
+    line_number: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line_number}: {self.reason}"
+
+
+@dataclass
+class EncodedKey:
+    """All documents of a batch for one JSON key, in the writer's layout."""
+
+    tokens: np.ndarray
+    sequence_lengths: np.ndarray  # int32, one per sentence (one per document without splitting)
+    sequences_per_document: np.ndarray  # int64
+
+
+@dataclass
+class EncodedBatch:
+    keys: List[EncodedKey]
+    num_documents: int
+    num_tokens: int
+    text_bytes: int
+    blank_lines: int = 0
+    bad_lines: List[BadLine] = field(default_factory=list)
+
+
+class _LineError(Exception):
+    pass
+
+
+class DocumentEncoder:
+    def __init__(self, options: EncodeOptions) -> None:
+        self.options = options
+        self.tokenizer = options.tokenizer.build()
+        self.token_dtype = optimal_token_dtype(self.tokenizer.vocab_size)
+        self.splitter = (SentenceSplitter(options.punkt_dir, options.keep_newlines)
+                         if options.split_sentences else None)
+
+    def encode_lines(self, lines: Sequence[RawLine]) -> EncodedBatch:
+        n_keys = len(self.options.json_keys)
+        tokens = [[] for _ in range(n_keys)]
+        lengths = [[] for _ in range(n_keys)]
+        per_doc = [[] for _ in range(n_keys)]
+        batch = EncodedBatch(keys=[], num_documents=0, num_tokens=0,
+                             text_bytes=sum(len(line.data) for line in lines))
+        for line in lines:
+            if not line.data.strip():
+                # Blank lines separate nothing in JSON lines; they are not documents.
+                batch.blank_lines += 1
+                continue
+            try:
+                encoded = self._encode_document(line.data)
+            except _LineError as err:
+                batch.bad_lines.append(BadLine(line.path, line.line_number, str(err)))
+                continue
+            for k, (doc_tokens, sentence_lengths) in enumerate(encoded):
+                tokens[k].extend(doc_tokens)
+                lengths[k].extend(sentence_lengths)
+                per_doc[k].append(len(sentence_lengths))
+                batch.num_tokens += len(doc_tokens)
+            batch.num_documents += 1
+        batch.keys = [EncodedKey(np.array(tokens[k], dtype=self.token_dtype),
+                                 np.array(lengths[k], dtype=np.int32),
+                                 np.array(per_doc[k], dtype=np.int64)) for k in range(n_keys)]
+        return batch
+
+    def _encode_document(self, data: bytes) -> List[Tuple[List[int], List[int]]]:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise _LineError(f"invalid UTF-8 at byte {err.start} of the line") from None
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise _LineError(f"malformed JSON: {err.msg} at column {err.colno}") from None
+        if not isinstance(document, dict):
+            raise _LineError(f"expected a JSON object, got {type(document).__name__}")
+        return [self._encode_field(document, key) for key in self.options.json_keys]
+
+    def _encode_field(self, document: dict, key: str) -> Tuple[List[int], List[int]]:
+        if key not in document:
+            raise _LineError(f"missing key {key!r} (keys: {sorted(document)[:10]}); "
+                             "choose keys with --json-keys")
+        value = document[key]
+        if isinstance(value, str):
+            if not value.strip():
+                raise _LineError(f"empty text in key {key!r}")
+            sentences = self.splitter.split(value) if self.splitter else [value]
+        elif isinstance(value, list) and all(isinstance(s, str) for s in value):
+            sentences = value  # already split into sentences, as Megatron accepts
+        else:
+            raise _LineError(f"key {key!r} holds {type(value).__name__}, not text")
+        doc_tokens: List[int] = []
+        sentence_lengths: List[int] = []
+        for sentence in sentences:
+            try:
+                ids = self.tokenizer.tokenize(sentence)
+            except Exception as err:  # a tokenizer rejecting the text is a property of the line
+                raise _LineError(f"tokenizer failed on key {key!r}: {err}") from None
+            if ids:
+                doc_tokens.extend(ids)
+                sentence_lengths.append(len(ids))
+        if not doc_tokens:
+            raise _LineError(f"empty text in key {key!r} (encodes to no tokens)")
+        if self.options.append_eod:
+            doc_tokens.append(self.tokenizer.eod)
+            sentence_lengths[-1] += 1
+        return doc_tokens, sentence_lengths
+
+
+# Worker-process state: one encoder per process, built by the pool initializer.
+_worker_encoder: Optional[DocumentEncoder] = None
+
+
+def init_worker(options: EncodeOptions) -> None:
+    global _worker_encoder
+    # One Rust thread per worker: the process pool is the parallelism.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _worker_encoder = DocumentEncoder(options)
+
+
+def encode_in_worker(lines: Sequence[RawLine]) -> EncodedBatch:
+    return _worker_encoder.encode_lines(lines)

@@ -1,0 +1,26 @@
+"""megastack's tokenizers with megatron-core's ``MegatronLegacyTokenizer`` as a base class.
+
+Kept apart from tokenizers.py because importing megatron-core costs seconds; preprocessing never
+needs it. The classes live at module level so pickling (e.g. DataLoader workers under spawn)
+finds them.
+"""
+
+from megatron.core.datasets.megatron_tokenizer import MegatronLegacyTokenizer
+
+from megastack.data import tokenizers
+
+
+class GPT2BPETokenizer(tokenizers.GPT2BPETokenizer, MegatronLegacyTokenizer):
+    pass
+
+
+class SentencePieceTokenizer(tokenizers.SentencePieceTokenizer, MegatronLegacyTokenizer):
+    pass
+
+
+class HuggingFaceTokenizer(tokenizers.HuggingFaceTokenizer, MegatronLegacyTokenizer):
+    pass
+
+
+class NullTokenizer(tokenizers.NullTokenizer, MegatronLegacyTokenizer):
+    pass

@@ -1,0 +1,85 @@
+"""Turn JSON-lines text into Megatron indexed datasets (PREFIX_<key>_document.bin/.idx).
+
+Megatron-LM's flag names; offline (local tokenizer files and punkt_tab only). Example:
+
+    python tools/preprocess_data.py --input 'data/*.jsonl.gz' --output-prefix out/corpus \\
+        --tokenizer-type GPT2BPETokenizer --vocab-file gpt2/encoder.json \\
+        --merge-file gpt2/vocab.bpe --append-eod --workers 8
+"""
+
+import argparse
+import sys
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_argument_group("input data")
+    group.add_argument("--input", nargs="+", required=True,
+                       help="JSON-lines files (plain or .gz) or glob patterns")
+    group.add_argument("--json-keys", nargs="+", default=["text"],
+                       help="keys to extract from each JSON object (one dataset per key)")
+    group.add_argument("--split-sentences", action="store_true",
+                       help="split documents into sentences with NLTK punkt_tab")
+    group.add_argument("--keep-newlines", action="store_true",
+                       help="keep newlines between sentences when splitting")
+    group.add_argument("--nltk-data", default=None,
+                       help="directory holding tokenizers/punkt_tab/ (default: $NLTK_DATA)")
+    group.add_argument("--lang", default="english", help="punkt_tab language")
+    group.add_argument("--skip-bad-lines", action="store_true",
+                       help="skip (and count) malformed lines instead of stopping at the first")
+
+    group = parser.add_argument_group("tokenizer")
+    group.add_argument("--tokenizer-type", required=True,
+                       choices=["GPT2BPETokenizer", "SentencePieceTokenizer",
+                                "HuggingFaceTokenizer", "NullTokenizer"])
+    group.add_argument("--tokenizer-model", default=None,
+                       help="SentencePiece .model, or tokenizer.json (or its directory)")
+    group.add_argument("--vocab-file", default=None, help="GPT-2 encoder.json")
+    group.add_argument("--merge-file", default=None, help="GPT-2 vocab.bpe")
+    group.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer vocabulary")
+    group.add_argument("--append-eod", action="store_true",
+                       help="append the end-of-document token to every document")
+
+    group = parser.add_argument_group("output data")
+    group.add_argument("--output-prefix", required=True,
+                       help="path prefix of the output files, without _<key>_document.bin")
+
+    group = parser.add_argument_group("runtime")
+    group.add_argument("--workers", type=int, default=1, help="encoding processes")
+    group.add_argument("--log-interval", type=int, default=1000,
+                       help="print progress every this many documents (0: only the summary)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = get_args(argv)
+    # Imported after parsing so --help and argument errors are instant.
+    from megastack.data.jsonl_reader import BadInputError
+    from megastack.data.preprocess import PreprocessConfig, preprocess
+    from megastack.data.tokenizers import TokenizerSpec
+
+    config = PreprocessConfig(
+        inputs=args.input, output_prefix=args.output_prefix,
+        tokenizer=TokenizerSpec(args.tokenizer_type, tokenizer_model=args.tokenizer_model,
+                                vocab_file=args.vocab_file, merge_file=args.merge_file,
+                                vocab_size=args.vocab_size),
+        json_keys=tuple(args.json_keys), split_sentences=args.split_sentences,
+        keep_newlines=args.keep_newlines, append_eod=args.append_eod, nltk_data=args.nltk_data,
+        lang=args.lang, workers=args.workers, log_interval=args.log_interval,
+        skip_bad_lines=args.skip_bad_lines)
+    try:
+        result = preprocess(config, report=lambda line: print(line, file=sys.stderr, flush=True))
+    except BadInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for prefix in result.output_prefixes:
+        print(f"wrote {prefix}.bin and {prefix}.idx")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
