@@ -9,7 +9,7 @@ invalid UTF-8, empty text) is reported with its file:line instead of crashing a 
 import json
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -58,8 +58,35 @@ class EncodedBatch:
     bad_lines: List[BadLine] = field(default_factory=list)
 
 
-class _LineError(Exception):
-    pass
+class LineError(Exception):
+    """Why one input line cannot become a document."""
+
+
+def parse_fields(data: bytes, json_keys: Sequence[str]) -> List[Union[str, List[str]]]:
+    """The value of each key of one JSON line: text, or a list of sentences."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise LineError(f"invalid UTF-8 at byte {err.start} of the line") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise LineError(f"malformed JSON: {err.msg} at column {err.colno}") from None
+    if not isinstance(document, dict):
+        raise LineError(f"expected a JSON object, got {type(document).__name__}")
+    fields = []
+    for key in json_keys:
+        if key not in document:
+            raise LineError(f"missing key {key!r} (keys: {sorted(document)[:10]}); "
+                            "choose keys with --json-keys")
+        value = document[key]
+        if isinstance(value, str):
+            if not value.strip():
+                raise LineError(f"empty text in key {key!r}")
+        elif not (isinstance(value, list) and all(isinstance(s, str) for s in value)):
+            raise LineError(f"key {key!r} holds {type(value).__name__}, not text")
+        fields.append(value)
+    return fields
 
 
 class DocumentEncoder:
@@ -84,7 +111,7 @@ class DocumentEncoder:
                 continue
             try:
                 encoded = self._encode_document(line.data)
-            except _LineError as err:
+            except LineError as err:
                 batch.bad_lines.append(BadLine(line.path, line.line_number, str(err)))
                 continue
             for k, (doc_tokens, sentence_lengths) in enumerate(encoded):
@@ -99,43 +126,27 @@ class DocumentEncoder:
         return batch
 
     def _encode_document(self, data: bytes) -> List[Tuple[List[int], List[int]]]:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise _LineError(f"invalid UTF-8 at byte {err.start} of the line") from None
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise _LineError(f"malformed JSON: {err.msg} at column {err.colno}") from None
-        if not isinstance(document, dict):
-            raise _LineError(f"expected a JSON object, got {type(document).__name__}")
-        return [self._encode_field(document, key) for key in self.options.json_keys]
+        fields = parse_fields(data, self.options.json_keys)
+        return [self._encode_field(value, key)
+                for key, value in zip(self.options.json_keys, fields)]
 
-    def _encode_field(self, document: dict, key: str) -> Tuple[List[int], List[int]]:
-        if key not in document:
-            raise _LineError(f"missing key {key!r} (keys: {sorted(document)[:10]}); "
-                             "choose keys with --json-keys")
-        value = document[key]
+    def _encode_field(self, value, key: str) -> Tuple[List[int], List[int]]:
         if isinstance(value, str):
-            if not value.strip():
-                raise _LineError(f"empty text in key {key!r}")
             sentences = self.splitter.split(value) if self.splitter else [value]
-        elif isinstance(value, list) and all(isinstance(s, str) for s in value):
-            sentences = value  # already split into sentences, as Megatron accepts
         else:
-            raise _LineError(f"key {key!r} holds {type(value).__name__}, not text")
+            sentences = value  # already split into sentences, as Megatron accepts
         doc_tokens: List[int] = []
         sentence_lengths: List[int] = []
         for sentence in sentences:
             try:
                 ids = self.tokenizer.tokenize(sentence)
             except Exception as err:  # a tokenizer rejecting the text is a property of the line
-                raise _LineError(f"tokenizer failed on key {key!r}: {err}") from None
+                raise LineError(f"tokenizer failed on key {key!r}: {err}") from None
             if ids:
                 doc_tokens.extend(ids)
                 sentence_lengths.append(len(ids))
         if not doc_tokens:
-            raise _LineError(f"empty text in key {key!r} (encodes to no tokens)")
+            raise LineError(f"empty text in key {key!r} (encodes to no tokens)")
         if self.options.append_eod:
             doc_tokens.append(self.tokenizer.eod)
             sentence_lengths[-1] += 1

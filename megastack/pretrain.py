@@ -1,0 +1,76 @@
+"""`python -m megastack.pretrain`: GPT pre-training (and growth in one run) on megatron-core.
+
+Launch with torchrun for several ranks, e.g.
+
+    torchrun --nproc-per-node 8 -m megastack.pretrain --model tiny-8l --mock-data \\
+        --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 --train-iters 10
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from typing import Optional
+
+from megastack.training.arguments import build_pretrain_config, parse_args
+
+
+def configure_logging() -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # Rank 0 reports setup, the last rank holds the loss (last pipeline stage): both speak.
+    level = logging.INFO if rank in (0, world - 1) else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stdout, force=True,
+                        format=f"[%(asctime)s rank{rank}] %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("megatron", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
+    warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
+
+
+def build_tokenizer_from_args(args):
+    if args.tokenizer_type is None:
+        return None
+    from megastack.data.tokenizers import build_tokenizer
+
+    return build_tokenizer(args.tokenizer_type, tokenizer_model=args.tokenizer_model,
+                           vocab_file=args.vocab_file, merge_file=args.merge_file,
+                           vocab_size=args.vocab_size)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    configure_logging()
+    args = parse_args(argv)
+    try:
+        tokenizer = build_tokenizer_from_args(args)
+        vocab_size = tokenizer.vocab_size if tokenizer is not None else args.vocab_size
+        cfg = build_pretrain_config(args, vocab_size)
+    except ValueError as e:
+        print(f"megastack.pretrain: error: {e}", file=sys.stderr)
+        return 2
+
+    from megastack import runtime
+
+    metrics_file = os.environ.get("MEGASTACK_METRICS_FILE")
+    try:
+        if cfg.growth is not None:
+            from megastack.training.growth_run import run_growth
+
+            run_growth(cfg, args, tokenizer, metrics_file=metrics_file)
+        else:
+            from megastack.training.trainer import Trainer
+
+            trainer = Trainer(cfg, args, metrics_file=metrics_file).setup(tokenizer)
+            trainer.train()
+            if cfg.checkpoint.save and trainer.state.iteration == cfg.train.train_iters:
+                trainer.save()
+            trainer.close()
+    finally:
+        runtime.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

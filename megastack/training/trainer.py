@@ -1,0 +1,375 @@
+"""The training loop, assembled from megatron-core parts.
+
+Model: `megastack.model.build_model_chunks` (GPTModel); wrapping: megatron-core's
+`DistributedDataParallel`; optimizer: `get_megatron_optimizer` (+ distributed optimizer);
+LR/WD schedule: `OptimizerParamScheduler`; schedule: `get_forward_backward_func` (no pipelining,
+1F1B, or interleaved 1F1B); data: `GPTDataset` via `BlendedMegatronDatasetBuilder`;
+checkpoints: `dist_checkpointing` (torch_dist).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from megastack import runtime
+from megastack.checkpoint import training_checkpoint as ckpt
+from megastack.model import build_model_chunks
+from megastack.training.arguments import PretrainConfig
+from megastack.training.data_iterators import build_iterator
+from megastack.training.metrics import TensorBoardWriter, peak_tflops
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    iteration: int = 0
+    consumed_train_samples: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)  # logged metrics, per log
+
+
+def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    losses = output_tensor.float().view(-1)
+    mask = loss_mask.view(-1).float()
+    loss_sum = torch.sum(losses * mask)
+    num_tokens = mask.sum().to(torch.int)
+    report = torch.stack([loss_sum.detach(), mask.sum()])
+    return loss_sum, num_tokens, {"lm loss": report}
+
+
+def _forward_step(data_iterator, model):
+    batch = next(data_iterator)
+    device = next(model.parameters()).device
+    tokens = batch["tokens"].to(device, non_blocking=True)
+    labels = batch["labels"].to(device, non_blocking=True)
+    loss_mask = batch["loss_mask"].to(device, non_blocking=True)
+    position_ids = batch["position_ids"].to(device, non_blocking=True)
+    output = model(tokens, position_ids, None, labels=labels)
+    return output, partial(_loss_func, loss_mask)
+
+
+class Trainer:
+    """Builds model, optimizer and data for one phase and trains it.
+
+    `Trainer(cfg).setup()` then `.train()`. Growth in one run (megastack.training.growth_run)
+    uses two Trainers, one per phase.
+    """
+
+    def __init__(self, cfg: PretrainConfig, args: Optional[argparse.Namespace] = None,
+                 metrics_file: Optional[str] = None, total_train_samples: Optional[int] = None,
+                 phase_name: str = ""):
+        self.cfg = cfg
+        self.args = args
+        self.metrics_file = metrics_file
+        self.phase_name = phase_name
+        # The dataset is sized for the whole run (both phases of a growth run share it).
+        self.total_train_samples = total_train_samples or cfg.train.train_iters * cfg.train.global_batch_size
+        self.state = TrainState()
+        self.rank: Optional[runtime.RankInfo] = None
+        self.tb: Optional[TensorBoardWriter] = None
+
+    # ---------------------------------------------------------------- setup
+    def setup(self, tokenizer=None, datasets=None, load: Optional[str] = None,
+              finetune: Optional[bool] = None) -> "Trainer":
+        cfg = self.cfg
+        self.rank = runtime.initialize(cfg.parallel, cfg.model.num_layers, cfg.train.seed)
+        self.chunks = build_model_chunks(
+            cfg.model, cfg.parallel, seed=cfg.train.seed, bf16=cfg.train.bf16,
+            transformer_impl=cfg.train.transformer_impl,
+            recompute_granularity=cfg.train.recompute_granularity,
+        )
+        self.ddp_chunks = self._wrap_ddp(self.chunks)
+        self.optimizer = self._build_optimizer()
+        self.scheduler = self._build_scheduler()
+        self._configure_schedule_hooks()
+        load = load if load is not None else cfg.checkpoint.load
+        finetune = cfg.checkpoint.finetune if finetune is None else finetune
+        if load:
+            self._load(load, finetune)
+        self.datasets = datasets if datasets is not None else self._build_datasets(tokenizer)
+        self.train_iterators = self._iterators(self.datasets[0], self.state.consumed_train_samples)
+        if self.rank.is_logging_rank:
+            self.tb = TensorBoardWriter(cfg.logging.tensorboard_dir)
+        n_params = sum(p.numel() for m in self.chunks for p in m.parameters())
+        logger.info("rank %d: %d parameters on this rank (%s), model total %.3fM",
+                    self.rank.rank, n_params, self.phase_name or "train",
+                    cfg.model.num_parameters() / 1e6)
+        return self
+
+    def _wrap_ddp(self, chunks):
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=False,
+            use_distributed_optimizer=self.cfg.parallel.use_distributed_optimizer,
+            check_for_nan_in_grad=False,
+        )
+        return [
+            DistributedDataParallel(config=chunk.config, ddp_config=ddp_config, module=chunk,
+                                    disable_bucketing=(i > 0))
+            for i, chunk in enumerate(chunks)
+        ]
+
+    def _build_optimizer(self):
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        t = self.cfg.train
+        opt_config = OptimizerConfig(
+            optimizer="adam", lr=t.lr, min_lr=t.min_lr, weight_decay=t.weight_decay,
+            adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2, adam_eps=t.adam_eps,
+            clip_grad=t.clip_grad, bf16=t.bf16,
+            params_dtype=torch.bfloat16 if t.bf16 else torch.float32,
+            use_distributed_optimizer=self.cfg.parallel.use_distributed_optimizer,
+        )
+        return get_megatron_optimizer(opt_config, self.ddp_chunks)
+
+    def _build_scheduler(self):
+        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+        t = self.cfg.train
+        gbs = t.global_batch_size
+        decay_iters = t.lr_decay_iters or t.train_iters
+        return OptimizerParamScheduler(
+            self.optimizer, init_lr=0.0, max_lr=t.lr, min_lr=t.min_lr,
+            lr_warmup_steps=t.lr_warmup_iters * gbs,
+            lr_decay_steps=max(decay_iters * gbs, t.lr_warmup_iters * gbs + 1),
+            lr_decay_style=t.lr_decay_style, start_wd=t.weight_decay, end_wd=t.weight_decay,
+            wd_incr_steps=t.train_iters * gbs, wd_incr_style="constant",
+            use_checkpoint_opt_param_scheduler=True, override_opt_param_scheduler=False,
+        )
+
+    def _configure_schedule_hooks(self) -> None:
+        from megatron.core.distributed import finalize_model_grads
+
+        for chunk in self.chunks:
+            config = chunk.config
+            config.finalize_model_grads_func = finalize_model_grads
+            config.grad_scale_func = self.optimizer.scale_loss
+            no_sync = [m.no_sync for m in self.ddp_chunks]
+            config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
+
+    def _build_datasets(self, tokenizer):
+        from megastack.data.datasets import build_gpt_datasets
+
+        c, t = self.cfg, self.cfg.train
+        eval_runs = t.train_iters // c.logging.eval_interval + 1
+        num_samples = (self.total_train_samples, eval_runs * c.logging.eval_iters * t.global_batch_size,
+                       c.logging.eval_iters * t.global_batch_size)
+        return build_gpt_datasets(
+            data_path=list(c.data.data_path), split=c.data.split, seq_length=c.model.seq_length,
+            seed=t.seed, train_valid_test_num_samples=num_samples, tokenizer=tokenizer,
+            mock=c.data.mock_data, path_to_cache=c.data.data_cache_path,
+        )
+
+    def _iterators(self, dataset, consumed: int):
+        """One iterator per model chunk: the interleaved schedule feeds each chunk its own."""
+        if dataset is None:
+            return None
+        t = self.cfg.train
+        its = [build_iterator(dataset, consumed, t.micro_batch_size, self.rank.dp_rank,
+                              self.rank.dp_size, self.cfg.data.num_workers)
+               for _ in self.chunks]
+        return its[0] if len(its) == 1 else its
+
+    # ---------------------------------------------------------------- checkpoints
+    def _load(self, path: str, finetune: bool) -> None:
+        c = self.cfg.checkpoint
+        load_optim = not (finetune or c.no_load_optim)
+        common = ckpt.load_checkpoint(
+            path, self.chunks,
+            optimizer=self.optimizer if load_optim else None,
+            scheduler=self.scheduler if load_optim else None,
+            load_rng=not (finetune or c.no_load_rng),
+        )
+        if not finetune:
+            self.state.iteration = int(common.get("iteration", 0))
+            self.state.consumed_train_samples = int(common.get("consumed_train_samples", 0))
+        if load_optim:
+            # Megatron DDP keeps its own fp32 copy for the distributed optimizer: resync it.
+            for m in self.ddp_chunks:
+                m.zero_grad_buffer()
+        logger.info("resuming at iteration %d, %d samples consumed", self.state.iteration,
+                    self.state.consumed_train_samples)
+
+    def save(self, root: Optional[str] = None, extra: Optional[dict] = None) -> str:
+        root = root or self.cfg.checkpoint.save
+        common = {
+            "consumed_train_samples": self.state.consumed_train_samples,
+            "megastack": {
+                "model": self.cfg.model.to_dict(),
+                "parallel": dataclasses.asdict(self.cfg.parallel),
+                "train": dataclasses.asdict(self.cfg.train),
+                **(extra or {}),
+            },
+        }
+        return ckpt.save_checkpoint(root, self.state.iteration, self.chunks, self.optimizer,
+                                    self.scheduler, common=common, args=self.args)
+
+    # ---------------------------------------------------------------- steps
+    def _num_microbatches(self) -> int:
+        t = self.cfg.train
+        return t.global_batch_size // (t.micro_batch_size * self.rank.dp_size)
+
+    def _forward_backward(self, data_iterator, forward_only: bool):
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        return get_forward_backward_func()(
+            forward_step_func=_forward_step, data_iterator=data_iterator, model=self.ddp_chunks,
+            num_microbatches=self._num_microbatches(), seq_length=self.cfg.model.seq_length,
+            micro_batch_size=self.cfg.train.micro_batch_size,
+            decoder_seq_length=self.cfg.model.seq_length, forward_only=forward_only,
+        )
+
+    def _reduce_lm_loss(self, losses_reduced: list[dict]) -> Optional[float]:
+        """Token-weighted mean over micro-batches and DP ranks; None off the last stage."""
+        from megatron.core import parallel_state
+
+        if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+            return None
+        total = torch.zeros(2, dtype=torch.float64, device=self.rank.device)
+        for item in losses_reduced:
+            total += item["lm loss"].to(torch.float64)
+        dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
+        return (total[0] / total[1].clamp(min=1)).item()
+
+    def train_step(self) -> dict[str, Any]:
+        for m in self.ddp_chunks:
+            m.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        losses = self._forward_backward(self.train_iterators, forward_only=False)
+        update_ok, grad_norm, _ = self.optimizer.step()
+        t = self.cfg.train
+        if update_ok:
+            self.scheduler.step(increment=t.global_batch_size)
+        self.state.iteration += 1
+        self.state.consumed_train_samples += t.global_batch_size
+        return {"lm loss": self._reduce_lm_loss(losses), "grad-norm": grad_norm,
+                "skipped": not update_ok}
+
+    @torch.no_grad()
+    def evaluate(self) -> Optional[float]:
+        valid = self.datasets[1]
+        if valid is None:
+            return None
+        t = self.cfg.train
+        total, count = 0.0, 0
+        its = [build_iterator(valid, 0, t.micro_batch_size, self.rank.dp_rank, self.rank.dp_size)
+               for _ in self.chunks]
+        for m in self.ddp_chunks:
+            m.eval()
+        for _ in range(self.cfg.logging.eval_iters):
+            losses = self._forward_backward(its[0] if len(its) == 1 else its, forward_only=True)
+            loss = self._reduce_lm_loss(losses)
+            if loss is not None:
+                total, count = total + loss, count + 1
+        for m in self.ddp_chunks:
+            m.train()
+        return total / count if count else None
+
+    # ---------------------------------------------------------------- loop
+    def train(self, stop_at_tokens: Optional[int] = None) -> TrainState:
+        """Train until --train-iters (or until `stop_at_tokens` consumed tokens)."""
+        cfg = self.cfg
+        t, lg = cfg.train, cfg.logging
+        seq = cfg.model.seq_length
+        world = self.rank.world_size
+        flops_per_token = cfg.model.flops_per_token()
+        peak = peak_tflops()
+        last_log_time, last_log_iter = time.perf_counter(), self.state.iteration
+        loss_sum, loss_count = 0.0, 0
+        while self.state.iteration < t.train_iters:
+            if stop_at_tokens is not None and self.state.consumed_train_samples * seq >= stop_at_tokens:
+                break
+            out = self.train_step()
+            it = self.state.iteration
+            if out["lm loss"] is not None:
+                loss_sum, loss_count = loss_sum + out["lm loss"], loss_count + 1
+            if it % lg.log_interval == 0 or it == t.train_iters:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                elapsed = time.perf_counter() - last_log_time
+                tokens = (it - last_log_iter) * t.global_batch_size * seq
+                metrics = {
+                    "iteration": it,
+                    "consumed tokens": self.state.consumed_train_samples * seq,
+                    "lm loss": loss_sum / loss_count if loss_count else float("nan"),
+                    "learning-rate": self.optimizer.param_groups[0]["lr"],
+                    "grad-norm": float(out["grad-norm"]) if out["grad-norm"] is not None else float("nan"),
+                    "tokens-per-sec": tokens / elapsed,
+                    "iteration-time": elapsed / max(it - last_log_iter, 1),
+                }
+                if torch.cuda.is_available():
+                    tflops = flops_per_token * tokens / elapsed / world / 1e12
+                    metrics["throughput"] = tflops
+                    if peak:
+                        metrics["mfu"] = tflops / peak
+                self._log(metrics)
+                loss_sum, loss_count = 0.0, 0
+                last_log_time, last_log_iter = time.perf_counter(), it
+            if lg.eval_interval and it % lg.eval_interval == 0:
+                self._log_eval(it)
+            if cfg.checkpoint.save and cfg.checkpoint.save_interval and it % cfg.checkpoint.save_interval == 0:
+                self.save()
+            if cfg.checkpoint.exit_interval and it % cfg.checkpoint.exit_interval == 0:
+                if cfg.checkpoint.save and not (cfg.checkpoint.save_interval and it % cfg.checkpoint.save_interval == 0):
+                    self.save()
+                logger.info("exiting at iteration %d (--exit-interval)", it)
+                return self.state
+        return self.state
+
+    def _log_eval(self, iteration: int) -> None:
+        loss = self.evaluate()
+        if loss is None:
+            return
+        self._log({"iteration": iteration,
+                   "consumed tokens": self.state.consumed_train_samples * self.cfg.model.seq_length,
+                   "lm loss validation": loss,
+                   "lm loss validation ppl": math.exp(min(loss, 20.0))})
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        """Loss lives on the last stage; the logging rank (the last rank) prints and records."""
+        if not self.rank.is_logging_rank:
+            return
+        metrics = {"phase": self.phase_name, **metrics} if self.phase_name else metrics
+        self.state.history.append(metrics)
+        logger.info(format_metrics(metrics))
+        if self.tb is not None:
+            step = int(metrics["iteration"])
+            self.tb.scalars({k: v for k, v in metrics.items()
+                             if k not in ("iteration", "phase") and isinstance(v, (int, float))
+                             and not (isinstance(v, float) and math.isnan(v))}, step)
+            self.tb.flush()
+        if self.metrics_file:
+            with open(self.metrics_file, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def format_metrics(m: dict[str, Any]) -> str:
+    parts = [f"iteration {int(m['iteration']):8d}"]
+    if "phase" in m:
+        parts.insert(0, f"[{m['phase']}]")
+    for key, fmt in (("consumed tokens", "{:d}"), ("lm loss", "{:.6E}"), ("learning-rate", "{:.3E}"),
+                     ("grad-norm", "{:.4f}"), ("tokens-per-sec", "{:.0f}"),
+                     ("throughput", "{:.1f} TFLOP/s/GPU"), ("mfu", "{:.1%}"),
+                     ("lm loss validation", "{:.6E}"), ("lm loss validation ppl", "{:.3f}")):
+        if key in m:
+            value = int(m[key]) if fmt == "{:d}" else m[key]
+            parts.append(f"{key}: {fmt.format(value)}")
+    return " | ".join(parts)
