@@ -1,0 +1,93 @@
+"""Train/valid/test GPT datasets through megatron-core's BlendedMegatronDatasetBuilder.
+
+Called on every rank. megatron-core already builds on rank 0 first, then barriers, then builds on
+the other ranks (which hit the index cache rank 0 wrote), whenever torch.distributed is
+initialized; without it everything builds in-process. So ``is_built_on_rank`` is simply "yes".
+With several nodes, put ``path_to_cache`` (default: next to the data) on a filesystem all nodes
+share: megatron-core writes its cache files without locking, and only global rank 0 builds first.
+"""
+
+import logging
+import os
+from typing import List, Optional, Sequence, Tuple
+
+logger = logging.getLogger(__name__)
+
+
+def parse_data_path(data_path: Sequence[str]) -> Tuple[List[str], Optional[List[float]]]:
+    """Megatron's --data-path: ``[p1, p2, ...]`` or ``[w1, p1, w2, p2, ...]``; entries may
+    also hold several space-separated words (as when the flag value was one quoted string)."""
+    from megatron.core.datasets.utils import get_blend_from_list
+
+    words = [w for entry in data_path for w in str(entry).split()]
+    if not words:
+        raise ValueError("--data-path is empty: give dataset prefixes (PATH for PATH.bin/.idx) "
+                         "or 'weight prefix' pairs")
+    prefixes, weights = get_blend_from_list(words)
+    if weights is not None and any(w <= 0 for w in weights):
+        raise ValueError(f"--data-path weights must be positive, got {weights}")
+    return prefixes, weights
+
+
+def check_prefixes_exist(prefixes: Sequence[str]) -> None:
+    for prefix in prefixes:
+        for suffix in (".bin", ".idx"):
+            if not os.path.isfile(prefix + suffix):
+                raise ValueError(f"--data-path {prefix!r}: {prefix + suffix} does not exist "
+                                 "(a prefix names PATH for PATH.bin/PATH.idx, e.g. "
+                                 "out/corpus_text_document)")
+
+
+def _validate_split(split: str) -> str:
+    try:
+        parts = [float(p) for p in split.replace("/", ",").split(",")]
+    except ValueError:
+        parts = []
+    if not parts or len(parts) > 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+        raise ValueError(f"--split {split!r} must be up to three non-negative weights such as "
+                         "'969,30,1'")
+    return split
+
+
+def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_length: int,
+                       seed: int, train_valid_test_num_samples: Tuple[int, int, int], tokenizer,
+                       mock: bool = False, path_to_cache: Optional[str] = None,
+                       reset_position_ids: bool = False, reset_attention_mask: bool = False,
+                       eod_mask_loss: bool = False):
+    """(train, valid, test) megatron-core GPT datasets; an entry is None when its split is empty.
+
+    Each item is a dict of torch tensors: tokens, labels, loss_mask, attention_mask,
+    position_ids, each ``seq_length`` long. ``mock=True`` ignores ``data_path`` and serves
+    MockGPTDataset samples (for smoke tests without data).
+    """
+    from megatron.core.datasets.blended_megatron_dataset_builder import (
+        BlendedMegatronDatasetBuilder)
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
+
+    if seq_length <= 0:
+        raise ValueError(f"--seq-length must be positive, got {seq_length}")
+    if len(train_valid_test_num_samples) != 3 or any(n < 0 for n in train_valid_test_num_samples):
+        raise ValueError("train_valid_test_num_samples must be three non-negative counts, got "
+                         f"{train_valid_test_num_samples}")
+    blend = None
+    if not mock:
+        prefixes, weights = parse_data_path(data_path or [])
+        check_prefixes_exist(prefixes)
+        blend = (prefixes, weights)
+    config = GPTDatasetConfig(
+        random_seed=seed,
+        sequence_length=seq_length,
+        blend=blend,
+        split=_validate_split(split),
+        path_to_cache=path_to_cache,
+        tokenizer=tokenizer,
+        reset_position_ids=reset_position_ids,
+        reset_attention_mask=reset_attention_mask,
+        eod_mask_loss=eod_mask_loss,
+        mmap_bin_files=True,
+    )
+    dataset_class = MockGPTDataset if mock else GPTDataset
+    sizes = [int(n) for n in train_valid_test_num_samples]
+    train, valid, test = BlendedMegatronDatasetBuilder(
+        dataset_class, sizes, lambda: True, config).build()
+    return train, valid, test
