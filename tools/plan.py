@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Dry-run planner: validate a layout, print the layer -> pipeline stage map and per-GPU memory.
+
+One training phase:
+    python tools/plan.py --model llama2-7b --nnodes 8 --tensor-model-parallel-size 2 \
+        --pipeline-model-parallel-size 2 --num-layers-per-virtual-pipeline-stage 4 \
+        --sequence-parallel --use-distributed-optimizer --bf16 --global-batch-size 1024
+
+A G_stack recipe (train --model, grow to --grow-to, train that), all three phases:
+    python tools/plan.py --model 8L4096H --grow-to llama2-7b --stacking-list "0-7*4" \
+        --target-tensor-parallel-size 2 --target-pipeline-parallel-size 2 ...
+
+Needs no GPU and no torch.distributed. Exits 2 on a layout megatron-core would reject; a phase
+that will not fit the GPU prints a warning with the settings that would make it fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from megastack.config import ModelConfig, ParallelConfig
+from megastack.planning import (
+    GIB, PhaseLayout, format_growth, format_phase, plan_growth, plan_phase,
+)
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", help="preset name (megastack.config.PRESETS)")
+    group.add_argument("--num-layers", type=int)
+    group.add_argument("--hidden-size", type=int)
+    group.add_argument("--ffn-hidden-size", type=int)
+    group.add_argument("--num-attention-heads", type=int)
+    group.add_argument("--num-query-groups", type=int)
+    group.add_argument("--vocab-size", type=int, help="applies to the grown model too")
+    group.add_argument("--seq-length", type=int, help="applies to the grown model too")
+
+    group = parser.add_argument_group("launch")
+    group.add_argument("--nnodes", type=int, default=1)
+    group.add_argument("--nproc-per-node", type=int, default=8)
+
+    group = parser.add_argument_group("parallelism and batch")
+    group.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    group.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    group.add_argument("--num-layers-per-virtual-pipeline-stage", type=int)
+    group.add_argument("--sequence-parallel", action="store_true")
+    group.add_argument("--use-distributed-optimizer", action="store_true")
+    group.add_argument("--micro-batch-size", type=int, default=1)
+    group.add_argument("--global-batch-size", type=int,
+                       help="default: micro-batch size x data-parallel size")
+    group.add_argument("--bf16", action="store_true")
+    group.add_argument("--recompute-granularity", choices=["selective", "full"])
+    group.add_argument("--transformer-impl", choices=["local", "transformer_engine"], default="local")
+
+    group = parser.add_argument_group("growth (plans train -> grow -> train)")
+    group.add_argument("--grow-to", metavar="PRESET", help="the grown model's preset")
+    group.add_argument("--stacking-list", help="shown in the plan; tools/grow_checkpoint.py applies it")
+    group.add_argument("--target-tensor-parallel-size", type=int, help="default: the small phase's")
+    group.add_argument("--target-pipeline-parallel-size", type=int, help="default: the small phase's")
+    group.add_argument("--target-num-layers-per-virtual-pipeline-stage", type=int,
+                       help="default: no interleaving")
+    group.add_argument("--target-micro-batch-size", type=int, help="default: the small phase's")
+    group.add_argument("--target-global-batch-size", type=int, help="default: the small phase's")
+    group.add_argument("--target-recompute-granularity", choices=["none", "selective", "full"],
+                       help="default: the small phase's")
+    group.add_argument("--small-train-tokens", type=float, help="tokens before growth, for the summary")
+    group.add_argument("--train-tokens", type=float, help="total token budget, for the summary")
+
+    group = parser.add_argument_group("device")
+    group.add_argument("--gpu-memory-gib", type=float, default=80.0)
+    group.add_argument("--reserve-gib", type=float, default=2.0,
+                       help="CUDA context, NCCL buffers and fragmentation, added to every GPU")
+    return parser.parse_args(argv)
+
+
+def small_model(args) -> ModelConfig:
+    shape = {
+        "num_layers": args.num_layers, "hidden_size": args.hidden_size,
+        "ffn_hidden_size": args.ffn_hidden_size, "num_attention_heads": args.num_attention_heads,
+        "num_query_groups": args.num_query_groups,
+    }
+    overrides = {k: v for k, v in {**shape, **shared_overrides(args)}.items() if v is not None}
+    if args.model:
+        return ModelConfig.from_name(args.model, **overrides)
+    missing = [f"--{k.replace('_', '-')}" for k in ("num_layers", "hidden_size", "num_attention_heads")
+               if shape[k] is None]
+    if missing:
+        raise ValueError(f"give --model PRESET or {', '.join(missing)}")
+    return ModelConfig(**overrides)
+
+
+def shared_overrides(args) -> dict:
+    return {k: v for k, v in {"vocab_size": args.vocab_size, "seq_length": args.seq_length}.items()
+            if v is not None}
+
+
+def phase_layout(args, model, *, tp, pp, vpp, mbs, gbs, recompute) -> PhaseLayout:
+    world = args.nnodes * args.nproc_per_node
+    parallel = ParallelConfig(
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        num_layers_per_virtual_pipeline_stage=vpp, sequence_parallel=args.sequence_parallel,
+        use_distributed_optimizer=args.use_distributed_optimizer,
+    )
+    dp = max(world // (tp * pp), 1)
+    return PhaseLayout(
+        model=model, parallel=parallel, world_size=world, micro_batch_size=mbs,
+        global_batch_size=gbs if gbs is not None else mbs * dp, bf16=args.bf16,
+        recompute_granularity=recompute, transformer_impl=args.transformer_impl,
+    )
+
+
+def main(argv=None) -> int:
+    args = get_args(argv)
+    # The report prints the plan's warnings; the library's log records of them would repeat it.
+    logging.getLogger("megastack.planning").setLevel(logging.ERROR)
+    options = dict(device_memory_bytes=args.gpu_memory_gib * GIB, reserve_bytes=args.reserve_gib * GIB)
+    try:
+        small = phase_layout(
+            args, small_model(args), tp=args.tensor_model_parallel_size, pp=args.pipeline_model_parallel_size,
+            vpp=args.num_layers_per_virtual_pipeline_stage, mbs=args.micro_batch_size,
+            gbs=args.global_batch_size, recompute=args.recompute_granularity,
+        )
+        if args.grow_to is None:
+            print(format_phase(plan_phase("train", small, **options)))
+            return 0
+        target_recompute = args.target_recompute_granularity or args.recompute_granularity
+        large = phase_layout(
+            args, ModelConfig.from_name(args.grow_to, **shared_overrides(args)),
+            tp=args.target_tensor_parallel_size or args.tensor_model_parallel_size,
+            pp=args.target_pipeline_parallel_size or args.pipeline_model_parallel_size,
+            vpp=args.target_num_layers_per_virtual_pipeline_stage,
+            mbs=args.target_micro_batch_size or args.micro_batch_size,
+            gbs=args.target_global_batch_size or args.global_batch_size,
+            recompute=None if target_recompute == "none" else target_recompute,
+        )
+        plan = plan_growth(small, large, **options)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_growth(plan, args.stacking_list, args.small_train_tokens, args.train_tokens))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
