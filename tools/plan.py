@@ -24,6 +24,7 @@ from megastack.config import ModelConfig, ParallelConfig
 from megastack.planning import (
     GIB, PhaseLayout, format_growth, format_phase, plan_growth, plan_phase,
 )
+from megastack.training.arguments import padded_vocab_size
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -38,6 +39,8 @@ def get_args(argv=None) -> argparse.Namespace:
     group.add_argument("--num-query-groups", type=int)
     group.add_argument("--vocab-size", type=int, help="applies to the grown model too")
     group.add_argument("--seq-length", type=int, help="applies to the grown model too")
+    group.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
+                       help="--vocab-size is padded as the trainer pads it")
 
     group = parser.add_argument_group("launch")
     group.add_argument("--nnodes", type=int, default=1)
@@ -54,7 +57,8 @@ def get_args(argv=None) -> argparse.Namespace:
                        help="default: micro-batch size x data-parallel size")
     group.add_argument("--bf16", action="store_true")
     group.add_argument("--recompute-granularity", choices=["selective", "full"])
-    group.add_argument("--transformer-impl", choices=["local", "transformer_engine"], default="local")
+    group.add_argument("--transformer-impl", choices=["auto", "local", "transformer_engine", "fused"],
+                       default="local", help="only transformer_engine is estimated with flash attention")
 
     group = parser.add_argument_group("growth (plans train -> grow -> train)")
     group.add_argument("--grow-to", metavar="PRESET", help="the grown model's preset")
@@ -83,7 +87,8 @@ def small_model(args) -> ModelConfig:
         "ffn_hidden_size": args.ffn_hidden_size, "num_attention_heads": args.num_attention_heads,
         "num_query_groups": args.num_query_groups,
     }
-    overrides = {k: v for k, v in {**shape, **shared_overrides(args)}.items() if v is not None}
+    overrides = {k: v for k, v in {**shape, **shared_overrides(args, args.tensor_model_parallel_size)}.items()
+                 if v is not None}
     if args.model:
         return ModelConfig.from_name(args.model, **overrides)
     missing = [f"--{k.replace('_', '-')}" for k in ("num_layers", "hidden_size", "num_attention_heads")
@@ -93,9 +98,12 @@ def small_model(args) -> ModelConfig:
     return ModelConfig(**overrides)
 
 
-def shared_overrides(args) -> dict:
-    return {k: v for k, v in {"vocab_size": args.vocab_size, "seq_length": args.seq_length}.items()
-            if v is not None}
+def shared_overrides(args, tensor_parallel_size: int) -> dict:
+    """--vocab-size (padded for this phase's TP like the trainer does) and --seq-length."""
+    vocab = args.vocab_size
+    if vocab is not None:
+        vocab = padded_vocab_size(vocab, args.make_vocab_size_divisible_by, tensor_parallel_size)
+    return {k: v for k, v in {"vocab_size": vocab, "seq_length": args.seq_length}.items() if v is not None}
 
 
 def phase_layout(args, model, *, tp, pp, vpp, mbs, gbs, recompute) -> PhaseLayout:
@@ -128,9 +136,10 @@ def main(argv=None) -> int:
             print(format_phase(plan_phase("train", small, **options)))
             return 0
         target_recompute = args.target_recompute_granularity or args.recompute_granularity
+        target_tp = args.target_tensor_parallel_size or args.tensor_model_parallel_size
         large = phase_layout(
-            args, ModelConfig.from_name(args.grow_to, **shared_overrides(args)),
-            tp=args.target_tensor_parallel_size or args.tensor_model_parallel_size,
+            args, ModelConfig.from_name(args.grow_to, **shared_overrides(args, target_tp)),
+            tp=target_tp,
             pp=args.target_pipeline_parallel_size or args.pipeline_model_parallel_size,
             vpp=args.target_num_layers_per_virtual_pipeline_stage,
             mbs=args.target_micro_batch_size or args.micro_batch_size,

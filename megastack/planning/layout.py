@@ -14,7 +14,7 @@ from typing import Optional
 from megastack.config import ModelConfig, ParallelConfig
 
 RECOMPUTE_GRANULARITIES = (None, "selective", "full")
-TRANSFORMER_IMPLS = ("local", "transformer_engine")
+TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine", "fused")
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,9 @@ class PhaseLayout:
 
     `recompute_granularity` is Megatron's --recompute-granularity (None, "selective", "full";
     "full" means the uniform method with one layer per checkpoint). `transformer_impl` is
-    Megatron's --transformer-impl: "transformer_engine" runs flash attention (no s x s scores
-    are stored), "local" runs megatron-core's unfused DotProductAttention.
+    the trainer's --transformer-impl: "transformer_engine" runs flash attention (no s x s scores
+    are stored); "local" and "fused" (megastack's kernels) run megatron-core's unfused
+    DotProductAttention; "auto" is estimated as unfused, an upper bound where it picks TE.
     """
 
     model: ModelConfig

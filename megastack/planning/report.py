@@ -31,8 +31,12 @@ def format_stage_map(plan: PhasePlan) -> str:
     return "\n".join(lines)
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e9:.3f} B" if n >= 1e9 else f"{n / 1e6:.3f} M"
+
+
 def _row(label: str, values: list[float], width: int) -> str:
-    return f"  {label:<44}" + "".join(f"{v:>{width}.2f}" for v in values)
+    return f"  {label:<48}" + "".join(f"{v:>{width}.2f}" for v in values)
 
 
 def format_memory(plan: PhasePlan) -> str:
@@ -41,8 +45,8 @@ def format_memory(plan: PhasePlan) -> str:
     stages = mem.stages
     width = 11
     dp = layout.data_parallel_size
-    lines = [f"  {'per-GPU memory, GiB':<44}" + "".join(f"{'stage ' + str(s.stage):>{width}}" for s in stages)]
-    lines.append(f"  {'parameters on the GPU (millions)':<44}"
+    lines = [f"  {'per-GPU memory, GiB':<48}" + "".join(f"{'stage ' + str(s.stage):>{width}}" for s in stages)]
+    lines.append(f"  {'parameters on the GPU (millions)':<48}"
                  + "".join(f"{s.parameters / 1e6:>{width}.1f}" for s in stages))
     precision = "bf16" if layout.bf16 else "fp32"
     lines.append(_row(f"weights ({precision})", [s.weights / GIB for s in stages], width))
@@ -52,7 +56,7 @@ def format_memory(plan: PhasePlan) -> str:
                       [s.optimizer_replicated / GIB for s in stages], width))
     lines.append(_row(f"Adam states, distributed optimizer (/DP {dp})" + mark[mem.use_distributed_optimizer],
                       [s.optimizer_distributed / GIB for s in stages], width))
-    lines.append(f"  {'chunk micro-batches in flight':<44}"
+    lines.append(f"  {'chunk micro-batches in flight':<48}"
                  + "".join(f"{s.in_flight_microbatches:>{width}d}" for s in stages))
     for rc, label in RECOMPUTE_LABELS.items():
         lines.append(_row(f"activations, {label}" + mark[rc == mem.recompute_granularity],
@@ -84,7 +88,7 @@ def format_layout(plan: PhasePlan) -> str:
     return "\n".join([
         f"  model: {m.num_layers} layers, hidden {m.hidden_size}, ffn {m.ffn_hidden_size}, heads "
         f"{m.num_attention_heads} ({m.num_query_groups} query groups), vocab {m.vocab_size}, seq "
-        f"{m.seq_length}: {m.num_parameters() / 1e9:.3f} B parameters",
+        f"{m.seq_length}: {_count(m.num_parameters())} parameters",
         f"  world {lay.world_size} = TP {lay.tensor_parallel_size} x PP {lay.pipeline_parallel_size} x DP "
         f"{lay.data_parallel_size}; {lay.layers_per_stage} layers per stage{interleave}",
         f"  batch: micro {lay.micro_batch_size} x DP {lay.data_parallel_size} x {lay.num_microbatches} "
