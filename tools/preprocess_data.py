@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     args = get_args(argv)
     # Imported after parsing so --help and argument errors are instant.
     from megastack.data.jsonl_reader import BadInputError
-    from megastack.data.preprocess import PreprocessConfig, preprocess
+    from megastack.data.preprocessing import PreprocessConfig, preprocess
     from megastack.data.tokenizers import TokenizerSpec
 
     config = PreprocessConfig(

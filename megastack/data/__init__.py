@@ -6,7 +6,7 @@ Importing this package is cheap; megatron-core (and torch) load only when a func
 from megastack.data.datasets import build_gpt_datasets, parse_data_path
 from megastack.data.jsonl_reader import BadInputError
 from megastack.data.merge import merge_datasets
-from megastack.data.preprocess import PreprocessConfig, PreprocessResult, preprocess
+from megastack.data.preprocessing import PreprocessConfig, PreprocessResult, preprocess
 from megastack.data.tokenizer_training import TokenizerTrainingConfig, train_sentencepiece
 from megastack.data.tokenizers import (TOKENIZER_TYPES, TokenizerSpec, build_text_tokenizer,
                                        build_tokenizer)

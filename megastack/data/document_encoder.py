@@ -26,7 +26,8 @@ class EncodeOptions:
     append_eod: bool = False
     split_sentences: bool = False
     keep_newlines: bool = False
-    punkt_dir: Optional[str] = None
+    nltk_data_root: Optional[str] = None
+    lang: str = "english"
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ class DocumentEncoder:
         self.options = options
         self.tokenizer = options.tokenizer.build()
         self.token_dtype = optimal_token_dtype(self.tokenizer.vocab_size)
-        self.splitter = (SentenceSplitter(options.punkt_dir, options.keep_newlines)
+        self.splitter = (SentenceSplitter(options.nltk_data_root, options.lang,
+                                          options.keep_newlines)
                          if options.split_sentences else None)
 
     def encode_lines(self, lines: Sequence[RawLine]) -> EncodedBatch:

@@ -21,7 +21,7 @@ from megastack.data.indexed_writer import IndexedDatasetWriter, optimal_token_dt
 from megastack.data.jsonl_reader import (BadInputError, LineReader, RawLine, expand_inputs,
                                          total_input_bytes)
 from megastack.data.progress import Progress, format_progress, format_summary
-from megastack.data.sentence_splitter import find_punkt_dir
+from megastack.data.sentence_splitter import find_nltk_data_root
 from megastack.data.tokenizers import TokenizerSpec
 
 logger = logging.getLogger(__name__)
@@ -67,8 +67,10 @@ def output_prefix_for(output_prefix: str, key: str, split_sentences: bool) -> st
     return f"{output_prefix}_{key}_{'sentence' if split_sentences else 'document'}"
 
 
-def batch_lines(lines: Iterable[RawLine], max_bytes: int = BATCH_BYTES,
-                max_lines: int = BATCH_LINES) -> Iterator[List[RawLine]]:
+def batch_lines(lines: Iterable[RawLine], max_bytes: Optional[int] = None,
+                max_lines: Optional[int] = None) -> Iterator[List[RawLine]]:
+    max_bytes = max_bytes or BATCH_BYTES
+    max_lines = max_lines or BATCH_LINES
     batch: List[RawLine] = []
     size = 0
     for line in lines:
@@ -144,11 +146,12 @@ def preprocess(config: PreprocessConfig,
     if config.keep_newlines and not config.split_sentences:
         logger.warning("--keep-newlines only matters with --split-sentences; ignored")
     files = expand_inputs(config.inputs)
-    punkt_dir = find_punkt_dir(config.nltk_data, config.lang) if config.split_sentences else None
+    nltk_data_root = find_nltk_data_root(config.nltk_data, config.lang) if config.split_sentences else None
     options = EncodeOptions(tokenizer=config.tokenizer, json_keys=tuple(config.json_keys),
                             append_eod=config.append_eod,
                             split_sentences=config.split_sentences,
-                            keep_newlines=config.keep_newlines, punkt_dir=punkt_dir)
+                            keep_newlines=config.keep_newlines,
+                            nltk_data_root=nltk_data_root, lang=config.lang)
     # Built here once so a bad tokenizer file or punkt model fails before any worker starts
     # (a failing Pool initializer makes the pool respawn workers forever).
     vocab_size = DocumentEncoder(options).tokenizer.vocab_size

@@ -12,8 +12,8 @@ from typing import List, Optional
 _SPLIT_CHUNK_CHARS = 1_000_000
 
 
-def find_punkt_dir(nltk_data: Optional[str], lang: str = "english") -> str:
-    """The punkt_tab model directory under --nltk-data, else under $NLTK_DATA."""
+def find_nltk_data_root(nltk_data: Optional[str], lang: str = "english") -> str:
+    """The NLTK data directory (from --nltk-data, else $NLTK_DATA) holding punkt_tab/<lang>."""
     roots = [r for r in (nltk_data, os.environ.get("NLTK_DATA")) if r]
     if not roots:
         raise ValueError("--split-sentences needs NLTK's punkt_tab model: pass --nltk-data DIR "
@@ -23,19 +23,23 @@ def find_punkt_dir(nltk_data: Optional[str], lang: str = "english") -> str:
         for base in root.split(os.pathsep):
             candidate = os.path.join(base, "tokenizers", "punkt_tab", lang)
             if os.path.isfile(os.path.join(candidate, "sent_starters.txt")):
-                return candidate
+                return os.path.abspath(base)
     raise ValueError(f"no punkt_tab model for {lang!r} under {roots}: expected "
                      f"<dir>/tokenizers/punkt_tab/{lang}/sent_starters.txt")
 
 
 class SentenceSplitter:
-    def __init__(self, punkt_dir: str, keep_newlines: bool) -> None:
-        from nltk.data import FileSystemPathPointer
-        from nltk.tokenize.punkt import PunktSentenceTokenizer, load_punkt_params
+    def __init__(self, nltk_data_root: str, lang: str, keep_newlines: bool) -> None:
+        import nltk
+        from nltk.tokenize.punkt import PunktSentenceTokenizer, PunktTokenizer
 
-        params = load_punkt_params(FileSystemPathPointer(punkt_dir))
-        lang_vars = _newline_keeping_lang_vars() if keep_newlines else None
-        self._punkt = PunktSentenceTokenizer(params, lang_vars=lang_vars)
+        # NLTK only opens model files under nltk.data.path roots; put ours first so it wins.
+        if nltk_data_root not in nltk.data.path:
+            nltk.data.path.insert(0, nltk_data_root)
+        punkt = PunktTokenizer(lang)
+        if keep_newlines:
+            punkt = PunktSentenceTokenizer(punkt._params, lang_vars=_newline_keeping_lang_vars())
+        self._punkt = punkt
 
     def split(self, text: str) -> List[str]:
         return [sentence for start in range(0, len(text), _SPLIT_CHUNK_CHARS)

@@ -1,0 +1,116 @@
+import json
+
+import pytest
+
+from megastack.data.tokenizers import (SentencePieceTokenizer, TokenizerSpec,
+                                       build_text_tokenizer)
+from tests.data.conftest import TRICKY_TEXTS, long_document, sample_docs
+from tests.data.gpt2_reference import ReferenceGPT2
+
+ADVERSARIAL = TRICKY_TEXTS + [
+    "", " ", "  ", "\n", " \n ", "a  b", "a\u00a0b", "x\u3000y", "tab\there", "'''''s",
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "ééééé", "1234567890" * 5, "!!!???...", "\u200b\ufeff",
+    "mixed123abc456", " 'll 've 're", "\U0001f600\U0001f601 \U0001f602", "\x00\x01\x7f",
+]
+
+
+def gpt2(files):
+    return build_text_tokenizer("GPT2BPETokenizer", vocab_file=files[0], merge_file=files[1])
+
+
+def test_gpt2_matches_reference_algorithm_tiny_vocab(tiny_gpt2_files):
+    tok, ref = gpt2(tiny_gpt2_files), ReferenceGPT2(*tiny_gpt2_files)
+    for text in ADVERSARIAL + sample_docs(5):
+        assert tok.tokenize(text) == ref.encode(text), text[:60]
+
+
+def test_gpt2_matches_reference_algorithm_real_vocab(real_gpt2_files):
+    tok, ref = gpt2(real_gpt2_files), ReferenceGPT2(*real_gpt2_files)
+    assert tok.vocab_size == 50257 and tok.eod == 50256 and tok.pad == 50256
+    for text in ADVERSARIAL + sample_docs(8):
+        assert tok.tokenize(text) == ref.encode(text), text[:60]
+    assert tok.tokenize("Hello world") == [15496, 995]
+
+
+def test_gpt2_literal_endoftext_is_text_not_eod(tiny_gpt2_files):
+    tok = gpt2(tiny_gpt2_files)
+    assert tok.eod not in tok.tokenize("before <|endoftext|> after")
+
+
+def test_gpt2_detokenize_round_trip(tiny_gpt2_files):
+    tok = gpt2(tiny_gpt2_files)
+    for text in ADVERSARIAL + [long_document(20000)]:
+        assert tok.detokenize(tok.tokenize(text)) == text
+
+
+def test_sentencepiece_is_plain_encode_with_eos_as_eod(sp_model):
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=sp_model)
+    tok = build_text_tokenizer("SentencePieceTokenizer", tokenizer_model=sp_model)
+    assert tok.vocab_size == sp.get_piece_size() == 400
+    assert tok.eod == sp.eos_id() == 2
+    for text in ADVERSARIAL:
+        assert tok.tokenize(text) == sp.encode_as_ids(text)
+        # identity normalization + byte fallback: lossless
+        assert tok.detokenize(tok.tokenize(text)) == text
+
+
+def test_sentencepiece_without_eos_is_refused(tmp_path, training_text_file):
+    import sentencepiece
+
+    lines = [json.loads(line)["text"] for line in training_text_file.open()]
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(t for doc in lines for t in doc.split("\n") if t.strip()),
+        model_prefix=str(tmp_path / "noeos"), vocab_size=200, eos_id=-1, minloglevel=2)
+    with pytest.raises(ValueError, match="no eos piece"):
+        SentencePieceTokenizer(str(tmp_path / "noeos.model"))
+
+
+def test_huggingface_tokenizer_json(hf_tokenizer_dir, tiny_gpt2_files):
+    from tokenizers import Tokenizer
+
+    tok = build_text_tokenizer("HuggingFaceTokenizer", tokenizer_model=hf_tokenizer_dir)
+    raw = Tokenizer.from_file(f"{hf_tokenizer_dir}/tokenizer.json")
+    assert tok.eod == raw.token_to_id("</s>")
+    assert tok.vocab_size == raw.get_vocab_size(with_added_tokens=True) == 601
+    for text in ADVERSARIAL:
+        assert tok.tokenize(text) == raw.encode(text, add_special_tokens=False).ids
+    # The file path works too, and the byte-level part agrees with GPT-2 BPE.
+    by_file = build_text_tokenizer("HuggingFaceTokenizer",
+                                   tokenizer_model=f"{hf_tokenizer_dir}/tokenizer.json")
+    assert by_file.tokenize(TRICKY_TEXTS[2]) == gpt2(tiny_gpt2_files).tokenize(TRICKY_TEXTS[2])
+
+
+def test_huggingface_without_known_eos_is_refused(tmp_path, tiny_gpt2_files):
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.BPE.from_file(*tiny_gpt2_files)).save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<nope>"}))
+    with pytest.raises(ValueError, match="end-of-document token"):
+        build_text_tokenizer("HuggingFaceTokenizer", tokenizer_model=str(tmp_path))
+
+
+def test_null_tokenizer_like_megatron():
+    tok = build_text_tokenizer("NullTokenizer", vocab_size=100)
+    assert tok.vocab_size == 101 and tok.eod == 100
+    assert tok.tokenize("1 2 99") == [1, 2, 99]
+    assert tok.detokenize([1, 2, 99]) == "1 2 99"
+    with pytest.raises(ValueError, match="outside"):
+        tok.tokenize("1 101")
+    with pytest.raises(ValueError):
+        tok.tokenize("1 two")
+
+
+@pytest.mark.parametrize("kwargs, flag", [
+    (dict(tokenizer_type="GPT2BPETokenizer", vocab_file="/nope.json", merge_file="/x"),
+     "--vocab-file"),
+    (dict(tokenizer_type="SentencePieceTokenizer", tokenizer_model="/nope.model"),
+     "--tokenizer-model"),
+    (dict(tokenizer_type="HuggingFaceTokenizer", tokenizer_model="/nope"), "--tokenizer-model"),
+    (dict(tokenizer_type="NullTokenizer"), "--vocab-size"),
+    (dict(tokenizer_type="BertWordPieceCase"), "--tokenizer-type"),
+])
+def test_bad_tokenizer_arguments_name_the_flag(kwargs, flag):
+    with pytest.raises(ValueError, match=flag):
+        TokenizerSpec(**kwargs).build()
