@@ -1,0 +1,145 @@
+// Device helpers shared by the kernels: dtype conversion, 16-byte vector access, warp/block
+// reductions and the float/bf16 dispatch. No torch headers (see kernels.h).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace megastack {
+
+// Runs `__VA_ARGS__` (a lambda) with `scalar_t` bound to float or __nv_bfloat16.
+#define MS_DISPATCH(dtype, ...)                 \
+  [&] {                                         \
+    if ((dtype) == DType::kFloat32) {           \
+      using scalar_t = float;                   \
+      return __VA_ARGS__();                     \
+    } else {                                    \
+      using scalar_t = __nv_bfloat16;           \
+      return __VA_ARGS__();                     \
+    }                                           \
+  }()
+
+// ---- conversions ---------------------------------------------------------------------------
+// torch builds extensions with __CUDA_NO_BFLOAT16_CONVERSIONS__, so every bf16 <-> float
+// conversion is explicit.
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// ---- vectors -------------------------------------------------------------------------------
+// N elements moved as one aligned access: 16 bytes for the vector path, N == 1 for the scalar
+// fallback when a row length or a pointer is not aligned.
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Vec {
+  T v[N];
+};
+
+template <typename T, int N>
+__device__ __forceinline__ void load_vec(const T* __restrict__ src, float (&dst)[N]) {
+  const Vec<T, N> tmp = *reinterpret_cast<const Vec<T, N>*>(src);
+#pragma unroll
+  for (int i = 0; i < N; ++i) dst[i] = to_float(tmp.v[i]);
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_vec(T* __restrict__ dst, const float (&src)[N]) {
+  Vec<T, N> tmp;
+#pragma unroll
+  for (int i = 0; i < N; ++i) tmp.v[i] = from_float<T>(src[i]);
+  *reinterpret_cast<Vec<T, N>*>(dst) = tmp;
+}
+
+template <typename T>
+constexpr int vec_width() {
+  return 16 / static_cast<int>(sizeof(T));
+}
+
+inline bool aligned(const void* p, int64_t bytes) {
+  return p == nullptr || (reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(bytes)) == 0;
+}
+
+inline int64_t dtype_size(DType t) { return t == DType::kFloat32 ? 4 : 2; }
+
+// ---- reductions ----------------------------------------------------------------------------
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Block-wide reductions returning the result to every thread. `scratch` holds 32 floats;
+// blockDim.x must be a multiple of 32.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int nwarps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // scratch may still be being read by the previous reduction
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < nwarps ? scratch[lane] : 0.f;
+  return warp_sum(v);
+}
+
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int nwarps = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < nwarps ? scratch[lane] : -INFINITY;
+  return warp_max(v);
+}
+
+// ---- launch helpers ------------------------------------------------------------------------
+
+// Threads per block for `units` work items per row: a multiple of 32 in [32, max_threads].
+inline int row_block_size(int64_t units, int max_threads) {
+  int64_t t = ((units + 31) / 32) * 32;
+  if (t < 32) t = 32;
+  if (t > max_threads) t = max_threads;
+  return static_cast<int>(t);
+}
+
+inline int device_attribute(cudaDeviceAttr attr) {
+  int dev = 0, value = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&value, attr, dev);
+  return value;
+}
+
+// Grid for a grid-stride elementwise kernel over `n` items.
+inline unsigned int elementwise_blocks(int64_t n, int threads) {
+  const int64_t cap = static_cast<int64_t>(device_attribute(cudaDevAttrMultiProcessorCount)) * 32;
+  int64_t blocks = (n + threads - 1) / threads;
+  if (blocks > cap) blocks = cap;
+  if (blocks < 1) blocks = 1;
+  return static_cast<unsigned int>(blocks);
+}
+
+}  // namespace megastack
