@@ -1,0 +1,164 @@
+"""Read a megatron-core torch_dist checkpoint without building a model.
+
+A torch_dist checkpoint directory (``iter_XXXXXXX/``) holds ``metadata.json`` (megatron's backend
+record), ``common.pt`` (the non-sharded state), ``.metadata`` (PyTorch DCP: every key's global
+shape, dtype and the chunks it was saved in) and the ``__R_N.distcp`` shard files. The global
+shape of a key does not depend on the TP/PP layout it was saved at, so this reader gives the same
+answer for any layout: `tensor_keys()` and `shape(key)` from the metadata, `load_tensor(key)` for
+one key's full global tensor (assembled by DCP from whatever chunks the ranks wrote), and
+`load_object_bytes(key)` for a ShardedObject's serialized bytes, kept as bytes so they can be
+re-written verbatim.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import warnings
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
+
+import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint import load as dcp_load
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
+    Metadata,
+    TensorStorageMetadata,
+)
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "metadata.json"
+DCP_METADATA_FILE = ".metadata"
+COMMON_FILE = "common.pt"
+
+
+@contextmanager
+def single_process_dcp() -> Iterator[None]:
+    """DCP warns on every no_dist call that it assumes one process: that is the intent here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable")
+        yield
+
+
+class _CachedMetadataReader(FileSystemReader):
+    """DCP reads `.metadata` on every load; one key per load would re-read it each time."""
+
+    def __init__(self, path: str, metadata: Metadata) -> None:
+        super().__init__(path)
+        self._metadata = metadata
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        return self._metadata
+
+
+class _RawBytesLoadPlanner(DefaultLoadPlanner):
+    """Keeps a BYTE_IO item's bytes as they are instead of unpickling them."""
+
+    def __init__(self) -> None:
+        super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
+        self.raw: dict[str, bytes] = {}
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        self.raw[read_item.dest_index.fqn] = value.read()
+
+
+class DistCheckpointReader:
+    """Model-free view of one torch_dist checkpoint directory (``iter_XXXXXXX``)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        check_complete(path)
+        self.metadata: Metadata = FileSystemReader(path).read_metadata()
+        self._reader = _CachedMetadataReader(path, self.metadata)
+
+    # ---- what is in it -------------------------------------------------------------------------
+    def tensor_keys(self) -> list[str]:
+        return [k for k, v in self.metadata.state_dict_metadata.items()
+                if isinstance(v, TensorStorageMetadata)]
+
+    def object_keys(self) -> list[str]:
+        return [k for k, v in self.metadata.state_dict_metadata.items()
+                if isinstance(v, BytesStorageMetadata)]
+
+    def tensor_metadata(self, key: str) -> TensorStorageMetadata:
+        md = self.metadata.state_dict_metadata.get(key)
+        if not isinstance(md, TensorStorageMetadata):
+            raise KeyError(f"{self.path}: no tensor {key!r} in the checkpoint")
+        return md
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.tensor_metadata(key).size)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self.tensor_metadata(key).properties.dtype
+
+    def nbytes(self, key: str) -> int:
+        md = self.tensor_metadata(key)
+        return md.size.numel() * torch.empty((), dtype=md.properties.dtype).element_size()
+
+    # ---- contents ------------------------------------------------------------------------------
+    def load_tensor(self, key: str, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The full global tensor of `key`, read into `out` (allocated when not given)."""
+        md = self.tensor_metadata(key)
+        if out is None:
+            out = torch.empty(tuple(md.size), dtype=md.properties.dtype)
+        elif tuple(out.shape) != tuple(md.size) or out.dtype != md.properties.dtype:
+            raise ValueError(f"{key}: out has {tuple(out.shape)} {out.dtype}, the checkpoint "
+                             f"holds {tuple(md.size)} {md.properties.dtype}")
+        planner = DefaultLoadPlanner(flatten_state_dict=False, flatten_sharded_tensors=False)
+        with single_process_dcp():
+            dcp_load({key: out}, storage_reader=self._reader, planner=planner, no_dist=True)
+        return out
+
+    def load_object_bytes(self, key: str) -> bytes:
+        """The bytes megatron-core wrote for the ShardedObject `key` (a torch.save'd list)."""
+        if not isinstance(self.metadata.state_dict_metadata.get(key), BytesStorageMetadata):
+            raise KeyError(f"{self.path}: no object {key!r} in the checkpoint")
+        planner = _RawBytesLoadPlanner()
+        with single_process_dcp():
+            dcp_load({key: io.BytesIO()}, storage_reader=self._reader, planner=planner,
+                     no_dist=True)
+        return planner.raw[key]
+
+    def load_common(self) -> dict[str, Any]:
+        """common.pt: iteration, args, megastack configs, optimizer param groups, ..."""
+        # It holds an argparse Namespace and plain Python objects that the checkpoint's own code
+        # wrote, which is what megatron-core's load_common_state_dict trusts as well.
+        return torch.load(os.path.join(self.path, COMMON_FILE), map_location="cpu",
+                          weights_only=False)
+
+
+def check_complete(path: str) -> None:
+    """Raise ValueError naming the path unless `path` is a whole torch_dist checkpoint."""
+    if not os.path.isdir(path):
+        raise ValueError(f"checkpoint {path} does not exist or is not a directory")
+    config_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise ValueError(f"{path} is not a megatron-core distributed checkpoint: {CONFIG_FILE} "
+                         f"is missing (an interrupted save leaves this state)")
+    with open(config_path) as f:
+        backend = json.load(f).get("sharded_backend")
+    if backend != "torch_dist":
+        raise ValueError(f"{config_path}: sharded_backend is {backend!r}; only torch_dist "
+                         f"checkpoints can be read without a model")
+    for name in (DCP_METADATA_FILE, COMMON_FILE):
+        if not os.path.exists(os.path.join(path, name)):
+            raise ValueError(f"{path} is incomplete: {name} is missing")
+    metadata = FileSystemReader(path).read_metadata()
+    needed: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        end = info.offset + info.length
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+    for rel, end in sorted(needed.items()):
+        shard = os.path.join(path, rel)
+        if not os.path.exists(shard):
+            raise ValueError(f"{path} is incomplete: shard file {rel} is missing")
+        size = os.path.getsize(shard)
+        if size < end:
+            raise ValueError(f"{path} is incomplete: shard file {rel} has {size} bytes, "
+                             f"the metadata needs {end}")
