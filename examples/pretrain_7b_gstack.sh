@@ -20,7 +20,7 @@ set -euo pipefail
 : "${SMALL_PP:=${PP:-1}}"
 : "${LARGE_TP:=${TP:-2}}"
 : "${LARGE_PP:=${PP:-2}}"
-: "${LARGE_VPP_LAYERS:=${VPP_LAYERS:-4}}"
+: "${LARGE_VPP_LAYERS=${VPP_LAYERS-4}}"  # '=': LARGE_VPP_LAYERS= (empty) turns interleaving off
 : "${GLOBAL_BATCH_SIZE:=1024}"      # x 4096 tokens = 4M tokens per step, as Llama 2
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib/gstack_common.sh"

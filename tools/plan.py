@@ -110,7 +110,9 @@ def phase_layout(args, model, *, tp, pp, vpp, mbs, gbs, recompute) -> PhaseLayou
     world = args.nnodes * args.nproc_per_node
     parallel = ParallelConfig(
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-        num_layers_per_virtual_pipeline_stage=vpp, sequence_parallel=args.sequence_parallel,
+        num_layers_per_virtual_pipeline_stage=vpp,
+        # One switch for both phases of a recipe: it only means something where TP > 1.
+        sequence_parallel=args.sequence_parallel and tp > 1,
         use_distributed_optimizer=args.use_distributed_optimizer,
     )
     dp = max(world // (tp * pp), 1)

@@ -1,0 +1,67 @@
+"""The recipes' --dry-run (CI runs the 7B one for 1, 8 and 64 nodes) and tools/plan.py."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def dry_run(repo_root, script, **env):
+    full_env = {**os.environ, "PYTHON": sys.executable, **{k: str(v) for k, v in env.items()}}
+    for var in ("SLURM_JOB_NODELIST", "SLURM_NNODES", "SLURM_NODEID", "MASTER_ADDR"):
+        full_env.pop(var, None)
+    return subprocess.run(["bash", str(repo_root / "examples" / script), "--dry-run"], env=full_env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("nnodes,large_dp", [(1, 2), (8, 16), (64, 128)])
+def test_7b_dry_run_prints_all_phases(repo_root, nnodes, large_dp):
+    result = dry_run(repo_root, "pretrain_7b_gstack.sh", NNODES=nnodes)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for heading in ("phase 1: train the small model", "phase 2: grow", "phase 3: train the grown model",
+                    "before growth:", "after growth:"):
+        assert heading in out
+    assert f"world {nnodes * 8} = TP 1 x PP 1 x DP {nnodes * 8}; 8 layers per stage" in out
+    assert f"world {nnodes * 8} = TP 2 x PP 2 x DP {large_dp}; 16 layers per stage" in out
+    assert "stage 0: layers 0-7 + embedding, final norm, output layer" in out
+    assert ("stage 1: chunk 0: layers 4-7 | chunk 1: layers 12-15 | chunk 2: layers 20-23 | "
+            "chunk 3: layers 28-31 + final norm, output layer") in out
+    assert "--stacking-list '0-7*4'" in out
+    assert out.count(": fits") == 2 and "WARNING" not in out
+    assert "guideline" in result.stderr  # d came from the growth guideline
+
+
+def test_1b_dry_run(repo_root):
+    result = dry_run(repo_root, "pretrain_1b_gstack.sh")
+    assert result.returncode == 0, result.stderr
+    assert "small model 10,000,000,000 tokens before growth" in result.stdout
+    assert "24 layers, hidden 2048" in result.stdout
+
+
+def test_dry_run_rejects_a_bad_layout(repo_root):
+    result = dry_run(repo_root, "pretrain_7b_gstack.sh", LARGE_PP=3, LARGE_VPP_LAYERS="")
+    assert result.returncode == 2
+    assert "phase 'large'" in result.stderr and "--pipeline-model-parallel-size 3" in result.stderr
+
+
+def test_dry_run_warns_when_a_phase_does_not_fit(repo_root):
+    result = dry_run(repo_root, "pretrain_7b_gstack.sh", LARGE_TP=1, LARGE_PP=1, LARGE_VPP_LAYERS="",
+                     DISTRIBUTED_OPTIMIZER=0)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING: phase 'large' will not fit" in result.stdout
+
+
+def test_plan_tool_single_phase(capsys):
+    sys.path.insert(0, "tools")
+    from plan import main  # tools/plan.py
+
+    assert main(["--model", "tiny-8l", "--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
+                 "--num-layers-per-virtual-pipeline-stage", "2", "--global-batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "stage 0: chunk 0: layers 0-1 + embedding | chunk 1: layers 4-5" in out
+    assert main(["--model", "tiny-8l", "--vocab-size", "500", "--tensor-model-parallel-size", "2"]) == 0
+    assert "vocab 512" in capsys.readouterr().out  # padded like the trainer pads it
+    assert main(["--model", "tiny-8l", "--global-batch-size", "12"]) == 2
+    assert "--global-batch-size 12" in capsys.readouterr().err
