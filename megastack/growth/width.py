@@ -233,6 +233,16 @@ class WidthGrowth:
         }
 
     # ---- the per-key transform -----------------------------------------------------------------
+    def target_shape(self, key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape `transform` returns for a source tensor of `shape`, without any data."""
+        rule = key_rule(key)
+        lead = len(shape) - len(rule)
+        if lead < 0:
+            raise ValueError(f"{key}: expected at least {len(rule)} dims, got shape {tuple(shape)}")
+        return tuple(shape[:lead]) + tuple(
+            shape[lead + i] if rk is None else self.maps[rk[0]].n_dst for i, rk in enumerate(rule)
+        )
+
     def transform(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
         rule = key_rule(key)
         lead = tensor.dim() - len(rule)

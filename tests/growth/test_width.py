@@ -92,3 +92,16 @@ def test_bad_operator_key_and_shape():
         grow.transform("decoder.layers.self_attention.linear_qkv.weight", torch.zeros(2, 64, 16))
     with pytest.raises(ValueError, match="expected 2 dims"):
         grow.transform("output_layer.weight", torch.zeros(2, 128, 32))
+
+
+@pytest.mark.parametrize("operator", ["direct", "zero", "random"])
+def test_target_shape_matches_transform(operator):
+    grow = WidthGrowth(SMALL, WIDE_GQA, operator, seed=0)
+    for key, shape in [("embedding.word_embeddings.weight", (128, 32)),
+                       ("decoder.layers.self_attention.linear_qkv.weight", (2, 64, 32)),
+                       ("decoder.layers.self_attention.linear_proj.weight", (2, 32, 32)),
+                       ("decoder.layers.mlp.linear_fc1.weight", (2, 96, 32)),
+                       ("decoder.layers.mlp.linear_fc2.weight", (2, 32, 48)),
+                       ("decoder.layers.mlp.linear_fc1.layer_norm_weight", (2, 32)),
+                       ("output_layer.weight", (128, 32))]:
+        assert grow.transform(key, torch.randn(shape)).shape == grow.target_shape(key, shape), key
