@@ -104,6 +104,7 @@ def grow_checkpoint(
     *,
     stacking_list: str,
     operator: str = "stack",
+    target_num_layers: Optional[int] = None,
     target_tensor_parallel_size: Optional[int] = None,
     target_pipeline_parallel_size: Optional[int] = None,
     target_num_layers_per_virtual_pipeline_stage: Optional[int] = None,
@@ -131,6 +132,9 @@ def grow_checkpoint(
     _check_layer_axis(reader, src_model)
 
     plan = parse_stacking_list(stacking_list)
+    if target_num_layers is not None and target_num_layers != len(plan):
+        raise ValueError(f"--stacking-list has {len(plan)} entries but --target-num-layers is "
+                         f"{target_num_layers}; parsed list: {list(plan.layers)}")
     if operator not in DEPTH_OPERATORS:
         raise ValueError(f"--operator must be one of {', '.join(DEPTH_OPERATORS)}, got {operator!r}")
     depth_model = src_model.replace(num_layers=len(plan))
@@ -303,11 +307,12 @@ def _temp_root(dst: str) -> str:
 def _check_destination(dst: str, ckpt: str, force: bool) -> None:
     dst_abs = os.path.realpath(dst)
     src_abs = os.path.realpath(ckpt)
-    src_root = os.path.dirname(src_abs)
-    for a, b in ((dst_abs, src_abs), (dst_abs, src_root)):
-        if a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep):
-            raise ValueError(f"--save {dst} overlaps the source checkpoint {ckpt}: choose a "
-                             f"separate directory (the source is never modified)")
+    # DST may sit next to the source's iter dirs, but must neither be (or contain) the source
+    # checkpoint, nor be its save root (whose latest_checkpointed_iteration.txt it would rewrite).
+    if (dst_abs in (src_abs, os.path.dirname(src_abs)) or dst_abs.startswith(src_abs + os.sep)
+            or src_abs.startswith(dst_abs + os.sep)):
+        raise ValueError(f"--save {dst} overlaps the source checkpoint {ckpt}: choose a "
+                         f"separate directory (the source is never modified)")
     if os.path.exists(dst) and not os.path.isdir(dst):
         raise ValueError(f"--save {dst} exists and is not a directory")
     if os.path.isdir(dst) and os.listdir(dst):

@@ -1,0 +1,92 @@
+"""Grow a Megatron torch_dist checkpoint offline and re-shard it for a target layout.
+
+    python tools/grow_checkpoint.py --load runs/small --save runs/grown \\
+        --stacking-list 0-5*4 --operator stack \\
+        --target-tensor-parallel-size 2 --target-pipeline-parallel-size 4
+
+Reads SRC (any TP/PP layout) without building a model, streams every tensor through the growth
+operator and writes DST/iter_0000000, which training at the target layout loads directly.
+Prints the map target layer -> source layer -> pipeline stage (chunk) and a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from megastack.growth.depth import DEPTH_OPERATORS
+from megastack.growth.width import WIDTH_OPERATORS
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    io = parser.add_argument_group("checkpoints")
+    io.add_argument("--load", required=True, help="source checkpoint: a save root or an iter_XXXXXXX directory")
+    io.add_argument("--save", required=True, help="destination save root (must not exist or be empty)")
+    io.add_argument("--force", action="store_true",
+                    help="replace an earlier grown checkpoint at --save (never other data)")
+    io.add_argument("--no-fsync", action="store_true", help="skip fsync of the written files")
+
+    growth = parser.add_argument_group("growth")
+    growth.add_argument("--stacking-list", required=True,
+                        help="source layer of each target layer, 0-based: '0,1,2,0,1,2', '0-5*4', "
+                             "'0,1,(2-5)*5,4,5', or the paper's 1-based 'paper:12-3456*5-56'")
+    growth.add_argument("--target-num-layers", type=int,
+                        help="expected target depth; checked against the stacking list's length")
+    growth.add_argument("--operator", choices=DEPTH_OPERATORS, default="stack",
+                        help="depth operator: stack (G_stack), zero (G_zero), random (G_random), "
+                             "shrink (Inheritune)")
+    growth.add_argument("--keep-optimizer-state", action="store_true",
+                        help="carry Adam moments of copied tensors (default: drop optimizer state)")
+    growth.add_argument("--seed", type=int, default=1234, help="seed of random/new parts")
+
+    width = parser.add_argument_group("width growth (optional)")
+    width.add_argument("--target-hidden-size", type=int)
+    width.add_argument("--target-ffn-hidden-size", type=int)
+    width.add_argument("--target-num-attention-heads", type=int)
+    width.add_argument("--target-num-query-groups", type=int)
+    width.add_argument("--width-operator", choices=WIDTH_OPERATORS, default="direct")
+
+    layout = parser.add_argument_group("target layout (default: the source's)")
+    layout.add_argument("--target-tensor-parallel-size", type=int)
+    layout.add_argument("--target-pipeline-parallel-size", type=int)
+    layout.add_argument("--target-num-layers-per-virtual-pipeline-stage", type=int)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = get_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from megastack.growth.grow_checkpoint import grow_checkpoint
+
+    try:
+        report = grow_checkpoint(
+            args.load, args.save,
+            stacking_list=args.stacking_list,
+            operator=args.operator,
+            target_num_layers=args.target_num_layers,
+            target_tensor_parallel_size=args.target_tensor_parallel_size,
+            target_pipeline_parallel_size=args.target_pipeline_parallel_size,
+            target_num_layers_per_virtual_pipeline_stage=args.target_num_layers_per_virtual_pipeline_stage,
+            keep_optimizer_state=args.keep_optimizer_state,
+            target_hidden_size=args.target_hidden_size,
+            target_ffn_hidden_size=args.target_ffn_hidden_size,
+            target_num_attention_heads=args.target_num_attention_heads,
+            target_num_query_groups=args.target_num_query_groups,
+            width_operator=args.width_operator,
+            seed=args.seed,
+            force=args.force,
+            fsync=not args.no_fsync,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.format_map())
+    print()
+    print(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
