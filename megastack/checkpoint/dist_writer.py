@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
 import torch
-from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint import CheckpointException, FileSystemWriter
 from torch.distributed.checkpoint import save as dcp_save
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import (
@@ -94,12 +94,20 @@ class _StreamingSavePlanner(DefaultSavePlanner):
         self._current: Optional[torch.Tensor] = None
         self._served = 0
         self.produced = 0
+        self.error: Optional[BaseException] = None  # first producer error, re-raised unwrapped
+
+    def resolve_data(self, write_item: WriteItem) -> Union[torch.Tensor, io.BytesIO]:
+        try:
+            return self._resolve(write_item)
+        except BaseException as e:
+            self.error = self.error or e
+            raise
 
     def create_local_plan(self) -> SavePlan:
         self.plan = SavePlan(items=self._items)
         return self.plan
 
-    def resolve_data(self, write_item: WriteItem) -> Union[torch.Tensor, io.BytesIO]:
+    def _resolve(self, write_item: WriteItem) -> Union[torch.Tensor, io.BytesIO]:
         key = write_item.index.fqn
         if write_item.type == WriteItemType.BYTE_IO:
             return io.BytesIO(self._objects[key].produce())
@@ -196,8 +204,14 @@ class DistCheckpointWriter:
         planner = _StreamingSavePlanner(self._tensors, self._objects)
         storage = FileSystemWriter(self.path, single_file_per_rank=True, sync_files=self.fsync,
                                    thread_count=1)
-        with single_process_dcp():
-            dcp_save({}, storage_writer=storage, planner=planner, no_dist=True)
+        try:
+            with single_process_dcp():
+                dcp_save({}, storage_writer=storage, planner=planner, no_dist=True)
+        except CheckpointException as e:
+            # DCP wraps whatever a producer raised (e.g. a ValueError about the plan): surface it.
+            if planner.error is not None:
+                raise planner.error from e
+            raise
         torch.save(common, os.path.join(self.path, COMMON_FILE))
         # metadata.json marks a directory as a distributed checkpoint: it goes in last.
         with open(os.path.join(self.path, CONFIG_FILE), "w") as f:
