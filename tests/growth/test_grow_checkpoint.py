@@ -1,0 +1,284 @@
+"""grow_checkpoint / tools/grow_checkpoint.py on a real megatron-core checkpoint.
+
+One torchrun job (4 gloo ranks, tests/checkpoint/dist_worker.py) trains a tiny-4l model one step
+at TP2 PP2, saves it with its Adam state, grows it on rank 0 (as the trainer does between
+phases) to 8 layers with G_stack, then loads the grown checkpoint at TP1 PP4, TP2 PP1, PP2 with
+virtual stages and TP1 PP1 and evaluates a fixed batch at each. The tests below read its
+results and run further growths of its source checkpoint in this process.
+"""
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from megastack.checkpoint.dist_reader import DistCheckpointReader
+from megastack.checkpoint.layer_map import layer_stage_map
+from megastack.growth.grow_checkpoint import grow_checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WORKER = os.path.join(REPO, "tests", "checkpoint", "dist_worker.py")
+PLAN = [0, 1, 2, 3, 0, 1, 2, 3]  # "0-3*2"
+SRC_ITER = "iter_0000003"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("grow_layouts"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
+           WORKER, "layouts", "--out", work, "--preset", "tiny-4l", "--tp", "2", "--pp", "2",
+           "--stacking-list", "0-3*2"]
+    # The timeout also bounds the dist checkpoint saves inside (a dead writer would hang them).
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=420)
+    if proc.returncode != 0:
+        pytest.fail(f"dist_worker failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+    with open(os.path.join(work, "results.json")) as f:
+        results = json.load(f)
+    return work, results
+
+
+@pytest.fixture
+def src(run):
+    return os.path.join(run[0], "src")
+
+
+def _tree_hash(path):
+    digest = {}
+    for root, _, files in os.walk(path):
+        for name in files:
+            p = os.path.join(root, name)
+            with open(p, "rb") as f:
+                digest[os.path.relpath(p, path)] = hashlib.sha256(f.read()).hexdigest()
+    return digest
+
+
+# ---- the grown checkpoint loads at other layouts ------------------------------------------------
+def test_grown_checkpoint_gives_the_single_process_loss_at_every_layout(run):
+    layouts = run[1]["layouts"]
+    reference = next(l for l in layouts if (l["tp"], l["pp"]) == (1, 1))
+    for layout in layouts:
+        assert layout["iteration"] == 0
+        assert layout["loss"] == pytest.approx(reference["loss"], rel=1e-5, abs=1e-6), layout
+        # the loss is the loaded weights', not the freshly built model's
+        assert abs(layout["fresh_loss"] - layout["loss"]) > 1e-3, layout
+    assert {(l["tp"], l["pp"], l["vp_layers"]) for l in layouts} >= {(1, 4, None), (2, 1, None)}
+
+
+def test_loaded_parameters_equal_the_grown_checkpoint(run):
+    reference = next(l for l in run[1]["layouts"] if (l["tp"], l["pp"]) == (1, 1))
+    assert reference["weight_mismatches"] == []
+
+
+def test_layer_map_matches_megatron_placement(run):
+    for layout in run[1]["layouts"]:
+        expected: dict[int, list[list[int]]] = {}
+        for layer, (stage, chunk) in enumerate(layer_stage_map(8, layout["pp"], layout["vp_layers"])):
+            chunks = expected.setdefault(stage, [])
+            while len(chunks) <= chunk:
+                chunks.append([])
+            chunks[chunk].append(layer)
+        got = {stage: json.loads(layers) for stage, layers in layout["placements"]}
+        assert got == expected, layout
+
+
+def test_metadata_json_is_what_megatron_writes(run):
+    assert run[1]["config_matches_megatron"] is True
+
+
+def test_keep_optimizer_state_loads_into_a_megatron_optimizer(run):
+    opt = run[1]["optimizer"]
+    assert opt["checked"] > 0 and opt["mismatches"] == []
+
+
+# ---- what is written ----------------------------------------------------------------------------
+def test_stack_equals_index_select_of_the_source_layers(run):
+    source = DistCheckpointReader(os.path.join(run[0], "src", SRC_ITER))
+    grown = DistCheckpointReader(os.path.join(run[0], "grown", "iter_0000000"))
+    index = torch.tensor(PLAN)
+    model_keys = [k for k in source.tensor_keys() if not k.startswith("optimizer.")]
+    assert sorted(grown.tensor_keys()) == sorted(model_keys)  # optimizer state dropped
+    for key in model_keys:
+        want = source.load_tensor(key)
+        if key.startswith("decoder.layers."):
+            want = want.index_select(0, index)
+        assert torch.equal(grown.load_tensor(key), want), key
+
+
+def test_kept_adam_moments_are_stacked_like_their_weights(run):
+    source = DistCheckpointReader(os.path.join(run[0], "src", SRC_ITER))
+    grown = DistCheckpointReader(os.path.join(run[0], "grown_opt", "iter_0000000"))
+    moments = [k for k in source.tensor_keys() if k.startswith("optimizer.state.exp_avg")]
+    assert moments and sorted(grown.tensor_keys()) == sorted(source.tensor_keys())
+    for key in moments:
+        want = source.load_tensor(key)
+        if ".decoder.layers." in key:
+            want = want.index_select(0, torch.tensor(PLAN))
+        assert torch.equal(grown.load_tensor(key), want), key
+    assert "optimizer" in grown.load_common()
+
+
+def test_common_state_describes_the_grown_model(run):
+    root = os.path.join(run[0], "grown")
+    assert sorted(os.listdir(root)) == ["iter_0000000", "latest_checkpointed_iteration.txt"]
+    assert open(os.path.join(root, "latest_checkpointed_iteration.txt")).read().strip() == "0"
+    reader = DistCheckpointReader(os.path.join(root, "iter_0000000"))
+    common = reader.load_common()
+    assert common["iteration"] == 0
+    assert common["megastack"]["model"]["num_layers"] == 8
+    assert common["megastack"]["parallel"]["tensor_model_parallel_size"] == 1
+    assert common["megastack"]["parallel"]["pipeline_model_parallel_size"] == 4
+    assert (common["args"].num_layers, common["args"].iteration) == (8, 0)
+    assert common["args"].pipeline_model_parallel_size == 4
+    assert common["consumed_train_samples"] == 8  # the data position carries on
+    grown_from = common["grown_from"]
+    assert grown_from["iteration"] == 3 and grown_from["stacking_list"] == PLAN
+    assert grown_from["source_model"]["num_layers"] == 4
+    for dropped in ("opt_param_scheduler", "optimizer", "rng_layout"):
+        assert dropped not in common
+    objects = reader.object_keys()
+    assert not any(k.startswith("rng_state") for k in objects)
+    extra = sorted(k for k in objects if k.startswith("decoder.layers.mlp.linear_fc2._extra_state"))
+    assert extra == sorted(f"decoder.layers.mlp.linear_fc2._extra_state/shard_{i}_8" for i in range(8))
+
+
+def test_zero_operator_zeroes_repeats_and_leaves_the_source_untouched(src, tmp_path):
+    before = _tree_hash(src)
+    dst = str(tmp_path / "zero")
+    report = grow_checkpoint(src, dst, stacking_list="0,1,2,3,0,1,2,3", operator="zero",
+                             target_pipeline_parallel_size=2, fsync=False)
+    assert _tree_hash(src) == before
+    grown = DistCheckpointReader(report.checkpoint_dir)
+    source = DistCheckpointReader(os.path.join(src, SRC_ITER))
+    for key in ("decoder.layers.self_attention.linear_proj.weight", "decoder.layers.mlp.linear_fc2.weight"):
+        out = grown.load_tensor(key)
+        assert torch.equal(out[:4], source.load_tensor(key)) and not out[4:].any(), key
+    qkv = "decoder.layers.self_attention.linear_qkv.weight"
+    assert torch.equal(grown.load_tensor(qkv)[4:], source.load_tensor(qkv))
+    assert [(r.target_layer, r.source_layer, r.stage) for r in report.layer_map][:5] == [
+        (0, 0, 0), (1, 1, 0), (2, 2, 0), (3, 3, 0), (4, 0, 1)]
+    assert report.optimizer_state == "dropped"
+
+
+def test_shrink_keeps_the_first_layers(src, tmp_path):
+    report = grow_checkpoint(src, str(tmp_path / "small"), stacking_list="0,1", operator="shrink",
+                             target_tensor_parallel_size=1, target_pipeline_parallel_size=1,
+                             fsync=False)
+    grown = DistCheckpointReader(report.checkpoint_dir)
+    source = DistCheckpointReader(os.path.join(src, SRC_ITER))
+    key = "decoder.layers.mlp.linear_fc1.weight"
+    assert torch.equal(grown.load_tensor(key), source.load_tensor(key)[:2])
+    assert report.target_model.num_layers == 2
+
+
+# ---- bad input: clear errors, DST never created --------------------------------------------------
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(stacking_list="0-4*2"), r"source layer\(s\) \[4\].*4 layers"),
+    (dict(stacking_list="0-3*2", target_num_layers=12), r"8 entries but --target-num-layers is 12"),
+    (dict(stacking_list="0-3*2", target_pipeline_parallel_size=3), r"--target-pipeline-parallel-size 3.*not divisible"),
+    (dict(stacking_list="0-3*2", target_tensor_parallel_size=3), r"--target-tensor-parallel-size 3.*heads"),
+    (dict(stacking_list="0-3*2", target_pipeline_parallel_size=2,
+          target_num_layers_per_virtual_pipeline_stage=3), r"virtual-pipeline-stage 3"),
+    (dict(stacking_list="0-3*2", operator="grow"), r"--operator must be one of"),
+    (dict(stacking_list="0,1,2,3,0", operator="shrink"), r"shrink"),
+    (dict(stacking_list="0-3*2", keep_optimizer_state=True, target_hidden_size=128), r"--keep-optimizer-state"),
+])
+def test_bad_growth_requests_fail_before_writing(src, tmp_path, kwargs, message):
+    before = _tree_hash(src)
+    dst = str(tmp_path / "dst")
+    with pytest.raises(ValueError, match=message):
+        grow_checkpoint(src, dst, fsync=False, **kwargs)
+    assert not os.path.exists(dst) and not os.path.exists(dst + ".tmp")
+    assert _tree_hash(src) == before
+
+
+@pytest.mark.parametrize("damage", ["missing", "no_latest", "metadata.json", ".metadata", "shard"])
+def test_missing_or_partial_sources_are_named(src, tmp_path, damage):
+    broken = str(tmp_path / "src")
+    shutil.copytree(src, broken)
+    ckpt = os.path.join(broken, SRC_ITER)
+    if damage == "missing":
+        broken = str(tmp_path / "nowhere")
+    elif damage == "no_latest":
+        os.remove(os.path.join(broken, "latest_checkpointed_iteration.txt"))
+    elif damage == "shard":
+        os.remove(os.path.join(ckpt, sorted(f for f in os.listdir(ckpt) if f.endswith(".distcp"))[-1]))
+    else:
+        os.remove(os.path.join(ckpt, damage))
+    dst = str(tmp_path / "dst")
+    with pytest.raises(ValueError, match="nowhere|src") as err:
+        grow_checkpoint(broken, dst, stacking_list="0-3*2", fsync=False)
+    assert broken in str(err.value)
+    assert not os.path.exists(dst) and not os.path.exists(dst + ".tmp")
+
+
+def test_destination_rules(src, tmp_path):
+    dst = str(tmp_path / "dst")
+    grow_checkpoint(src, dst, stacking_list="0-3*2", fsync=False)
+    with pytest.raises(ValueError, match="exists and is not empty"):
+        grow_checkpoint(src, dst, stacking_list="0-3*2", fsync=False)
+    report = grow_checkpoint(src, dst, stacking_list="0,1,2,3,3,2,1,0", fsync=False, force=True)
+    assert DistCheckpointReader(report.checkpoint_dir).load_common()["grown_from"]["stacking_list"] \
+        == [0, 1, 2, 3, 3, 2, 1, 0]
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not a grown checkpoint"):
+        grow_checkpoint(src, str(user), stacking_list="0-3*2", fsync=False, force=True)
+    assert (user / "notes.txt").read_text() == "keep me"
+    for inside in (src, os.path.join(src, SRC_ITER, "grown")):
+        with pytest.raises(ValueError, match="overlaps the source"):
+            grow_checkpoint(src, inside, stacking_list="0-3*2", fsync=False)
+    (tmp_path / "empty").mkdir()
+    grow_checkpoint(src, str(tmp_path / "empty"), stacking_list="0-3*2", fsync=False)
+
+
+def test_an_error_while_streaming_removes_the_partial_output(src, tmp_path, monkeypatch):
+    from megastack.growth import grow_checkpoint as module
+
+    calls = []
+
+    def failing(self, key, tensor):
+        calls.append(key)
+        if len(calls) == 3:
+            raise ValueError("operator failed on purpose")
+        return tensor.index_select(0, torch.tensor(PLAN)) if "decoder.layers." in key else tensor
+
+    monkeypatch.setattr(module.DepthGrowth, "transform", failing)
+    dst = str(tmp_path / "dst")
+    with pytest.raises(ValueError, match="on purpose"):
+        grow_checkpoint(src, dst, stacking_list="0-3*2", fsync=False)
+    assert not os.path.exists(dst) and not os.path.exists(dst + ".tmp")
+
+
+# ---- the tool -------------------------------------------------------------------------------------
+def _tool():
+    spec = importlib.util.spec_from_file_location("grow_checkpoint_tool",
+                                                  os.path.join(REPO, "tools", "grow_checkpoint.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tool_prints_the_map_and_summary(src, tmp_path, capsys):
+    rc = _tool().main(["--load", src, "--save", str(tmp_path / "dst"), "--stacking-list", "0-3*2",
+                       "--target-pipeline-parallel-size", "2",
+                       "--target-num-layers-per-virtual-pipeline-stage", "2", "--no-fsync"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    lines = out.splitlines()
+    assert "target layer" in lines[0] and "stage (chunk)" in lines[0]
+    assert lines[5].split() == ["4", "->", "0", "->", "0", "(1)"]
+    assert "depth operator: stack" in out and "TP2 PP2" in out and "VP 2 layers/chunk" in out
+
+
+def test_tool_exits_non_zero_with_the_message(src, tmp_path, capsys):
+    rc = _tool().main(["--load", src, "--save", str(tmp_path / "dst"), "--stacking-list", "0-9"])
+    assert rc != 0
+    assert "error: --stacking-list refers to source layer(s)" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "dst")
