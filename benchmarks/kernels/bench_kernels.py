@@ -1,0 +1,210 @@
+"""Benchmark the fused kernels against PyTorch eager and torch.compile, forward + backward, at
+Llama-7B shapes. Writes bench_kernels.json and bench_kernels.md to --out.
+
+Bandwidth is the minimum traffic each op must move (inputs read and outputs written once, per
+forward and backward) divided by the median time, so all three implementations are measured
+against the same byte count. Peak bandwidth comes from the device name.
+
+    python3 benchmarks/kernels/bench_kernels.py --out results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from megastack.kernels import functions, kernels_available, reference
+
+logger = logging.getLogger("bench_kernels")
+
+# HBM peak bandwidth in bytes/s by device-name fragment (first match wins).
+PEAK_BANDWIDTH = [
+    ("H200", 4.8e12),
+    ("H100 PCIe", 2.0e12),
+    ("H100", 3.35e12),  # SXM
+    ("A100-SXM4-80GB", 2.039e12),
+    ("A100 80GB PCIe", 1.935e12),
+    ("A100", 1.555e12),
+]
+
+
+def peak_bandwidth(name: str) -> float | None:
+    for fragment, peak in PEAK_BANDWIDTH:
+        if fragment in name:
+            return peak
+    return None
+
+
+def time_ms(fn: Callable[[], None], repeats: int, warmup: int = 3) -> float:
+    """Median of CUDA-event-timed calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def fwd_bwd(op: Callable, inputs: list[torch.Tensor], grad: torch.Tensor) -> Callable[[], None]:
+    def step():
+        for t in inputs:
+            t.grad = None
+        out = op(*inputs)
+        outs = out if isinstance(out, tuple) else (out,)
+        torch.autograd.backward(outs, [grad] * len(outs))
+
+    return step
+
+
+def cases(tokens: int, dtype: torch.dtype):
+    """(name, fused op, reference op, inputs, output grad, bytes moved by fwd + bwd)."""
+    s, b = 4096, max(1, tokens // 4096)
+    hidden, ffn, heads, head_dim, vocab = 4096, 11008, 32, 128, 32000
+    n = s * b
+    e = torch.tensor([], dtype=dtype).element_size()
+    dev = "cuda"
+
+    x = torch.randn(n, hidden, device=dev, dtype=dtype, requires_grad=True)
+    w = torch.rand(hidden, device=dev, dtype=dtype, requires_grad=True)
+    yield (
+        "rmsnorm",
+        lambda x, w: functions.rms_norm(x, w, 1e-5),
+        lambda x, w: reference.rms_norm(x, w, 1e-5),
+        [x, w],
+        torch.randn(n, hidden, device=dev, dtype=dtype),
+        5 * n * hidden * e,  # fwd: read x, write y; bwd: read dy, x, write dx
+    )
+
+    x = torch.randn(n, hidden, device=dev, dtype=dtype, requires_grad=True)
+    r = torch.randn(n, hidden, device=dev, dtype=dtype, requires_grad=True)
+    yield (
+        "rmsnorm+residual",
+        lambda x, r, w: functions.rms_norm(x, w, 1e-5, residual=r),
+        lambda x, r, w: reference.rms_norm(x, w, 1e-5, residual=r),
+        [x, r, w],
+        torch.randn(n, hidden, device=dev, dtype=dtype),
+        # fwd: read x, r, write y, sum; bwd: read dy, dsum, sum, write dx (shared by x and r)
+        8 * n * hidden * e,
+    )
+
+    x = torch.randn(n, 2 * ffn, device=dev, dtype=dtype, requires_grad=True)
+    yield (
+        "swiglu",
+        functions.swiglu,
+        reference.swiglu,
+        [x],
+        torch.randn(n, ffn, device=dev, dtype=dtype),
+        8 * n * ffn * e,  # fwd: read 2f, write f; bwd: read dy (f) and x (2f), write dx (2f)
+    )
+
+    q = torch.randn(s, b, heads, head_dim, device=dev, dtype=dtype, requires_grad=True)
+    inv = 1.0 / 10000 ** (torch.arange(0, head_dim, 2, device=dev).float() / head_dim)
+    f = torch.outer(torch.arange(s, device=dev).float(), inv)
+    freqs = torch.cat((f, f), -1)[:, None, None, :]
+    yield (
+        "rope",
+        lambda q: functions.rope(q, freqs),
+        lambda q: reference.rope(q, freqs),
+        [q],
+        torch.randn_like(q),
+        4 * q.numel() * e,  # fwd and bwd each read and write [s, b, h, d]
+    )
+
+    logits = torch.randn(n, vocab, device=dev, dtype=dtype, requires_grad=True)
+    target = torch.randint(0, vocab, (n,), device=dev)
+    yield (
+        "cross_entropy",
+        lambda x: functions.vocab_parallel_cross_entropy(x, target),
+        lambda x: reference.cross_entropy(x, target),
+        [logits],
+        torch.rand(n, device=dev),
+        3 * n * vocab * e,  # fwd: read logits; bwd: read logits, write dlogits
+    )
+
+
+def run(args) -> list[dict]:
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_kernels.py needs a CUDA device")
+    if not kernels_available():
+        raise SystemExit("megastack._kernels is not importable: build it first (see README.md)")
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    device = torch.cuda.get_device_name()
+    peak = peak_bandwidth(device)
+    rows = []
+    for name, fused, ref, inputs, grad, nbytes in cases(args.tokens, dtype):
+        impls = {"fused": fused, "eager": ref}
+        if not args.no_compile:
+            impls["compile"] = torch.compile(ref)
+        times = {}
+        for impl, op in impls.items():
+            times[impl] = time_ms(fwd_bwd(op, inputs, grad), args.repeats)
+        for impl, ms in times.items():
+            gbps = nbytes / (ms * 1e-3) / 1e9
+            rows.append(
+                dict(
+                    kernel=name,
+                    impl=impl,
+                    dtype=args.dtype,
+                    ms=round(ms, 4),
+                    gb_per_s=round(gbps, 1),
+                    pct_peak=round(100 * gbps * 1e9 / peak, 1) if peak else None,
+                    speedup_vs_eager=round(times["eager"] / ms, 2),
+                )
+            )
+            logger.info("%-18s %-8s %8.3f ms %8.1f GB/s", name, impl, ms, gbps)
+        del inputs, grad
+        torch.cuda.empty_cache()
+    return [dict(device=device, peak_gb_per_s=peak / 1e9 if peak else None, tokens=args.tokens,
+                 torch=torch.__version__, cuda=torch.version.cuda)] + rows
+
+
+def to_markdown(results: list[dict]) -> str:
+    meta, rows = results[0], results[1:]
+    peak = f"{meta['peak_gb_per_s']:.0f} GB/s" if meta["peak_gb_per_s"] else "unknown"
+    lines = [
+        f"Device: {meta['device']} (peak {peak}), torch {meta['torch']}, CUDA {meta['cuda']}, "
+        f"tokens {meta['tokens']}; forward + backward, median of CUDA-event-timed repeats.",
+        "",
+        "| kernel | impl | dtype | ms | GB/s | % of peak | speedup vs eager |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        pct = "" if r["pct_peak"] is None else f"{r['pct_peak']}"
+        lines.append(
+            f"| {r['kernel']} | {r['impl']} | {r['dtype']} | {r['ms']} | {r['gb_per_s']} | "
+            f"{pct} | {r['speedup_vs_eager']}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="directory for the JSON and table")
+    parser.add_argument("--tokens", type=int, default=8192, help="tokens per step (s=4096 x b)")
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    results = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_kernels.json").write_text(json.dumps(results, indent=2))
+    table = to_markdown(results)
+    (args.out / "bench_kernels.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
