@@ -7,9 +7,10 @@ With several nodes, put ``path_to_cache`` (default: next to the data) on a files
 share: megatron-core writes its cache files without locking, and only global rank 0 builds first.
 """
 
+import contextlib
 import logging
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,23 @@ def _validate_split(split: str) -> str:
         raise ValueError(f"--split {split!r} must be up to three non-negative weights such as "
                          "'969,30,1'")
     return split
+
+
+@contextlib.contextmanager
+def _rank_zero_without_process_group() -> Iterator[None]:
+    """megatron-core 0.16.1's BlendedDataset calls ``torch.distributed.get_rank()`` without
+    checking ``is_initialized()`` when it writes its cache; a single process is rank 0."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        yield
+        return
+    original = dist.get_rank
+    dist.get_rank = lambda group=None: 0
+    try:
+        yield
+    finally:
+        dist.get_rank = original
 
 
 def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_length: int,
@@ -88,6 +106,7 @@ def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_le
     )
     dataset_class = MockGPTDataset if mock else GPTDataset
     sizes = [int(n) for n in train_valid_test_num_samples]
-    train, valid, test = BlendedMegatronDatasetBuilder(
-        dataset_class, sizes, lambda: True, config).build()
+    with _rank_zero_without_process_group():
+        train, valid, test = BlendedMegatronDatasetBuilder(
+            dataset_class, sizes, lambda: True, config).build()
     return train, valid, test

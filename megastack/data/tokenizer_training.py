@@ -67,10 +67,41 @@ def train_sentencepiece(config: TokenizerTrainingConfig) -> str:
     files = expand_inputs(config.inputs)
     parent = os.path.dirname(os.path.abspath(config.model_prefix))
     os.makedirs(parent, exist_ok=True)
+    lines = _RememberingIterator(iter_training_lines(files, config.json_keys,
+                                                     config.skip_bad_lines))
     # The sampling of input lines is the only randomness; seed it for reproducible models.
     sentencepiece.set_random_generator_seed(config.seed)
+    try:
+        _train(sentencepiece, lines, config)
+    except Exception:
+        # SentencePiece wraps errors raised by the iterator in its own; surface the user's.
+        if lines.error is not None:
+            raise lines.error from None
+        raise
+    return config.model_prefix + ".model"
+
+
+class _RememberingIterator:
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self.error: Optional[BaseException] = None
+
+    def __iter__(self) -> "_RememberingIterator":
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._lines)
+        except StopIteration:
+            raise
+        except BaseException as err:
+            self.error = err
+            raise
+
+
+def _train(sentencepiece, lines: Iterator[str], config: TokenizerTrainingConfig) -> None:
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter_training_lines(files, config.json_keys, config.skip_bad_lines),
+        sentence_iterator=lines,
         model_prefix=config.model_prefix,
         vocab_size=config.vocab_size,
         model_type=config.model_type,
@@ -88,4 +119,3 @@ def train_sentencepiece(config: TokenizerTrainingConfig) -> str:
         num_threads=config.num_threads or os.cpu_count() or 1,
         minloglevel=2,
     )
-    return config.model_prefix + ".model"
