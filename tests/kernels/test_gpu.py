@@ -64,8 +64,9 @@ def test_rmsnorm_parity(dtype, wdtype, hidden, residual):
         assert o.dtype == dtype
         _close(o, wo, dtype)
     _close(grads[0], want_grads[0], dtype)
-    # dweight sums over 201 rows: scale the tolerance with the row count's square root.
-    _close(grads[1], want_grads[1], wdtype, scale=15.0)
+    # dweight sums over 201 rows: scale the tolerance with the row count's square root. The
+    # input dtype sets it (bf16 inputs, and the bf16-rounded residual sum, limit the accuracy).
+    _close(grads[1], want_grads[1], dtype, scale=15.0)
     if residual:
         _close(grads[2], want_grads[2], dtype)
 
