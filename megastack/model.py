@@ -83,7 +83,14 @@ def build_model_chunks(
         bf16=bf16,
         use_cpu_initialization=not torch.cuda.is_available(),
         recompute_granularity=recompute_granularity,
-        perform_initialization=False,  # layout-invariant init below replaces Megatron's
+        # Megatron's own init also tags tensor-parallel parameters (weights built with
+        # perform_initialization=False miss the tags and get wrong grad norms under TP);
+        # the layout-invariant init below then overwrites the values.
+        perform_initialization=True,
+        # gloo matches messages between two ranks in posting order; batched p2p posts
+        # send_prev before send_next, which with PP=2 (prev == next) and interleaving swaps
+        # activations and gradients. The unbatched path orders them by rank parity.
+        batch_p2p_comm=torch.cuda.is_available(),
     )
     vp_size = parallel.virtual_pipeline_size(model_cfg.num_layers)
     chunks = []

@@ -15,7 +15,9 @@ so `dist_checkpointing.load(model.sharded_state_dict(), dir)` at any TP/PP layou
 
 Streaming: the whole checkpoint is one DCP save whose planner produces each tensor only when the
 storage writer asks for its first chunk, and forgets it after the last one, so peak memory stays
-near the largest single tensor rather than the checkpoint size. DCP's FileSystemWriter with one
+near the largest single tensor rather than the checkpoint size. A layer-stacked key may be
+produced as its *source* tensor plus the row each target layer copies (`rows`), so pure stacking
+never holds the (several times larger) stacked tensor. DCP's FileSystemWriter with one
 thread writes items in plan order (it sorts by size only when it splits work over threads), and
 the plan lists every key's chunks together.
 """
@@ -27,7 +29,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch.distributed.checkpoint import CheckpointException, FileSystemWriter
@@ -66,6 +68,7 @@ class _TensorEntry:
     produce: TensorProducer
     chunk_offsets: list[tuple[int, ...]]
     chunk_sizes: list[tuple[int, ...]]
+    rows: Optional[tuple[int, ...]] = None  # layer chunk i is row rows[i] of the produced tensor
 
 
 @dataclass
@@ -117,7 +120,7 @@ class _StreamingSavePlanner(DefaultSavePlanner):
             self._current = _checked(entry, entry.produce())
             self._current_key = key
             self.produced += 1
-        chunk = _chunk_view(self._current, write_item.tensor_data.chunk)
+        chunk = _chunk_view(self._current, write_item.tensor_data.chunk, entry.rows)
         self._served += 1
         if self._served == len(entry.chunk_offsets):
             self._current, self._current_key, self._served = None, None, 0
@@ -143,16 +146,25 @@ def _write_items(tensors: list[_TensorEntry], objects: list[_ObjectEntry]) -> li
 
 
 def _checked(entry: _TensorEntry, tensor: torch.Tensor) -> torch.Tensor:
-    if tuple(tensor.shape) != entry.shape or tensor.dtype != entry.dtype:
-        raise ValueError(f"{entry.key}: produced {tuple(tensor.shape)} {tensor.dtype}, declared "
-                         f"{entry.shape} {entry.dtype}")
+    shape = tuple(tensor.shape)
+    if entry.rows is None:
+        ok = shape == entry.shape
+    else:
+        ok = shape[1:] == entry.shape[1:] and len(shape) > 0 and max(entry.rows) < shape[0]
+    if not ok or tensor.dtype != entry.dtype:
+        declared = entry.shape if entry.rows is None else f"rows {max(entry.rows)} of {entry.shape}"
+        raise ValueError(f"{entry.key}: produced {shape} {tensor.dtype}, declared {declared} "
+                         f"{entry.dtype}")
     return tensor.detach().cpu()
 
 
-def _chunk_view(tensor: torch.Tensor, chunk: ChunkStorageMetadata) -> torch.Tensor:
+def _chunk_view(tensor: torch.Tensor, chunk: ChunkStorageMetadata,
+                rows: Optional[tuple[int, ...]] = None) -> torch.Tensor:
     view = tensor
     for dim, (off, size) in enumerate(zip(chunk.offsets, chunk.sizes)):
-        if off != 0 or size != tensor.shape[dim]:
+        if dim == 0 and rows is not None:  # one-layer chunk gathered from its source row
+            view = view.narrow(0, rows[off], 1)
+        elif off != 0 or size != tensor.shape[dim]:
             view = view.narrow(dim, off, size)
     return view
 
@@ -180,19 +192,27 @@ class DistCheckpointWriter:
         produce: TensorProducer,
         *,
         layer_stacked: bool = False,
+        rows: Optional[Sequence[int]] = None,
     ) -> None:
         """Register `key` with its global shape; `produce()` returns the full global tensor.
 
         `layer_stacked` keys (axis 0 = layer) are written one chunk per layer, as megatron does.
+        With `rows`, `produce()` instead returns a tensor whose row ``rows[i]`` is layer i (a
+        gather on write: G_stack writes source rows without materialising the stacked tensor).
         """
         self._claim(key)
         shape = tuple(int(s) for s in shape)
-        if layer_stacked and shape and shape[0] > 1:
+        if rows is not None:
+            rows = tuple(int(r) for r in rows)
+            if not layer_stacked or len(rows) != shape[0] or min(rows) < 0:
+                raise ValueError(f"{key}: rows must give one non-negative source row per layer "
+                                 f"of {shape}, got {list(rows)}")
+        if layer_stacked and shape and (shape[0] > 1 or rows is not None):
             offsets = [(i,) + (0,) * (len(shape) - 1) for i in range(shape[0])]
             sizes = [(1,) + shape[1:]] * shape[0]
         else:
             offsets, sizes = [(0,) * len(shape)], [shape]
-        self._tensors.append(_TensorEntry(key, shape, dtype, produce, offsets, sizes))
+        self._tensors.append(_TensorEntry(key, shape, dtype, produce, offsets, sizes, rows))
 
     def add_object(self, key: str, produce: BytesProducer) -> None:
         """Register a ShardedObject by unique key; `produce()` returns its serialized bytes."""

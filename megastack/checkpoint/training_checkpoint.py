@@ -166,6 +166,28 @@ def _publish(root: str, tmp: str, final: str, iteration: int) -> None:
     os.replace(latest_tmp, os.path.join(root, LATEST_FILE))
 
 
+def _materialize_adam_state(optimizer) -> None:
+    """Give every parameter an (empty) Adam state before loading into it.
+
+    Without Apex or Transformer Engine, megatron-core's optimizers use torch.optim.Adam, whose
+    state (and 'step') only exists after a first step, and the distributed optimizer's
+    `state_dict()` asserts on it. Zero state with step 0 is exactly a fresh Adam.
+    """
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    for opt in inner:
+        torch_opt = getattr(opt, "optimizer", None)
+        if torch_opt is None:
+            continue
+        for group in torch_opt.param_groups:
+            for p in group["params"]:
+                st = torch_opt.state[p]
+                if "exp_avg" not in st:
+                    st["exp_avg"] = torch.zeros_like(p.data)
+                    st["exp_avg_sq"] = torch.zeros_like(p.data)
+                if "step" not in st:
+                    st["step"] = torch.tensor(0.0)
+
+
 def load_common(path: str) -> dict[str, Any]:
     """The non-sharded part of a checkpoint (iteration, args, scheduler, ...), without a model."""
     from megatron.core import dist_checkpointing
@@ -191,6 +213,7 @@ def load_checkpoint(
     common = dist_checkpointing.load_common_state_dict(ckpt)
     state: dict[str, Any] = _model_state(chunks)
     if optimizer is not None:
+        _materialize_adam_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(
             _merged(dict(_model_state(chunks))), is_loading=True, metadata=_OPTIM_METADATA
         )

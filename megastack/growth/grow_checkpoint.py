@@ -45,6 +45,8 @@ MASTER_WEIGHT_STATES = ("fp32_param",)
 # ShardedObject unique keys: <key>/shard_<offsets>_<shape>, dot-separated per axis.
 OBJECT_SHARD_KEY = re.compile(r"^(?P<key>.+)/shard_(?P<offsets>[\d.]+)_(?P<shape>[\d.]+)$")
 RNG_OBJECT_KEY = "rng_state"
+# Depth operators that only copy layers (target layer i = source layer plan[i], moments too).
+ROW_COPY_OPERATORS = ("stack", "shrink")
 # Megatron argument names that describe the model / layout, rewritten in the stored args.
 _MODEL_ARG_NAMES = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                     "num_query_groups")
@@ -166,7 +168,7 @@ def grow_checkpoint(
     out_dir = checkpoint_dir(tmp_root, GROWN_ITERATION)
     try:
         writer = DistCheckpointWriter(out_dir, fsync=fsync)
-        _add_tensors(writer, reader, src_model, grow_weight, depth, width,
+        _add_tensors(writer, reader, grow_weight, depth, width,
                                keep_optimizer_state)
         _add_objects(writer, reader, src_model.num_layers, plan)
         grown_common = grown_common_state(
@@ -359,7 +361,6 @@ def _publish(tmp_root: str, dst: str) -> None:
 def _add_tensors(
     writer: DistCheckpointWriter,
     reader: DistCheckpointReader,
-    src_model: ModelConfig,
     grow_weight: Callable[[str, torch.Tensor], torch.Tensor],
     depth: DepthGrowth,
     width: Optional[WidthGrowth],
@@ -382,15 +383,22 @@ def _add_tensors(
         else:
             model_key, fn = key, grow_weight
         shape = _target_shape(model_key, reader.shape(key), reader.dtype(key), len(depth.plan), width)
-        writer.add_tensor(key, shape, reader.dtype(key),
-                          _producer(reader, key, model_key, fn),
-                          layer_stacked=is_layer_key(model_key))
+        if is_layer_key(model_key) and depth.operator in ROW_COPY_OPERATORS and width is None:
+            # stack and shrink are index_select on the layer axis (for weights and moments alike):
+            # let the writer gather the source rows instead of materialising the stacked tensor.
+            writer.add_tensor(key, shape, reader.dtype(key), _producer(reader, key),
+                              layer_stacked=True, rows=depth.plan.layers)
+        else:
+            writer.add_tensor(key, shape, reader.dtype(key),
+                              _producer(reader, key, lambda t, k=model_key, f=fn: f(k, t)),
+                              layer_stacked=is_layer_key(model_key))
 
 
-def _producer(reader: DistCheckpointReader, key: str, model_key: str,
-              fn: Callable[[str, torch.Tensor], torch.Tensor]) -> Callable[[], torch.Tensor]:
+def _producer(reader: DistCheckpointReader, key: str,
+              fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Callable[[], torch.Tensor]:
     def produce() -> torch.Tensor:
-        return fn(model_key, reader.load_tensor(key))
+        tensor = reader.load_tensor(key)
+        return fn(tensor) if fn is not None else tensor
     return produce
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from megastack.config import ParallelConfig
-from megastack.runtime import cpu_compat
+from megastack.runtime import cpu_compat, mcore_patches
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ def initialize(parallel: ParallelConfig, num_layers: int, seed: int) -> RankInfo
     from megatron.core import parallel_state
 
     device = init_process_group()
+    mcore_patches.apply()
     world_size = dist.get_world_size()
     tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
     if parallel_state.model_parallel_is_initialized():
