@@ -31,10 +31,18 @@ def configure_logging() -> None:
 
 
 def build_tokenizer_from_args(args):
-    if args.tokenizer_type is None:
-        return None
     from megastack.data.tokenizers import build_tokenizer
 
+    if args.tokenizer_type is None:
+        if not args.mock_data:
+            return None  # build_pretrain_config reports the missing --tokenizer-type
+        # Mock data still needs eod/pad ids: a NullTokenizer that spans the model vocabulary.
+        from megastack.config import PRESETS
+
+        vocab = args.vocab_size or (PRESETS[args.model]["vocab_size"] if args.model else None)
+        if vocab is None:
+            raise ValueError("--mock-data without a tokenizer needs --vocab-size or --model")
+        return build_tokenizer("NullTokenizer", vocab_size=vocab - 1)
     return build_tokenizer(args.tokenizer_type, tokenizer_model=args.tokenizer_model,
                            vocab_file=args.vocab_file, merge_file=args.merge_file,
                            vocab_size=args.vocab_size)
@@ -64,7 +72,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             trainer = Trainer(cfg, args, metrics_file=metrics_file).setup(tokenizer)
             trainer.train()
-            if cfg.checkpoint.save and trainer.state.iteration == cfg.train.train_iters:
+            if (cfg.checkpoint.save and trainer.state.iteration == cfg.train.train_iters
+                    and trainer.last_saved_iteration != trainer.state.iteration):
                 trainer.save()
             trainer.close()
     finally:

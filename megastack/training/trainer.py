@@ -79,10 +79,15 @@ class Trainer:
         self.state = TrainState()
         self.rank: Optional[runtime.RankInfo] = None
         self.tb: Optional[TensorBoardWriter] = None
+        self.last_saved_iteration: Optional[int] = None
+        self.last_eval: Optional[tuple[int, float]] = None  # (iteration, validation loss)
 
     # ---------------------------------------------------------------- setup
     def setup(self, tokenizer=None, datasets=None, load: Optional[str] = None,
-              finetune: Optional[bool] = None) -> "Trainer":
+              finetune: Optional[bool] = None,
+              start_state: Optional[TrainState] = None) -> "Trainer":
+        """Build everything for this phase. `start_state` continues iteration and data position
+        from an earlier phase (growth in one run) instead of a checkpoint's."""
         cfg = self.cfg
         self.rank = runtime.initialize(cfg.parallel, cfg.model.num_layers, cfg.train.seed)
         self.chunks = build_model_chunks(
@@ -98,6 +103,9 @@ class Trainer:
         finetune = cfg.checkpoint.finetune if finetune is None else finetune
         if load:
             self._load(load, finetune)
+        if start_state is not None:
+            self.state.iteration = start_state.iteration
+            self.state.consumed_train_samples = start_state.consumed_train_samples
         self.datasets = datasets if datasets is not None else self._build_datasets(tokenizer)
         self.train_iterators = self._iterators(self.datasets[0], self.state.consumed_train_samples)
         if self.rank.is_logging_rank:
@@ -201,8 +209,11 @@ class Trainer:
             # Megatron DDP keeps its own fp32 copy for the distributed optimizer: resync it.
             for m in self.ddp_chunks:
                 m.zero_grad_buffer()
-        logger.info("resuming at iteration %d, %d samples consumed", self.state.iteration,
-                    self.state.consumed_train_samples)
+        if finetune:
+            logger.info("loaded weights from %s (finetune: fresh optimizer and LR schedule)", path)
+        else:
+            logger.info("resuming at iteration %d, %d samples consumed", self.state.iteration,
+                        self.state.consumed_train_samples)
 
     def save(self, root: Optional[str] = None, extra: Optional[dict] = None) -> str:
         root = root or self.cfg.checkpoint.save
@@ -215,8 +226,10 @@ class Trainer:
                 **(extra or {}),
             },
         }
-        return ckpt.save_checkpoint(root, self.state.iteration, self.chunks, self.optimizer,
+        path = ckpt.save_checkpoint(root, self.state.iteration, self.chunks, self.optimizer,
                                     self.scheduler, common=common, args=self.args)
+        self.last_saved_iteration = self.state.iteration
+        return path
 
     # ---------------------------------------------------------------- steps
     def _num_microbatches(self) -> int:
@@ -280,8 +293,8 @@ class Trainer:
         return total / count if count else None
 
     # ---------------------------------------------------------------- loop
-    def train(self, stop_at_tokens: Optional[int] = None) -> TrainState:
-        """Train until --train-iters (or until `stop_at_tokens` consumed tokens)."""
+    def train(self) -> TrainState:
+        """Train until --train-iters, evaluating, logging and saving on the way."""
         cfg = self.cfg
         t, lg = cfg.train, cfg.logging
         seq = cfg.model.seq_length
@@ -291,8 +304,6 @@ class Trainer:
         last_log_time, last_log_iter = time.perf_counter(), self.state.iteration
         loss_sum, loss_count = 0.0, 0
         while self.state.iteration < t.train_iters:
-            if stop_at_tokens is not None and self.state.consumed_train_samples * seq >= stop_at_tokens:
-                break
             out = self.train_step()
             it = self.state.iteration
             if out["lm loss"] is not None:
@@ -324,20 +335,27 @@ class Trainer:
             if cfg.checkpoint.save and cfg.checkpoint.save_interval and it % cfg.checkpoint.save_interval == 0:
                 self.save()
             if cfg.checkpoint.exit_interval and it % cfg.checkpoint.exit_interval == 0:
-                if cfg.checkpoint.save and not (cfg.checkpoint.save_interval and it % cfg.checkpoint.save_interval == 0):
+                if cfg.checkpoint.save and self.last_saved_iteration != it:
                     self.save()
                 logger.info("exiting at iteration %d (--exit-interval)", it)
                 return self.state
         return self.state
 
-    def _log_eval(self, iteration: int) -> None:
-        loss = self.evaluate()
+    def _log_eval(self, iteration: int, extra: Optional[dict] = None) -> Optional[float]:
+        if self.last_eval is not None and self.last_eval[0] == iteration and not extra:
+            return self.last_eval[1]
+        if self.last_eval is not None and self.last_eval[0] == iteration:
+            loss = self.last_eval[1]  # same weights: no need to evaluate again
+        else:
+            loss = self.evaluate()
         if loss is None:
-            return
-        self._log({"iteration": iteration,
+            return None
+        self.last_eval = (iteration, loss)
+        self._log({**(extra or {}), "iteration": iteration,
                    "consumed tokens": self.state.consumed_train_samples * self.cfg.model.seq_length,
                    "lm loss validation": loss,
                    "lm loss validation ppl": math.exp(min(loss, 20.0))})
+        return loss
 
     def _log(self, metrics: dict[str, float]) -> None:
         """Loss lives on the last stage; the logging rank (the last rank) prints and records."""
