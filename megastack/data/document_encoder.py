@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from megastack.data.indexed_writer import optimal_token_dtype
-from megastack.data.jsonl_reader import RawLine
+from megastack.data.jsonl_reader import LineBatch
 from megastack.data.sentence_splitter import SentenceSplitter
 from megastack.data.tokenizers import TokenizerSpec
 
@@ -99,22 +99,22 @@ class DocumentEncoder:
                                           options.keep_newlines)
                          if options.split_sentences else None)
 
-    def encode_lines(self, lines: Sequence[RawLine]) -> EncodedBatch:
+    def encode_lines(self, lines: LineBatch) -> EncodedBatch:
         n_keys = len(self.options.json_keys)
         tokens = [[] for _ in range(n_keys)]
         lengths = [[] for _ in range(n_keys)]
         per_doc = [[] for _ in range(n_keys)]
         batch = EncodedBatch(keys=[], num_documents=0, num_tokens=0,
-                             text_bytes=sum(len(line.data) for line in lines))
-        for line in lines:
-            if not line.data.strip():
+                             text_bytes=sum(len(data) for data in lines.lines))
+        for line_number, data in enumerate(lines.lines, start=lines.first_line_number):
+            if not data.strip():
                 # Blank lines separate nothing in JSON lines; they are not documents.
                 batch.blank_lines += 1
                 continue
             try:
-                encoded = self._encode_document(line.data)
+                encoded = self._encode_document(data)
             except LineError as err:
-                batch.bad_lines.append(BadLine(line.path, line.line_number, str(err)))
+                batch.bad_lines.append(BadLine(lines.path, line_number, str(err)))
                 continue
             for k, (doc_tokens, sentence_lengths) in enumerate(encoded):
                 tokens[k].extend(doc_tokens)
@@ -166,5 +166,5 @@ def init_worker(options: EncodeOptions) -> None:
     _worker_encoder = DocumentEncoder(options)
 
 
-def encode_in_worker(lines: Sequence[RawLine]) -> EncodedBatch:
+def encode_in_worker(lines: LineBatch) -> EncodedBatch:
     return _worker_encoder.encode_lines(lines)

@@ -23,6 +23,15 @@ class RawLine:
     data: bytes
 
 
+@dataclass
+class LineBatch:
+    """Consecutive lines of one file: what travels to a worker (one path, not one per line)."""
+
+    path: str
+    first_line_number: int
+    lines: List[bytes]
+
+
 def expand_inputs(patterns: Sequence[str]) -> List[str]:
     """Files named by paths or glob patterns, in argument order, each glob sorted."""
     files: List[str] = []

@@ -18,7 +18,8 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 from megastack.data.document_encoder import (BadLine, DocumentEncoder, EncodedBatch,
                                              EncodeOptions, encode_in_worker, init_worker)
 from megastack.data.indexed_writer import IndexedDatasetWriter, optimal_token_dtype
-from megastack.data.jsonl_reader import (BadInputError, LineReader, RawLine, expand_inputs,
+from megastack.data.jsonl_reader import (BadInputError, LineBatch, LineReader, RawLine,
+                                         expand_inputs,
                                          total_input_bytes)
 from megastack.data.progress import Progress, format_progress, format_summary
 from megastack.data.sentence_splitter import find_nltk_data_root
@@ -68,18 +69,24 @@ def output_prefix_for(output_prefix: str, key: str, split_sentences: bool) -> st
 
 
 def batch_lines(lines: Iterable[RawLine], max_bytes: Optional[int] = None,
-                max_lines: Optional[int] = None) -> Iterator[List[RawLine]]:
+                max_lines: Optional[int] = None) -> Iterator[LineBatch]:
+    """Group consecutive lines; a batch never spans two files."""
     max_bytes = max_bytes or BATCH_BYTES
     max_lines = max_lines or BATCH_LINES
-    batch: List[RawLine] = []
+    batch: Optional[LineBatch] = None
     size = 0
     for line in lines:
-        batch.append(line)
-        size += len(line.data)
-        if size >= max_bytes or len(batch) >= max_lines:
+        if batch is not None and line.path != batch.path:
             yield batch
-            batch, size = [], 0
-    if batch:
+            batch = None
+        if batch is None:
+            batch, size = LineBatch(line.path, line.line_number, []), 0
+        batch.lines.append(line.data)
+        size += len(line.data)
+        if size >= max_bytes or len(batch.lines) >= max_lines:
+            yield batch
+            batch = None
+    if batch is not None:
         yield batch
 
 
@@ -90,12 +97,12 @@ class _BoundedFeed:
     ``close`` unblocks it so the pool can shut down after an error.
     """
 
-    def __init__(self, batches: Iterator[List[RawLine]], limit: int) -> None:
+    def __init__(self, batches: Iterator[LineBatch], limit: int) -> None:
         self._batches = batches
         self._slots = threading.Semaphore(limit)
         self._closed = False
 
-    def __iter__(self) -> Iterator[List[RawLine]]:
+    def __iter__(self) -> Iterator[LineBatch]:
         for batch in self._batches:
             self._slots.acquire()
             if self._closed:
@@ -110,7 +117,7 @@ class _BoundedFeed:
         self._slots.release()
 
 
-def _encoded_batches(options: EncodeOptions, batches: Iterator[List[RawLine]], workers: int,
+def _encoded_batches(options: EncodeOptions, batches: Iterator[LineBatch], workers: int,
                      stack: ExitStack) -> Iterator[EncodedBatch]:
     if workers <= 1:
         # In-process: no pickling, and exactly the same encoder code as the workers run.
