@@ -145,3 +145,21 @@ def test_partial_checkpoints_are_reported_with_their_path(tmp_path, damage, mess
     with pytest.raises(ValueError, match=message) as err:
         check_complete(path)
     assert path in str(err.value) or damage == "backend"
+
+
+def test_rows_gather_source_layers_on_write(tmp_path):
+    path = str(tmp_path / "ckpt")
+    source = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(1))
+    rows = [0, 1, 2, 2, 1, 0, 0]
+    writer = DistCheckpointWriter(path, fsync=False)
+    writer.add_tensor("decoder.layers.w", (len(rows), 4, 5), torch.float32, lambda: source,
+                      layer_stacked=True, rows=rows)
+    writer.add_tensor("decoder.layers.one", (1, 2), torch.float32, lambda: source[:, 0, :2].clone(),
+                      layer_stacked=True, rows=[2])
+    writer.write({})
+    reader = DistCheckpointReader(path)
+    assert torch.equal(reader.load_tensor("decoder.layers.w"), source.index_select(0, torch.tensor(rows)))
+    assert torch.equal(reader.load_tensor("decoder.layers.one"), source[2:3, 0, :2])
+    with pytest.raises(ValueError, match="one non-negative source row per layer"):
+        DistCheckpointWriter(str(tmp_path / "x")).add_tensor(
+            "k", (2, 3), torch.float32, lambda: source, layer_stacked=True, rows=[0])
