@@ -168,8 +168,7 @@ def grow_checkpoint(
     out_dir = checkpoint_dir(tmp_root, GROWN_ITERATION)
     try:
         writer = DistCheckpointWriter(out_dir, fsync=fsync)
-        _add_tensors(writer, reader, grow_weight, depth, width,
-                               keep_optimizer_state)
+        _add_tensors(writer, reader, grow_weight, depth, width, keep_optimizer_state)
         _add_objects(writer, reader, src_model.num_layers, plan)
         grown_common = grown_common_state(
             common, dst_model, dst_parallel, keep_optimizer_state=keep_optimizer_state,

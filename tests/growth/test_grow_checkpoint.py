@@ -176,6 +176,28 @@ def test_shrink_keeps_the_first_layers(src, tmp_path):
     assert report.target_model.num_layers == 2
 
 
+def test_width_growth_streams_through_the_width_operator(src, tmp_path):
+    from megastack.config import ModelConfig
+    from megastack.growth.width import WidthGrowth
+
+    report = grow_checkpoint(src, str(tmp_path / "wide"), stacking_list="0-3*2",
+                             target_hidden_size=128, target_num_attention_heads=8,
+                             target_ffn_hidden_size=352, width_operator="direct",
+                             target_pipeline_parallel_size=1, seed=7, fsync=False)
+    assert (report.target_model.hidden_size, report.target_model.num_layers) == (128, 8)
+    source = DistCheckpointReader(os.path.join(src, SRC_ITER))
+    grown = DistCheckpointReader(report.checkpoint_dir)
+    deep = ModelConfig.from_dict(source.load_common()["megastack"]["model"]).replace(num_layers=8)
+    width = WidthGrowth(deep, report.target_model, "direct", seed=7)
+    for key in ("embedding.word_embeddings.weight", "decoder.layers.self_attention.linear_qkv.weight",
+                "decoder.layers.mlp.linear_fc1.weight"):
+        want = source.load_tensor(key)
+        if key.startswith("decoder.layers."):
+            want = want.index_select(0, torch.tensor(PLAN))
+        assert torch.equal(grown.load_tensor(key), width.transform(key, want)), key
+    assert grown.load_common()["megastack"]["model"]["hidden_size"] == 128
+
+
 # ---- bad input: clear errors, DST never created --------------------------------------------------
 @pytest.mark.parametrize("kwargs, message", [
     (dict(stacking_list="0-4*2"), r"source layer\(s\) \[4\].*4 layers"),
