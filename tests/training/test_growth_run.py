@@ -1,0 +1,42 @@
+"""Growth in one run: small model, grow, continue; logs and TensorBoard scalars."""
+
+import json
+
+import pytest
+
+from tests.training.launch import read_metrics, run_pretrain
+
+pytestmark = pytest.mark.slow
+
+
+def test_grow_in_one_run_with_tensorboard(tmp_path):
+    save, tb, metrics = tmp_path / "ckpt", tmp_path / "tb", tmp_path / "m.jsonl"
+    run_pretrain(["--model", "tiny-2l", "--mock-data", "--train-iters", "8",
+                  "--global-batch-size", "4", "--micro-batch-size", "2", "--log-interval", "1",
+                  "--eval-interval", "4", "--eval-iters", "2", "--save", str(save),
+                  "--tensorboard-dir", str(tb), "--grow-at-tokens", "1024",
+                  "--stacking-list", "0-1*2", "--target-num-layers", "4",
+                  "--lr-after-growth", "5e-4", "--lr-warmup-iters-after-growth", "2"],
+                 nproc=1, metrics=metrics)
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    small = read_metrics(metrics, phase="small")
+    large = read_metrics(metrics, phase="large")
+    assert sorted(small) == [1, 2, 3, 4] and sorted(large) == [5, 6, 7, 8]
+    growth = {r["growth"]: r["lm loss validation"] for r in records if "growth" in r}
+    assert set(growth) == {"before", "after"}
+    # G_stack is not function preserving: the grown model computes something else.
+    assert growth["before"] != growth["after"]
+    # Fresh LR schedule after growth: warmup to the new peak over 2 iterations.
+    lrs = read_metrics(metrics, "learning-rate", phase="large")
+    assert lrs[5] == pytest.approx(2.5e-4) and lrs[6] == pytest.approx(5e-4)
+    assert (save / "grown" / "iter_0000000" / "metadata.json").exists()
+    assert (save / "latest_checkpointed_iteration.txt").read_text() == "8"
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb)).Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"lm loss", "learning-rate", "grad-norm", "lm loss validation",
+            "lm loss validation ppl", "tokens-per-sec"} <= tags
+    steps = [e.step for e in acc.Scalars("lm loss")]
+    assert steps == list(range(1, 9))
