@@ -169,7 +169,7 @@ def grow_checkpoint(
     try:
         writer = DistCheckpointWriter(out_dir, fsync=fsync)
         _add_tensors(writer, reader, grow_weight, depth, width, keep_optimizer_state)
-        _add_objects(writer, reader, src_model.num_layers, plan)
+        _add_objects(writer, reader, src_model.num_layers, plan, keep_optimizer_state)
         grown_common = grown_common_state(
             common, dst_model, dst_parallel, keep_optimizer_state=keep_optimizer_state,
             grown_from=dict(
@@ -412,13 +412,19 @@ def _target_shape(model_key: str, shape: tuple[int, ...], dtype: torch.dtype, ta
 
 
 def _add_objects(writer: DistCheckpointWriter, reader: DistCheckpointReader, source_layers: int,
-                 plan: StackingPlan) -> None:
+                 plan: StackingPlan, keep_optimizer_state: bool) -> None:
     """Per-layer objects (``_extra_state``) follow their layer through the plan; RNG state is
-    dropped (model and layout changed: the trainer re-seeds); anything else is copied."""
+    dropped (model and layout changed: the trainer re-seeds); optimizer objects go with the
+    optimizer state; anything else is copied."""
     # (base key, offsets and shape past the layer axis) -> {source layer: unique key}
     per_layer: dict[tuple[str, tuple[int, ...], tuple[int, ...]], dict[int, str]] = {}
     for key in reader.object_keys():
         if key.split("/", 1)[0] == RNG_OBJECT_KEY:
+            continue
+        if key.startswith(OPTIMIZER_PREFIX):
+            if keep_optimizer_state:  # e.g. the distributed optimizer's per-DP-rank param_state
+                raise ValueError(f"{reader.path}: optimizer object {key!r} is opaque state that "
+                                 f"cannot follow the layers; drop --keep-optimizer-state")
             continue
         parsed = _parse_layer_object(key, source_layers)
         if parsed is None:

@@ -260,6 +260,32 @@ def test_destination_rules(src, tmp_path):
     grow_checkpoint(src, str(tmp_path / "empty"), stacking_list="0-3*2", fsync=False)
 
 
+def test_optimizer_objects_are_dropped_with_the_optimizer_state(src, tmp_path):
+    from megastack.checkpoint.dist_writer import DistCheckpointWriter
+
+    # a distributed-optimizer-like source: opaque optimizer.* objects next to the model
+    source = DistCheckpointReader(os.path.join(src, SRC_ITER))
+    root = tmp_path / "dsrc"
+    writer = DistCheckpointWriter(str(root / SRC_ITER), fsync=False)
+    for key in source.tensor_keys():
+        writer.add_tensor(key, source.shape(key), source.dtype(key),
+                          lambda key=key: source.load_tensor(key),
+                          layer_stacked=key.startswith("decoder.layers."))
+    for key in source.object_keys():
+        writer.add_object(key, lambda key=key: source.load_object_bytes(key))
+    writer.add_object("optimizer.distributed.dp_group_idx_0.param_state/shard_0_1", lambda: b"opaque")
+    writer.write(source.load_common())
+    (root / "latest_checkpointed_iteration.txt").write_text("3")
+
+    report = grow_checkpoint(str(root), str(tmp_path / "dst"), stacking_list="0-3*2", fsync=False)
+    assert not any(k.startswith("optimizer.") for k in
+                   DistCheckpointReader(report.checkpoint_dir).object_keys())
+    with pytest.raises(ValueError, match="opaque state"):
+        grow_checkpoint(str(root), str(tmp_path / "dst2"), stacking_list="0-3*2",
+                        keep_optimizer_state=True, fsync=False)
+    assert not os.path.exists(tmp_path / "dst2")
+
+
 def test_an_error_while_streaming_removes_the_partial_output(src, tmp_path, monkeypatch):
     from megastack.growth import grow_checkpoint as module
 
