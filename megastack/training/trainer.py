@@ -327,6 +327,7 @@ class Trainer:
                     metrics["throughput"] = tflops
                     if peak:
                         metrics["mfu"] = tflops / peak
+                    metrics["mem-max-allocated-GB"] = torch.cuda.max_memory_allocated() / 2**30
                 self._log(metrics)
                 loss_sum, loss_count = 0.0, 0
                 last_log_time, last_log_iter = time.perf_counter(), it
