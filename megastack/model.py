@@ -134,7 +134,8 @@ def _sharded_tensors(model: torch.nn.Module):
             yield value
 
 
-def _init_kind(key: str) -> str:
+def init_kind(key: str) -> str:
+    """How Megatron initialises a checkpoint key: ones, zeros, normal or scaled_normal."""
     name = key.rsplit(".", 1)[-1]
     if "norm" in key and name in ("weight", "layer_norm_weight"):
         return "ones"
@@ -145,26 +146,34 @@ def _init_kind(key: str) -> str:
     return "normal"
 
 
+def init_global_tensor(key: str, shape, layer: Optional[int], model_cfg: ModelConfig, seed: int,
+                       device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """The initial fp32 value of one global tensor (one layer's slice for `decoder.layers.*`):
+    Megatron's normal(0, std), output projections std/sqrt(2L), norms 1, biases 0, drawn from
+    a generator seeded by (seed, key, layer) so that it does not depend on the layout."""
+    kind = init_kind(key)
+    if kind in ("ones", "zeros"):
+        return (torch.ones if kind == "ones" else torch.zeros)(tuple(shape), device=device)
+    std = model_cfg.init_method_std
+    if kind == "scaled_normal":
+        std = std / math.sqrt(2.0 * model_cfg.num_layers)
+    layer_index = () if layer is None else (layer,)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(zlib.crc32(f"{seed}|{key}|{layer_index}".encode()) & 0x7FFFFFFF)
+    full = torch.empty(tuple(shape), dtype=torch.float32, device=device)
+    return full.normal_(0.0, std, generator=gen)
+
+
 @torch.no_grad()
 def init_weights_layout_invariant(model: torch.nn.Module, model_cfg: ModelConfig, seed: int) -> None:
-    """Megatron's init (normal(0, std), output projections scaled by 1/sqrt(2L), norms at 1),
-    drawn per global tensor so the result does not depend on TP/PP/VP."""
-    std = model_cfg.init_method_std
-    scaled_std = std / math.sqrt(2.0 * model_cfg.num_layers)
+    """Give every rank its shard of `init_global_tensor`, so weights do not depend on TP/PP/VP."""
     for sh in _sharded_tensors(model):
-        kind = _init_kind(sh.key)
         data = sh.data
-        if kind in ("ones", "zeros"):
-            data.fill_(1.0 if kind == "ones" else 0.0)
-            continue
         prepend = sh.prepend_axis_num
-        layer_index = tuple(sh.global_offset[:prepend])
-        full_shape = sh.global_shape[prepend:]
-        gen_device = data.device if data.device.type == "cuda" else torch.device("cpu")
-        gen = torch.Generator(device=gen_device)
-        gen.manual_seed(zlib.crc32(f"{seed}|{sh.key}|{layer_index}".encode()) & 0x7FFFFFFF)
-        full = torch.empty(full_shape, dtype=torch.float32, device=gen_device)
-        full.normal_(0.0, scaled_std if kind == "scaled_normal" else std, generator=gen)
+        assert prepend <= 1, f"{sh.key}: unexpected {prepend} prepended axes"
+        layer = sh.global_offset[0] if prepend else None
+        device = data.device if data.device.type == "cuda" else torch.device("cpu")
+        full = init_global_tensor(sh.key, sh.global_shape[prepend:], layer, model_cfg, seed, device)
         index = tuple(
             slice(off, off + size) for off, size in zip(sh.global_offset[prepend:], sh.local_shape)
         )

@@ -7,14 +7,12 @@ G_random layer equals the layer a freshly built target model (same seed) would h
 
 from __future__ import annotations
 
-import math
-import zlib
 from typing import Optional, Sequence
 
 import torch
 
 from megastack.config import ModelConfig
-from megastack.model import _init_kind
+from megastack.model import init_global_tensor
 
 
 def fresh_tensor(
@@ -26,21 +24,8 @@ def fresh_tensor(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """The initial value of `key` (one layer's slice when `layer` is given) in a model of
-    `model_cfg` built with `seed`: normal(0, std), output projections std/sqrt(2L), norms 1."""
-    kind = _init_kind(key)
-    if kind == "ones":
-        return torch.ones(tuple(shape), dtype=dtype)
-    if kind == "zeros":
-        return torch.zeros(tuple(shape), dtype=dtype)
-    std = model_cfg.init_method_std
-    if kind == "scaled_normal":
-        std = std / math.sqrt(2.0 * model_cfg.num_layers)
-    layer_index = () if layer is None else (layer,)
-    gen = torch.Generator()
-    gen.manual_seed(zlib.crc32(f"{seed}|{key}|{layer_index}".encode()) & 0x7FFFFFFF)
-    full = torch.empty(tuple(shape), dtype=torch.float32)
-    full.normal_(0.0, std, generator=gen)
-    return full.to(dtype)
+    `model_cfg` built with `seed`."""
+    return init_global_tensor(key, shape, layer, model_cfg, seed).to(dtype)
 
 
 def fresh_like_stacked(
