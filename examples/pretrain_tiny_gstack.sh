@@ -22,7 +22,7 @@
 #   HIDDEN_SIZE FFN_HIDDEN_SIZE NUM_ATTENTION_HEADS SEQ_LENGTH [the presets']
 #   TRAIN_ITERS [160] (scratch)  SMALL_ITERS [40]  MICRO_BATCH_SIZE [8]  GLOBAL_BATCH_SIZE [8]
 #   LR [1e-3]  MIN_LR [1e-4]  WARMUP_ITERS [16]  GROWN_WARMUP_ITERS [8]
-#   EVAL_INTERVAL [10]  EVAL_ITERS [5]  LOG_INTERVAL [10]  SEED [1234]
+#   EVAL_INTERVAL [8]  EVAL_ITERS [5]  LOG_INTERVAL [EVAL_INTERVAL]  SEED [1234]
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,9 +47,9 @@ fi
 : "${MIN_LR:=1e-4}"
 : "${WARMUP_ITERS:=16}"
 : "${GROWN_WARMUP_ITERS:=8}"
-: "${EVAL_INTERVAL:=10}"
+: "${EVAL_INTERVAL:=8}"
 : "${EVAL_ITERS:=5}"
-: "${LOG_INTERVAL:=10}"
+: "${LOG_INTERVAL:=${EVAL_INTERVAL}}"
 : "${SEED:=1234}"
 
 die() { echo "pretrain_tiny_gstack: error: $*" >&2; exit 2; }

@@ -73,19 +73,23 @@ def read_metrics(path: str) -> list[dict]:
     return records
 
 
-def _phase_records(records: Iterable[dict]) -> tuple[list[tuple[int, float]], Optional[int], Optional[int]]:
-    """(validation points, first and last train-log token counts) of one phase."""
-    evals, train_tokens = [], []
+def _phase_records(records: Iterable[dict]) -> tuple[list[tuple[int, float]], Optional[int]]:
+    """(validation points, tokens consumed at the phase's end) of one phase, or None for the
+    end when it logged no training step. The end is the largest token count of any record: a
+    phase stopped by --exit-interval may log its last evaluation but no training line there."""
+    evals, trained, end = [], False, None
     for r in records:
         if TOKENS_KEY not in r:
             continue
+        tokens = int(r[TOKENS_KEY])
+        end = tokens if end is None else max(end, tokens)
         if VALID_KEY in r:
             loss = float(r[VALID_KEY])
             if math.isfinite(loss):
-                evals.append((int(r[TOKENS_KEY]), loss))
+                evals.append((tokens, loss))
         elif "lm loss" in r:
-            train_tokens.append(int(r[TOKENS_KEY]))
-    return evals, (train_tokens[0] if train_tokens else None), (train_tokens[-1] if train_tokens else None)
+            trained = True
+    return evals, (end if trained else None)
 
 
 def build_curve(name: str, phases: Sequence[Phase], phase_start_tokens: Optional[Sequence[int]] = None) -> Curve:
@@ -102,7 +106,7 @@ def build_curve(name: str, phases: Sequence[Phase], phase_start_tokens: Optional
     tokens_before = 0  # tokens trained by earlier phases
     stream_end = 0  # where the previous phase left the data stream
     for i, phase in enumerate(phases):
-        evals, _, last = _phase_records(read_metrics(phase.metrics_file))
+        evals, last = _phase_records(read_metrics(phase.metrics_file))
         if last is None:
             raise ValueError(f"{phase.metrics_file}: no training metrics; did the phase run "
                              "with MEGASTACK_METRICS_FILE set and log at least once?")

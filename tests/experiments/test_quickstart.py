@@ -131,6 +131,19 @@ def test_build_curve_charges_the_small_model_and_continues_the_stream(tmp_path):
     assert c.final.loss == 4.0
 
 
+def test_phase_end_counts_an_evaluation_after_the_last_training_log(tmp_path):
+    # --exit-interval 12 with --log-interval 10: the last line at 1200 tokens is an evaluation.
+    small = write_metrics(tmp_path / "s.jsonl", [
+        {"iteration": 10, "consumed tokens": 1000, "lm loss": 6.0},
+        {"iteration": 12, "consumed tokens": 1200, "lm loss validation": 5.0}])
+    grown = write_metrics(tmp_path / "g.jsonl", [
+        {"iteration": 10, "consumed tokens": 2200, "lm loss": 5.0},
+        {"iteration": 10, "consumed tokens": 2200, "lm loss validation": 4.0}])
+    c = build_curve("g", [Phase(SMALL, small), Phase(LARGE, grown)])
+    assert c.total_tokens == 2200
+    assert c.total_flops == pytest.approx(1200 * SMALL.flops_per_token() + 1000 * LARGE.flops_per_token())
+
+
 def test_build_curve_with_a_restarted_stream(tmp_path):
     # --finetune restarts consumed tokens at 0; phase_start_tokens says so.
     small = write_metrics(tmp_path / "s.jsonl", [{"iteration": 1, "consumed tokens": 500, "lm loss": 6.0}])
