@@ -96,6 +96,8 @@ class GrowthConfig:
     target_parallel: Optional[ParallelConfig] = None
     lr_after_growth: Optional[float] = None
     lr_warmup_iters_after_growth: Optional[int] = None
+    learn_steps: int = 100
+    learn_lr: float = 1e-3
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -195,7 +197,11 @@ def add_growth_args(p: argparse.ArgumentParser) -> None:
                    help="tokens to train the small model before growing, or 'auto' (guideline)")
     g.add_argument("--stacking-list", help="source layer per target layer, e.g. '0-5*4'")
     g.add_argument("--target-num-layers", type=int)
-    g.add_argument("--growth-operator", default="stack", choices=["stack", "zero", "random"])
+    g.add_argument("--growth-operator", default="stack", choices=["stack", "zero", "random", "learn"],
+                   help="depth operator; 'learn' is G_learn (LiGO-style maps trained first)")
+    g.add_argument("--learn-steps", type=int, default=100,
+                   help="G_learn: training steps of the growth maps before materialising")
+    g.add_argument("--learn-lr", type=float, default=1e-3, help="G_learn: learning rate of the maps")
     g.add_argument("--target-tensor-model-parallel-size", type=int)
     g.add_argument("--target-pipeline-model-parallel-size", type=int)
     g.add_argument("--target-num-layers-per-virtual-pipeline-stage", type=int)
@@ -372,10 +378,18 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
         sequence_parallel=parallel.sequence_parallel,
         use_distributed_optimizer=parallel.use_distributed_optimizer,
     )
-    target_parallel.validate(target_model, int(os.environ.get("WORLD_SIZE", "1")))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    target_parallel.validate(target_model, world_size)
+    if args.growth_operator == "learn":
+        _check(world_size == 1 and target_parallel.tensor_model_parallel_size == 1
+               and target_parallel.pipeline_model_parallel_size == 1,
+               "--growth-operator learn trains its growth maps on one process: run it with one "
+               "rank at TP 1 / PP 1 (or grow offline with tools/grow_checkpoint.py)")
+        _check(args.learn_steps >= 1, f"--learn-steps must be >= 1, got {args.learn_steps}")
     return GrowthConfig(
         grow_at_tokens=grow_at, stacking_list=args.stacking_list,
         target_num_layers=args.target_num_layers, operator=args.growth_operator,
         target_parallel=target_parallel, lr_after_growth=args.lr_after_growth,
         lr_warmup_iters_after_growth=args.lr_warmup_iters_after_growth,
+        learn_steps=args.learn_steps, learn_lr=args.learn_lr,
     )

@@ -107,6 +107,28 @@ def _grow_on_rank0(cfg: PretrainConfig, src: str, dst: str) -> None:
         raise RuntimeError(f"growing the checkpoint failed on rank 0: {status[0]}")
 
 
+def _learn_growth(cfg: PretrainConfig, small: Trainer, large_cfg: PretrainConfig) -> dict:
+    """G_learn: fit LiGO-style growth maps on the next training batches, then materialise.
+
+    The batches the maps train on are consumed from the training data (and counted)."""
+    from megastack.growth.learn import LearnedGrowth, train_learned_growth
+    from megastack.growth.plans import parse_stacking_list
+    from megastack.growth.state import model_global_state
+
+    g = cfg.growth
+    source_state = model_global_state(small.chunks)
+    growth = LearnedGrowth(small.cfg.model, large_cfg.model, keys=source_state.keys(),
+                           plan=parse_stacking_list(g.stacking_list), seed=cfg.train.seed)
+    iterator = small.train_iterators
+    losses = train_learned_growth(growth, source_state, iterator, steps=g.learn_steps,
+                                  lr=g.learn_lr, seed=cfg.train.seed,
+                                  log_interval=max(1, g.learn_steps // 10))
+    small.state.consumed_train_samples += g.learn_steps * cfg.train.micro_batch_size
+    logger.info("G_learn: %d map-training steps, lm loss %.4f -> %.4f", g.learn_steps,
+                losses[0], losses[-1])
+    return growth.materialise(source_state)
+
+
 def run_growth(cfg: PretrainConfig, args, tokenizer, metrics_file: Optional[str] = None) -> TrainState:
     small_iters = growth_point_iterations(cfg)
     small_cfg, large_cfg = _phase_configs(cfg, small_iters)
@@ -120,13 +142,24 @@ def run_growth(cfg: PretrainConfig, args, tokenizer, metrics_file: Optional[str]
     datasets, state = small.datasets, small.state
     small.close()
 
-    grown = os.path.join(cfg.checkpoint.save, "grown")
-    _grow_on_rank0(cfg, small_cfg.checkpoint.save, grown)
+    if cfg.growth.operator == "learn":
+        target_state = _learn_growth(cfg, small, large_cfg)
+        # A fresh model, optimizer and LR schedule; the weights come from the learned maps.
+        large = Trainer(large_cfg, args, metrics_file=metrics_file,
+                        total_train_samples=total_samples, phase_name="large"
+                        ).setup(tokenizer, datasets=datasets, start_state=state)
+        from megastack.growth.state import load_global_state
 
-    # A fresh model, optimizer and LR schedule at the target size and layout.
-    large = Trainer(large_cfg, args, metrics_file=metrics_file, total_train_samples=total_samples,
-                    phase_name="large").setup(tokenizer, datasets=datasets, load=grown,
-                                              finetune=True, start_state=state)
+        load_global_state(large.chunks, target_state)
+        large.optimizer.reload_model_params()  # fp32 main copies of bf16 weights
+    else:
+        grown = os.path.join(cfg.checkpoint.save, "grown")
+        _grow_on_rank0(cfg, small_cfg.checkpoint.save, grown)
+        # A fresh model, optimizer and LR schedule at the target size and layout.
+        large = Trainer(large_cfg, args, metrics_file=metrics_file,
+                        total_train_samples=total_samples, phase_name="large"
+                        ).setup(tokenizer, datasets=datasets, load=grown, finetune=True,
+                                start_state=state)
     large._log_eval(large.state.iteration, {"growth": "after"})
     large.train()
     if cfg.checkpoint.save:

@@ -40,3 +40,29 @@ def test_grow_in_one_run_with_tensorboard(tmp_path):
             "lm loss validation ppl", "tokens-per-sec"} <= tags
     steps = [e.step for e in acc.Scalars("lm loss")]
     assert steps == list(range(1, 9))
+
+
+def test_grow_in_one_run_with_learned_maps(tmp_path):
+    """G_learn: the maps train on the next batches (counted as consumed), then training goes on."""
+    metrics = tmp_path / "m.jsonl"
+    run_pretrain(["--model", "tiny-2l", "--mock-data", "--train-iters", "4",
+                  "--global-batch-size", "4", "--micro-batch-size", "2", "--log-interval", "1",
+                  "--eval-interval", "100", "--eval-iters", "1", "--save", str(tmp_path / "ckpt"),
+                  "--grow-at-tokens", "512", "--stacking-list", "0,1,0,1",
+                  "--target-num-layers", "4", "--growth-operator", "learn", "--learn-steps", "3"],
+                 nproc=1, metrics=metrics)
+    consumed = read_metrics(metrics, "consumed tokens", phase="large")
+    # 2 small iterations (8 samples) + 3 map steps x 2 samples, then 4 samples per iteration.
+    assert consumed[3] == (8 + 6 + 4) * 64
+    assert sorted(read_metrics(metrics, phase="large")) == [3, 4]
+
+
+def test_learn_operator_needs_one_rank(monkeypatch):
+    from megastack.training.arguments import build_pretrain_config, parse_args
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = parse_args(["--model", "tiny-2l", "--mock-data", "--train-iters", "4", "--save", "x",
+                       "--grow-at-tokens", "256", "--stacking-list", "0,1,0,1",
+                       "--target-num-layers", "4", "--growth-operator", "learn"])
+    with pytest.raises(ValueError, match="--growth-operator learn"):
+        build_pretrain_config(args, vocab_size=None)
