@@ -55,11 +55,11 @@ def measure_ceiling(args):
         with gzip.open(path, "rt", encoding="utf-8") as f:
             texts.extend(json.loads(line)["text"] for line in f)
     tok = tokenizer_spec(args).build()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     tokens = sum(len(tok.tokenize(t)) for t in texts)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {"documents": len(texts), "tokens": tokens, "seconds": seconds,
-            "tokens_per_s": tokens / seconds}
+            "tokens_per_s": tokens / seconds, "tokens_per_cpu_s": tokens / cpu}
 
 
 def run_one(args):
@@ -100,9 +100,15 @@ def run_one(args):
     sampler.join()
     import resource
 
+    # Load-independent cost: CPU seconds of this process and its (joined) workers.
+    cpu = sum(getattr(resource.getrusage(who), field) for who in
+              (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for field in ("ru_utime",
+                                                                            "ru_stime"))
+
     report = {"workers": workers, "copies": copies, "documents": result.progress.documents,
               "tokens": result.progress.tokens, "seconds": seconds,
               "tokens_per_s": result.progress.tokens / seconds,
+              "tokens_per_cpu_s": result.progress.tokens / cpu,
               "text_mb": result.progress.text_bytes / 2**20, "output_bytes": out_bytes,
               "peak_rss_total_mb": peak["total"] / 2**20,
               "peak_rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -126,8 +132,14 @@ def main():
     if args.run_one:
         return run_one(args)
     load_before = os.getloadavg()
-    ceiling = measure_ceiling(args)
+    # The ceiling is measured before and after the throughput runs, and their mean used, so
+    # that drifting load on a shared machine shows up instead of skewing one side.
+    ceilings = [measure_ceiling(args)]
     runs = [measured_run(args, w, 1) for w in args.workers]
+    ceilings.append(measure_ceiling(args))
+    ceiling = dict(ceilings[0], seconds=sum(c["seconds"] for c in ceilings) / 2,
+                   tokens_per_s=sum(c["tokens_per_s"] for c in ceilings) / 2,
+                   tokens_per_cpu_s=sum(c["tokens_per_cpu_s"] for c in ceilings) / 2)
     rss_runs = [next(r for r in runs if r["workers"] == max(args.workers)),
                 measured_run(args, max(args.workers), args.copies)]
     load_after = os.getloadavg()
@@ -142,15 +154,20 @@ def main():
         f"- corpus: {len(args.corpus)} files, {ceiling['documents']:,} documents, "
         f"{runs[0]['text_mb']:.1f} MB of text, {ceiling['tokens']:,} GPT-2 tokens",
         "- tokenizer: GPT2BPETokenizer (encoder.json + vocab.bpe), --append-eod", "",
-        "| measurement | tokens/s | wall s | vs workers x ceiling |",
-        "|---|---:|---:|---:|",
-        f"| ceiling: tokenizer.tokenize, 1 process, text in memory | "
-        f"{ceiling['tokens_per_s']:,.0f} | {ceiling['seconds']:.1f} | |",
+        "| measurement | tokens/s | wall s | vs workers x ceiling | tokens per CPU-s "
+        "(all processes) | vs ceiling per CPU-s |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| ceiling: tokenizer.tokenize, 1 process, text in memory (before / after: "
+        f"{ceilings[0]['tokens_per_s']:,.0f} / {ceilings[1]['tokens_per_s']:,.0f} tokens/s) | "
+        f"{ceiling['tokens_per_s']:,.0f} | {ceiling['seconds']:.1f} | | "
+        f"{ceiling['tokens_per_cpu_s']:,.0f} | |",
     ]
     for r in runs:
         ratio = r["tokens_per_s"] / (r["workers"] * ceiling["tokens_per_s"])
+        cpu_ratio = r["tokens_per_cpu_s"] / ceiling["tokens_per_cpu_s"]
         lines.append(f"| preprocess, --workers {r['workers']} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['seconds']:.1f} | {ratio:.2f} |")
+                     f"{r['seconds']:.1f} | {ratio:.2f} | {r['tokens_per_cpu_s']:,.0f} | "
+                     f"{cpu_ratio:.2f} |")
     base, big = rss_runs
     lines += [
         "", f"| peak RSS, --workers {base['workers']} | corpus x1 | corpus x{big['copies']} | "

@@ -153,7 +153,8 @@ def preprocess(config: PreprocessConfig,
     if config.keep_newlines and not config.split_sentences:
         logger.warning("--keep-newlines only matters with --split-sentences; ignored")
     files = expand_inputs(config.inputs)
-    nltk_data_root = find_nltk_data_root(config.nltk_data, config.lang) if config.split_sentences else None
+    nltk_data_root = (find_nltk_data_root(config.nltk_data, config.lang)
+                      if config.split_sentences else None)
     options = EncodeOptions(tokenizer=config.tokenizer, json_keys=tuple(config.json_keys),
                             append_eod=config.append_eod,
                             split_sentences=config.split_sentences,

@@ -114,7 +114,8 @@ def test_one_and_two_workers_write_identical_files(tmp_path, tokenizer_spec_for,
            write_jsonl(tmp_path / "b.jsonl", docs[20:])]
     outputs = {}
     for workers in (1, 2):
-        config = PreprocessConfig(inputs=[str(p) for p in src], tokenizer=tokenizer_spec_for("gpt2"),
+        config = PreprocessConfig(inputs=[str(p) for p in src],
+                                  tokenizer=tokenizer_spec_for("gpt2"),
                                   output_prefix=str(tmp_path / f"w{workers}"), workers=workers,
                                   append_eod=True)
         prefix = preprocess(config, report=lambda line: None).output_prefixes[0]
@@ -179,11 +180,14 @@ def test_skip_bad_lines_skips_and_counts(tmp_path, tokenizer_spec_for):
     assert [b.line_number for b in result.bad_lines] == list(range(1, len(BAD_LINES) + 1))
 
 
-def test_truncated_gzip_is_reported(tmp_path, tokenizer_spec_for):
-    src = write_jsonl(tmp_path / "in.jsonl.gz", [" ".join(["5"] * 5000)] * 20, gz=True)
-    src.write_bytes(src.read_bytes()[:-200])
-    with pytest.raises(BadInputError, match="cannot read compressed input"):
-        run(tmp_path, tokenizer_spec_for("null"), [src])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_truncated_gzip_is_reported(tmp_path, tokenizer_spec_for, workers):
+    rng = np.random.default_rng(0)  # incompressible enough that the cut lands mid-stream
+    docs = [" ".join(map(str, rng.integers(0, 60000, 3000))) for _ in range(20)]
+    src = write_jsonl(tmp_path / "in.jsonl.gz", docs, gz=True)
+    src.write_bytes(src.read_bytes()[:-2000])
+    with pytest.raises(BadInputError, match=f"{src}:\\d+: cannot read compressed input"):
+        run(tmp_path, tokenizer_spec_for("null"), [src], workers=workers)
     assert files_in(tmp_path / "out") == []
 
 
