@@ -5,6 +5,8 @@ One module so megatron-core (seconds to import) loads once for all of them.
 
 import os
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ import pytest
 from megastack.data.indexed_writer import IndexedDatasetWriter, optimal_token_dtype
 from megastack.data.merge import merge_datasets
 from megastack.data.preprocessing import PreprocessConfig, preprocess
-from tests.data.conftest import null_texts, sample_docs, write_jsonl
+from tests.data.conftest import REPO, null_texts, sample_docs, write_jsonl
 
 megatron_indexed = pytest.importorskip("megatron.core.datasets.indexed_dataset")
 
@@ -175,46 +177,49 @@ def test_build_gpt_datasets_names_missing_prefix(gpt2_dataset, megatron_gpt2, tm
         build([gpt2_dataset], megatron_gpt2, tmp_path, split="a,b")
 
 
-def _build_on_rank(rank, port, prefix, vocab, merges, cache, out):
-    import torch
-    import torch.distributed as dist
-
-    from megastack.data import build_gpt_datasets, build_tokenizer
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=2)
-    try:
-        tok = build_tokenizer("GPT2BPETokenizer", vocab_file=vocab, merge_file=merges)
-        train, _, _ = build_gpt_datasets(
-            data_path=[prefix], split="90,8,2", seq_length=16, seed=7,
-            train_valid_test_num_samples=(50, 5, 5), tokenizer=tok, path_to_cache=cache)
-        torch.save([train[i]["tokens"] for i in range(10)], out)
-    finally:
-        dist.destroy_process_group()
+RANK_SCRIPT = """
+import sys
+import torch
+import torch.distributed as dist
+rank, port, prefix, vocab, merges, cache, out = sys.argv[1:]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=int(rank),
+                        world_size=2)
+from megastack.data import build_gpt_datasets, build_tokenizer
+tok = build_tokenizer("GPT2BPETokenizer", vocab_file=vocab, merge_file=merges)
+train, _, _ = build_gpt_datasets(
+    data_path=[prefix], split="90,8,2", seq_length=16, seed=7,
+    train_valid_test_num_samples=(50, 5, 5), tokenizer=tok, path_to_cache=cache)
+torch.save([train[i]["tokens"] for i in range(10)], out)
+dist.destroy_process_group()
+"""
 
 
 @pytest.mark.slow
 def test_two_ranks_build_the_same_datasets_sharing_one_cache(gpt2_dataset, tiny_gpt2_files,
                                                              tmp_path):
     """Both ranks of a gloo group build at once into one cache directory."""
-    import multiprocessing
-
     import torch
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # fork: the children reuse this process's imported megatron-core (seconds saved per rank)
-    context = multiprocessing.get_context("fork")
-    procs = [context.Process(target=_build_on_rank,
-                             args=(rank, port, gpt2_dataset, *tiny_gpt2_files,
-                                   str(tmp_path / "cache"), str(tmp_path / f"r{rank}.pt")))
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    # Fresh interpreters (not fork): forking a process that already runs torch or Rust
+    # thread pools can deadlock the child.
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
+    procs = [subprocess.Popen([sys.executable, str(script), str(rank), str(port), gpt2_dataset,
+                               *tiny_gpt2_files, str(tmp_path / "cache"),
+                               str(tmp_path / f"r{rank}.pt")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for rank in (0, 1)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(timeout=300)
-        assert proc.exitcode == 0, f"rank process exited with {proc.exitcode}"
+    try:
+        for proc in procs:
+            out, _ = proc.communicate(timeout=300)
+            assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
+    finally:
+        for proc in procs:
+            proc.kill()
     r0, r1 = (torch.load(tmp_path / f"r{rank}.pt") for rank in (0, 1))
     assert all(torch.equal(a, b) for a, b in zip(r0, r1))
     assert any(name.endswith(".npy") for name in os.listdir(tmp_path / "cache"))
