@@ -22,3 +22,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def megatron_world():
+    """One gloo process with megatron-core's parallel state at TP=1, PP=1 (CPU bridge on when
+    there is no GPU), shared by every in-process model test."""
+    from megastack.config import ParallelConfig
+    from megastack.runtime import initialize
+
+    return initialize(ParallelConfig(), num_layers=2, seed=0)

@@ -6,7 +6,6 @@ import datetime
 import logging
 import os
 import random
-import socket
 from dataclasses import dataclass
 from typing import Optional
 
@@ -42,12 +41,6 @@ class RankInfo:
         return self.rank == self.world_size - 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_process_group(timeout_minutes: int = 10) -> torch.device:
     """Join the torchrun job (or make a 1-process job); return this rank's device."""
     use_cuda = torch.cuda.is_available()
@@ -59,13 +52,15 @@ def init_process_group(timeout_minutes: int = 10) -> torch.device:
         device = torch.device("cpu")
     if dist.is_initialized():
         return device
-    if "RANK" not in os.environ:  # plain `python -m megastack.pretrain`: a world of one
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
-    dist.init_process_group(
-        backend="nccl" if use_cuda else "gloo",
-        timeout=datetime.timedelta(minutes=timeout_minutes),
-    )
+    backend = "nccl" if use_cuda else "gloo"
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    if "RANK" in os.environ:  # launched by torchrun (or another env:// launcher)
+        dist.init_process_group(backend=backend, timeout=timeout)
+    else:
+        # Plain `python -m megastack.pretrain` (or a test): a world of one. An in-memory store
+        # needs no port, and the environment is left alone so child launches don't inherit it.
+        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1,
+                                timeout=timeout)
     return device
 
 

@@ -8,13 +8,6 @@ SMALL = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, num_que
                     ffn_hidden_size=48, vocab_size=128, seq_length=16)
 
 
-@pytest.fixture(scope="session")
-def megatron_world():
-    """One gloo process with megatron-core's parallel state at TP=1, PP=1."""
-    from megastack.runtime import initialize
-
-    return initialize(ParallelConfig(), num_layers=2, seed=0)
-
 
 @pytest.fixture
 def build(megatron_world):

@@ -3,8 +3,6 @@ CPU (reference path) the same forward outputs. Models are built in this process 
 of size 1 with megatron-core's parallel state initialised."""
 
 import dataclasses
-import os
-import socket
 
 import pytest
 import torch
@@ -13,36 +11,6 @@ import torch.nn.functional as F
 from megastack.config import ModelConfig, to_transformer_config
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def megatron_world():
-    import torch.distributed as dist
-    from megatron.core import parallel_state
-
-    from megastack.runtime import cpu_compat
-
-    # megatron-core's rotary embedding moves its frequencies to "cuda".
-    bridged = not cpu_compat.is_enabled() and cpu_compat.enable()
-    created = not dist.is_initialized()
-    if created:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ["MASTER_PORT"] = str(_free_port())
-        dist.init_process_group("gloo", rank=0, world_size=1)
-    parallel_state.initialize_model_parallel()
-    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
-
-    model_parallel_cuda_manual_seed(0)  # attention forks the model-parallel RNG
-    yield
-    parallel_state.destroy_model_parallel()
-    if created:
-        dist.destroy_process_group()
-    if bridged:
-        cpu_compat.disable()
 
 
 MODEL = ModelConfig.from_name("tiny-2l")  # RMSNorm, SwiGLU, RoPE, GQA, untied

@@ -5,8 +5,6 @@ megatron-core builds it on that stage (pre_process on the first, post_process on
 `vp_stage` for interleaved chunks), with the stage's pipeline size in the TransformerConfig.
 """
 
-import os
-import socket
 
 import pytest
 
@@ -16,33 +14,6 @@ from megastack.planning import chunk_placements, stage_parameter_counts, total_p
 torch = pytest.importorskip("torch")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def megatron_world():
-    import torch.distributed as dist
-    from megatron.core import parallel_state
-
-    from megastack.runtime import cpu_compat
-
-    # The tied-embedding model syncs its output weight through "cuda" tensors.
-    bridged = not cpu_compat.is_enabled() and cpu_compat.enable()
-    created = not dist.is_initialized()
-    if created:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ["MASTER_PORT"] = str(_free_port())
-        dist.init_process_group("gloo", rank=0, world_size=1)
-    parallel_state.initialize_model_parallel()
-    yield
-    parallel_state.destroy_model_parallel()
-    if created:
-        dist.destroy_process_group()
-    if bridged:
-        cpu_compat.disable()
 
 
 def build_chunk(model: ModelConfig, parallel: ParallelConfig, *, pre: bool, post: bool, vp_stage=None):
