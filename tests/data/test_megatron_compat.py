@@ -136,7 +136,7 @@ def build(data_path, tokenizer, cache, **kwargs):
 
     args = dict(data_path=data_path, split="90,8,2", seq_length=16, seed=7,
                 train_valid_test_num_samples=(50, 5, 5), tokenizer=tokenizer,
-                path_to_cache=str(cache))
+                path_to_cache=None if cache is None else str(cache))
     args.update(kwargs)
     return build_gpt_datasets(**args)
 
