@@ -88,6 +88,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--only", help="comma-separated run names to run (default: all)")
     p.add_argument("--fresh", action="store_true", help="redo every run (keeps tokenized data)")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite results.json/md and plots from finished runs, keeping the "
+                        "recorded command and wall times (after a change to the report code)")
     return p.parse_args(argv)
 
 
@@ -239,6 +242,27 @@ def grow(args, phase: PhasePlan, env: dict) -> None:
                 "--seed", str(args.seed), *flags], phase.load + ".log", env)
 
 
+TITLE = "Growth operators in miniature"
+RECORDED_KEYS = ("command", "settings", "data", "dataset_iters", "tokens_per_iteration",
+                 "wall_seconds_per_run", "wall_seconds_total", "device", "planned_runs")
+
+
+def report_specs(args, runs: list[RunPlan]) -> list[RunSpec]:
+    return [RunSpec(r.name, r.label, [Phase(p.model, os.path.join(
+        args.work_dir, "phases", p.name, "metrics.jsonl"), p.name) for p in r.phases],
+        operator=r.operator, growth_tokens=r.growth_tokens) for r in runs]
+
+
+def rewrite_report(args, runs: list[RunPlan]) -> int:
+    with open(os.path.join(args.output_dir, "results.json")) as f:
+        recorded = json.load(f)
+    finished = [r for r in runs if r.name in recorded["runs"]]
+    write_report(report_specs(args, finished), args.output_dir, baseline="scratch", title=TITLE,
+                 extra={k: recorded[k] for k in RECORDED_KEYS if k in recorded})
+    print(f"rewrote the report of {len(finished)} runs in {args.output_dir}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.time()
@@ -248,6 +272,8 @@ def main(argv=None) -> int:
     if args.fresh:
         shutil.rmtree(os.path.join(args.work_dir, "phases"), ignore_errors=True)
         shutil.rmtree(os.path.join(args.work_dir, "ckpt"), ignore_errors=True)
+    if args.report_only:
+        return rewrite_report(args, runs)
     data = prepare_data(args, env)
     dataset_iters = max(sum(p.iters for p in r.phases) for r in runs)
     timings = {}
@@ -267,11 +293,8 @@ def main(argv=None) -> int:
         timings[run.name] = time.time() - t0
         finished.append(run)
         # Rewrite the report after every run so an interrupted benchmark still leaves results.
-        report_runs = [RunSpec(r.name, r.label, [Phase(p.model, os.path.join(
-            args.work_dir, "phases", p.name, "metrics.jsonl"), p.name) for p in r.phases],
-            operator=r.operator, growth_tokens=r.growth_tokens) for r in finished]
-        settings = {k: v for k, v in vars(args).items()}
-        write_report(report_runs, args.output_dir, baseline="scratch", title="Growth operators in miniature",
+        settings = {k: v for k, v in vars(args).items() if k != "report_only"}
+        write_report(report_specs(args, finished), args.output_dir, baseline="scratch", title=TITLE,
                      extra={"command": "OMP_NUM_THREADS=1 python benchmarks/growth/run.py "
                                        + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
                             "settings": settings, "data": data, "dataset_iters": dataset_iters,
