@@ -67,9 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--corpus", default=os.path.join(os.path.dirname(REPO), "shared", "corpus", "*.jsonl.gz"))
     p.add_argument("--work-dir", default=os.path.join(REPO, "runs", "bench_growth"))
     p.add_argument("--output-dir", default=HERE, help="results.json, results.md, plots")
-    p.add_argument("--budget-iters", type=int, default=160,
+    p.add_argument("--budget-iters", type=int, default=128,
                    help="scratch run length; every run spends this many target-model iterations of FLOPs")
-    p.add_argument("--growth-iters", default="40,20,80",
+    p.add_argument("--growth-iters", default="32,16,64",
                    help="small-model iterations before growth (G_stack at each; the first also "
                         "for G_zero, G_random, interleaved and width growth)")
     p.add_argument("--micro-batch-size", type=int, default=8)
