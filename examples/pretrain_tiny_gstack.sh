@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# megastack quickstart: G_stack vs scratch on the shipped sample corpus, CPU-sized (< 15 min on
+# megastack quickstart: G_stack vs scratch on the shipped sample corpus, CPU-sized (about 5 min on
 # 2 cores; a GPU is used automatically when present).
 #
 #   bash examples/pretrain_tiny_gstack.sh
