@@ -280,6 +280,10 @@ def test_quickstart_end_to_end_tiny(tmp_path):
     fl = [p["flops_per_token"] for p in gstack["phases"]]
     assert gstack["total_flops"] == pytest.approx(4 * 4 * 64 * fl[0] + (gstack["total_tokens"] - 4 * 4 * 64) * fl[1])
     assert 0.85 < gstack["flops_vs_baseline"] < 1.15
+    # The grown model resumes the data stream where the small model stopped (it relies on the
+    # grown checkpoint keeping consumed_train_samples), instead of training on it again.
+    grown_first = json.loads((out / "metrics" / "grown.jsonl").read_text().splitlines()[0])
+    assert grown_first["consumed tokens"] == (4 + 2) * 4 * 64
     assert all(math.isfinite(p["valid_loss"]) for r in (scratch, gstack) for p in r["curve"])
     assert gstack["speedup"]["flops"]["at_baseline_final_loss"]["kind"] in (
         "exact", "lower_bound", "upper_bound")
