@@ -338,9 +338,16 @@ class Trainer:
             if cfg.checkpoint.exit_interval and it % cfg.checkpoint.exit_interval == 0:
                 if cfg.checkpoint.save and self.last_saved_iteration != it:
                     self.save()
+                self._final_eval()
                 logger.info("exiting at iteration %d (--exit-interval)", it)
                 return self.state
+        self._final_eval()
         return self.state
+
+    def _final_eval(self) -> None:
+        """Like Megatron-LM, evaluate once more where training stops, unless just done."""
+        if self.cfg.logging.eval_iters > 0:
+            self._log_eval(self.state.iteration)
 
     def _log_eval(self, iteration: int, extra: Optional[dict] = None) -> Optional[float]:
         if self.last_eval is not None and self.last_eval[0] == iteration and not extra:

@@ -13,6 +13,7 @@ from megastack.experiments.report import markdown_table
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS = REPO_ROOT / "benchmarks" / "growth" / "results.json"
 DOC = REPO_ROOT / "docs" / "experiments.md"
+README = REPO_ROOT / "README.md"
 
 pytestmark = pytest.mark.skipif(not RESULTS.exists(), reason="benchmarks/growth has no results yet")
 
@@ -58,3 +59,14 @@ def test_doc_shows_the_json_numbers():
     assert markdown_table(results) in doc, (
         "docs/experiments.md must carry the table generated from benchmarks/growth/results.json "
         "(copy benchmarks/growth/results.md's table)")
+
+
+def test_readme_shows_the_json_numbers():
+    results = load_results()
+    assert markdown_table(results) in README.read_text(), (
+        "README.md must carry the table generated from benchmarks/growth/results.json")
+    # The prose quotes the latest G_stack growth point (64 small-model iterations = 131k tokens).
+    latest = results["runs"]["gstack_d64"]
+    speedup = latest["speedup"]["flops"]["at_baseline_final_loss"]["value"]
+    assert f"+{100 * speedup:.1f}% FLOPs speedup" in README.read_text()
+    assert f"{-latest['final_loss_minus_baseline']:.3f} nats" in README.read_text()

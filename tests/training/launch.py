@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 TINY = ["--model", "tiny-4l", "--mock-data", "--micro-batch-size", "1", "--global-batch-size",
-        "8", "--log-interval", "1", "--eval-interval", "1000", "--lr", "1e-3",
+        "8", "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "1", "--lr", "1e-3",
         "--lr-warmup-iters", "1"]
 
 
