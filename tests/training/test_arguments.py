@@ -9,7 +9,7 @@ import pytest
 from megastack.training.arguments import build_pretrain_config, padded_vocab_size, parse_args
 
 
-def config(argv, world_size=1, monkeypatch=None):
+def config(argv):
     return build_pretrain_config(parse_args(argv), vocab_size=None)
 
 
