@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from megastack.config import PRESETS, ModelConfig, ParallelConfig

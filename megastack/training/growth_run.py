@@ -17,7 +17,6 @@ import math
 import os
 from typing import Optional
 
-import torch
 import torch.distributed as dist
 
 from megastack.training.arguments import PretrainConfig

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from functools import partial
