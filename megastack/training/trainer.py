@@ -355,9 +355,11 @@ class Trainer:
             loss = self.last_eval[1]  # same weights: no need to evaluate again
         else:
             loss = self.evaluate()
+        # Recorded on every rank (loss is None off the last stage) so that all ranks agree on
+        # whether the next call evaluates: evaluation is collective.
+        self.last_eval = (iteration, loss)
         if loss is None:
             return None
-        self.last_eval = (iteration, loss)
         self._log({**(extra or {}), "iteration": iteration,
                    "consumed tokens": self.state.consumed_train_samples * self.cfg.model.seq_length,
                    "lm loss validation": loss,
