@@ -11,16 +11,16 @@ from megastack.data import tokenizers
 
 
 class GPT2BPETokenizer(tokenizers.GPT2BPETokenizer, MegatronLegacyTokenizer):
-    pass
+    """GPT-2 byte-level BPE, usable wherever megatron-core expects a tokenizer."""
 
 
 class SentencePieceTokenizer(tokenizers.SentencePieceTokenizer, MegatronLegacyTokenizer):
-    pass
+    """SentencePiece, usable wherever megatron-core expects a tokenizer."""
 
 
 class HuggingFaceTokenizer(tokenizers.HuggingFaceTokenizer, MegatronLegacyTokenizer):
-    pass
+    """HuggingFace tokenizer.json, usable wherever megatron-core expects a tokenizer."""
 
 
 class NullTokenizer(tokenizers.NullTokenizer, MegatronLegacyTokenizer):
-    pass
+    """NullTokenizer, usable wherever megatron-core expects a tokenizer."""
