@@ -215,7 +215,7 @@ def load_checkpoint(
     if optimizer is not None:
         _materialize_adam_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(
-            _merged(dict(_model_state(chunks))), is_loading=True, metadata=_OPTIM_METADATA
+            _merged(dict(state)), is_loading=True, metadata=_OPTIM_METADATA
         )
     layout, coords = _layout_coords()
     same_layout = list(layout) == list(common.get("rng_layout", []))
