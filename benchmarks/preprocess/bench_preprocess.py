@@ -4,7 +4,10 @@ Measures, for one tokenizer:
 - ceiling: the tokenizer's own single-process encode speed (tokens/s) on the same documents,
   text already in memory;
 - megastack's preprocess at 1 and 2 workers (tokens/s, wall clock, reading + JSON + writing
-  included) and the ratio to workers x ceiling (target >= 0.85);
+  included) and the ratio to workers x ceiling (target >= 0.85).
+  The ceiling and the preprocess runs alternate for --rounds rounds and each ratio is taken
+  within a round: on a shared VM the same single-process encode varies by +-25% from minute to
+  minute, so a ceiling measured once is no reference for runs minutes away.
 - peak RSS (main process + workers, sampled) for the corpus and for 4 copies of it
   (target <= 1.3x growth).
 Writes a markdown report to --report and prints it.
@@ -15,6 +18,7 @@ import gzip
 import json
 import os
 import platform
+from statistics import median
 import subprocess
 import sys
 import tempfile
@@ -36,6 +40,8 @@ def parse_args():
                                                     "gpt2" / "vocab.bpe"))
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--copies", type=int, default=4, help="corpus copies for the RSS run")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating ceiling / preprocess rounds; medians are reported")
     parser.add_argument("--report", default=str(Path(__file__).with_name("RESULTS.md")))
     parser.add_argument("--run-one", nargs=3, metavar=("WORKERS", "COPIES", "OUT"),
                         help=argparse.SUPPRESS)  # internal: one measured preprocess run
@@ -49,11 +55,15 @@ def tokenizer_spec(args):
                          merge_file=args.merge_file)
 
 
-def measure_ceiling(args):
+def load_texts(args):
     texts = []
     for path in args.corpus:
         with gzip.open(path, "rt", encoding="utf-8") as f:
             texts.extend(json.loads(line)["text"] for line in f)
+    return texts
+
+
+def measure_ceiling(args, texts):
     tok = tokenizer_spec(args).build()
     start, cpu_start = time.perf_counter(), time.process_time()
     tokens = sum(len(tok.tokenize(t)) for t in texts)
@@ -127,47 +137,63 @@ def measured_run(args, workers, copies):
     return report
 
 
+def per_round(values, spec):
+    return " / ".join(format(v, spec) for v in values)
+
+
 def main():
     args = parse_args()
     if args.run_one:
         return run_one(args)
     load_before = os.getloadavg()
-    # The ceiling is measured before and after the throughput runs, and their mean used, so
-    # that drifting load on a shared machine shows up instead of skewing one side.
-    ceilings = [measure_ceiling(args)]
-    runs = [measured_run(args, w, 1) for w in args.workers]
-    ceilings.append(measure_ceiling(args))
-    ceiling = dict(ceilings[0], seconds=sum(c["seconds"] for c in ceilings) / 2,
-                   tokens_per_s=sum(c["tokens_per_s"] for c in ceilings) / 2,
-                   tokens_per_cpu_s=sum(c["tokens_per_cpu_s"] for c in ceilings) / 2)
-    rss_runs = [next(r for r in runs if r["workers"] == max(args.workers)),
+    texts = load_texts(args)
+    rounds = []
+    for round_index in range(args.rounds):
+        ceiling = measure_ceiling(args, texts)
+        runs = {w: measured_run(args, w, 1) for w in args.workers}
+        rounds.append({"ceiling": ceiling, "runs": runs})
+        print(f"round {round_index + 1}/{args.rounds}: ceiling {ceiling['tokens_per_s']:,.0f} "
+              "tokens/s; " + ", ".join(f"--workers {w}: {r['tokens_per_s']:,.0f} tokens/s"
+                                       for w, r in runs.items()), flush=True)
+    rss_runs = [rounds[-1]["runs"][max(args.workers)],
                 measured_run(args, max(args.workers), args.copies)]
     load_after = os.getloadavg()
 
+    ceilings = [r["ceiling"] for r in rounds]
+    first_run = rounds[0]["runs"][args.workers[0]]
     lines = [
         "# Preprocessing benchmark results", "",
-        f"Command: `python benchmarks/preprocess/bench_preprocess.py` (see README.md)", "",
+        f"Command: `python benchmarks/preprocess/bench_preprocess.py --rounds {args.rounds}` "
+        "(see README.md)", "",
         f"- machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
         f"Python {platform.python_version()}",
         f"- load average (1/5/15 min) before: {'/'.join(f'{x:.1f}' for x in load_before)}, "
         f"after: {'/'.join(f'{x:.1f}' for x in load_after)}",
-        f"- corpus: {len(args.corpus)} files, {ceiling['documents']:,} documents, "
-        f"{runs[0]['text_mb']:.1f} MB of text, {ceiling['tokens']:,} GPT-2 tokens",
-        "- tokenizer: GPT2BPETokenizer (encoder.json + vocab.bpe), --append-eod", "",
-        "| measurement | tokens/s | wall s | vs workers x ceiling | tokens per CPU-s "
-        "(all processes) | vs ceiling per CPU-s |",
-        "|---|---:|---:|---:|---:|---:|",
-        f"| ceiling: tokenizer.tokenize, 1 process, text in memory (before / after: "
-        f"{ceilings[0]['tokens_per_s']:,.0f} / {ceilings[1]['tokens_per_s']:,.0f} tokens/s) | "
-        f"{ceiling['tokens_per_s']:,.0f} | {ceiling['seconds']:.1f} | | "
-        f"{ceiling['tokens_per_cpu_s']:,.0f} | |",
+        f"- corpus: {len(args.corpus)} files, {ceilings[0]['documents']:,} documents, "
+        f"{first_run['text_mb']:.1f} MB of text, {ceilings[0]['tokens']:,} GPT-2 tokens",
+        "- tokenizer: GPT2BPETokenizer (encoder.json + vocab.bpe), --append-eod",
+        f"- {args.rounds} rounds, each: ceiling, then " +
+        ", ".join(f"--workers {w}" for w in args.workers) +
+        "; ratios are taken within a round, the table gives medians over rounds", "",
+        "| measurement | median tokens/s | per round | median vs workers x ceiling | "
+        "per round | median tokens per CPU-s (all processes) | median vs ceiling per CPU-s |",
+        "|---|---:|---|---:|---|---:|---:|",
+        f"| ceiling: tokenizer.tokenize, 1 process, text in memory | "
+        f"{median([c['tokens_per_s'] for c in ceilings]):,.0f} | "
+        f"{per_round([c['tokens_per_s'] for c in ceilings], ',.0f')} | | | "
+        f"{median([c['tokens_per_cpu_s'] for c in ceilings]):,.0f} | |",
     ]
-    for r in runs:
-        ratio = r["tokens_per_s"] / (r["workers"] * ceiling["tokens_per_s"])
-        cpu_ratio = r["tokens_per_cpu_s"] / ceiling["tokens_per_cpu_s"]
-        lines.append(f"| preprocess, --workers {r['workers']} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['seconds']:.1f} | {ratio:.2f} | {r['tokens_per_cpu_s']:,.0f} | "
-                     f"{cpu_ratio:.2f} |")
+    for w in args.workers:
+        runs = [r["runs"][w] for r in rounds]
+        ratios = [r["runs"][w]["tokens_per_s"] / (w * r["ceiling"]["tokens_per_s"])
+                  for r in rounds]
+        cpu_ratios = [r["runs"][w]["tokens_per_cpu_s"] / r["ceiling"]["tokens_per_cpu_s"]
+                      for r in rounds]
+        lines.append(
+            f"| preprocess, --workers {w} | {median([r['tokens_per_s'] for r in runs]):,.0f} | "
+            f"{per_round([r['tokens_per_s'] for r in runs], ',.0f')} | "
+            f"{median(ratios):.2f} | {per_round(ratios, '.2f')} | "
+            f"{median([r['tokens_per_cpu_s'] for r in runs]):,.0f} | {median(cpu_ratios):.2f} |")
     base, big = rss_runs
     lines += [
         "", f"| peak RSS, --workers {base['workers']} | corpus x1 | corpus x{big['copies']} | "
