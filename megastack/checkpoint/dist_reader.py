@@ -7,7 +7,8 @@ shape of a key does not depend on the TP/PP layout it was saved at, so this read
 answer for any layout: `tensor_keys()` and `shape(key)` from the metadata, `load_tensor(key)` for
 one key's full global tensor (assembled by DCP from whatever chunks the ranks wrote), and
 `load_object_bytes(key)` for a ShardedObject's serialized bytes, kept as bytes so they can be
-re-written verbatim.
+re-written verbatim. `layer_records(key)` says where each layer's stored record of a layer-stacked
+key lies, so that a growth which only reorders layers can copy records without decoding them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import os
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import torch
@@ -27,6 +29,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import (
     BytesStorageMetadata,
     Metadata,
+    MetadataIndex,
     TensorStorageMetadata,
 )
 
@@ -43,6 +46,15 @@ def single_process_dcp() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable")
         yield
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """Where one chunk's record (DCP's torch.save bytes of that chunk) lies in a shard file."""
+
+    path: str
+    offset: int
+    length: int
 
 
 class _CachedMetadataReader(FileSystemReader):
@@ -100,6 +112,34 @@ class DistCheckpointReader:
     def nbytes(self, key: str) -> int:
         md = self.tensor_metadata(key)
         return md.size.numel() * torch.empty((), dtype=md.properties.dtype).element_size()
+
+    def layer_records(self, key: str) -> Optional[list[StoredRecord]]:
+        """For a layer-stacked key, the record of each layer (index = layer), or None.
+
+        None unless every layer was stored as one untransformed chunk spanning the layer's whole
+        slice: a key split by tensor parallelism, say, has no record that a target layer could
+        reuse as it is.
+        """
+        md = self.tensor_metadata(key)
+        size = tuple(md.size)
+        if not size:
+            return None
+        whole_layer = (1,) + size[1:]
+        by_layer: dict[int, torch.Size] = {}
+        for chunk in md.chunks:
+            if tuple(chunk.sizes) != whole_layer or any(chunk.offsets[1:]):
+                return None
+            by_layer[chunk.offsets[0]] = chunk.offsets
+        if sorted(by_layer) != list(range(size[0])):
+            return None
+        records = []
+        for layer in range(size[0]):
+            info = (self.metadata.storage_data or {}).get(MetadataIndex(key, by_layer[layer]))
+            if info is None or getattr(info, "transform_descriptors", None):
+                return None
+            records.append(StoredRecord(os.path.join(self.path, info.relative_path), info.offset,
+                                        info.length))
+        return records
 
     # ---- contents ------------------------------------------------------------------------------
     def load_tensor(self, key: str, out: Optional[torch.Tensor] = None) -> torch.Tensor:

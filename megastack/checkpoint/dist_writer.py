@@ -17,13 +17,19 @@ Streaming: the whole checkpoint is one DCP save whose planner produces each tens
 storage writer asks for its first chunk, and forgets it after the last one, so peak memory stays
 near the largest single tensor rather than the checkpoint size. A layer-stacked key may be
 produced as its *source* tensor plus the row each target layer copies (`rows`), so pure stacking
-never holds the (several times larger) stacked tensor. DCP's FileSystemWriter with one
-thread writes items in plan order (it sorts by size only when it splits work over threads), and
-the plan lists every key's chunks together.
+never holds the (several times larger) stacked tensor. Items are written in plan order, one at a
+time, and the plan lists every key's chunks together.
+
+Verbatim records: when a layer chunk of the target is exactly a layer chunk stored in a source
+checkpoint (same whole-layer shape and dtype, e.g. G_stack at an unchanged tensor-parallel size),
+its record (the torch.save bytes DCP stores per chunk, which hold no offsets) is copied byte for
+byte with ``os.copy_file_range`` instead of being decoded and serialized again. That is what
+keeps stacking close to the speed of ``cp``. Records of other layouts go through the producer.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -35,6 +41,7 @@ import torch
 from torch.distributed.checkpoint import CheckpointException, FileSystemWriter
 from torch.distributed.checkpoint import save as dcp_save
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+from torch.distributed.checkpoint.filesystem import DEFAULT_SUFFIX, _StorageInfo
 from torch.distributed.checkpoint.metadata import (
     ChunkStorageMetadata,
     MetadataIndex,
@@ -46,8 +53,15 @@ from torch.distributed.checkpoint.planner import (
     WriteItem,
     WriteItemType,
 )
+from torch.distributed.checkpoint.storage import WriteResult
+from torch.futures import Future
 
-from megastack.checkpoint.dist_reader import CONFIG_FILE, COMMON_FILE, single_process_dcp
+from megastack.checkpoint.dist_reader import (
+    COMMON_FILE,
+    CONFIG_FILE,
+    StoredRecord,
+    single_process_dcp,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +83,7 @@ class _TensorEntry:
     chunk_offsets: list[tuple[int, ...]]
     chunk_sizes: list[tuple[int, ...]]
     rows: Optional[tuple[int, ...]] = None  # layer chunk i is row rows[i] of the produced tensor
+    records: Optional[tuple[StoredRecord, ...]] = None  # layer chunk i is copied from records[i]
 
 
 @dataclass
@@ -82,7 +97,8 @@ class WriteStats:
     tensors: int
     objects: int
     tensor_bytes: int
-    produced: int  # producer calls; equals `tensors` when streaming worked as planned
+    produced: int  # producer calls: one per tensor without records when streaming worked
+    copied_records: int  # chunks copied verbatim from a source checkpoint
 
 
 class _StreamingSavePlanner(DefaultSavePlanner):
@@ -97,6 +113,7 @@ class _StreamingSavePlanner(DefaultSavePlanner):
         self._current: Optional[torch.Tensor] = None
         self._served = 0
         self.produced = 0
+        self.copied_records = 0
         self.error: Optional[BaseException] = None  # first producer error, re-raised unwrapped
         self._buffer: Optional[torch.Tensor] = None
 
@@ -106,6 +123,16 @@ class _StreamingSavePlanner(DefaultSavePlanner):
         except BaseException as e:
             self.error = self.error or e
             raise
+
+    def stored_record(self, write_item: WriteItem) -> Optional[StoredRecord]:
+        """The source record this item is a verbatim copy of, if any."""
+        if write_item.type == WriteItemType.BYTE_IO:
+            return None
+        entry = self._tensors[write_item.index.fqn]
+        if entry.records is None:
+            return None
+        self.copied_records += 1
+        return entry.records[write_item.tensor_data.chunk.offsets[0]]
 
     def create_local_plan(self) -> SavePlan:
         self.plan = SavePlan(items=self._items)
@@ -127,13 +154,12 @@ class _StreamingSavePlanner(DefaultSavePlanner):
             self._current, self._current_key, self._served = None, None, 0
         return chunk
 
-
     def _owning(self, view: torch.Tensor) -> torch.Tensor:
         """A chunk that owns its whole storage, as torch.save needs (it saves whole storages).
 
         DCP would clone each view into fresh memory; reusing one buffer saves the allocation and
         page faults per chunk. Safe because the serial loader writes a chunk before resolving the
-        next one (`write` disables DCP's copy-ahead loader).
+        next one (`_StreamingFileWriter` writes each item before resolving the next).
         """
         if view.is_contiguous() and view.untyped_storage().nbytes() == view.nbytes:
             return view
@@ -185,6 +211,81 @@ def _chunk_view(tensor: torch.Tensor, chunk: ChunkStorageMetadata,
     return view
 
 
+class _StreamingFileWriter(FileSystemWriter):
+    """DCP's FileSystemWriter, writing the plan's items in order into one file, one at a time.
+
+    Items are serialized as DCP does (torch.save per tensor chunk, raw bytes for BYTE_IO), except
+    that a chunk with a stored source record gets that record's bytes copied verbatim. DCP's own
+    write_data cannot take pre-serialized bytes for a tensor item, hence this override; `finish`
+    (the `.metadata` file) is DCP's.
+    """
+
+    def write_data(self, plan: SavePlan, planner: _StreamingSavePlanner) -> Future:
+        try:
+            return self._write_items(plan, planner)
+        except BaseException as e:
+            planner.error = planner.error or e  # DCP wraps it; `write` re-raises it as it was
+            raise
+
+    def _write_items(self, plan: SavePlan, planner: _StreamingSavePlanner) -> Future:
+        file_name = f"{plan.storage_data.prefix}0{DEFAULT_SUFFIX}"
+        results = []
+        # Unbuffered: verbatim copies go through the file descriptor, torch.save through write().
+        with open(os.path.join(self.path, file_name), "wb", buffering=0) as stream:
+            copier = _RecordCopier(stream.fileno())
+            for item in plan.items:
+                offset = stream.tell()
+                record = planner.stored_record(item)
+                if record is not None:
+                    copier.copy(record)
+                elif item.type == WriteItemType.BYTE_IO:
+                    stream.write(planner.resolve_data(item).getbuffer())
+                else:
+                    torch.save(planner.resolve_data(item), stream)
+                length = stream.tell() - offset
+                results.append(WriteResult(index=item.index, size_in_bytes=length,
+                                           storage_data=_StorageInfo(file_name, offset, length)))
+            if self.sync_files:
+                os.fsync(stream.fileno())
+        future: Future = Future()
+        future.set_result(results)
+        return future
+
+
+class _RecordCopier:
+    """Appends byte ranges of other files to `out_fd`: in the kernel where it can, else by reads."""
+
+    _BLOCK = 16 << 20
+
+    def __init__(self, out_fd: int) -> None:
+        self.out_fd = out_fd
+        self._in_kernel = hasattr(os, "copy_file_range")
+
+    def copy(self, record: StoredRecord) -> None:
+        with open(record.path, "rb", buffering=0) as source:
+            offset, remaining = record.offset, record.length
+            while remaining:
+                n = self._copy_some(source.fileno(), offset, remaining)
+                if n == 0:
+                    raise ValueError(f"{record.path} ends before byte {record.offset + record.length} "
+                                     f"that its checkpoint's .metadata points to: the source is "
+                                     f"truncated")
+                offset += n
+                remaining -= n
+
+    def _copy_some(self, in_fd: int, offset: int, count: int) -> int:
+        if self._in_kernel:
+            try:
+                return os.copy_file_range(in_fd, self.out_fd, count, offset)
+            except OSError as e:  # e.g. across file systems on older kernels, or unsupported
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                self._in_kernel = False
+        data = os.pread(in_fd, min(count, self._BLOCK), offset)
+        os.write(self.out_fd, data)  # a regular file: writes are whole
+        return len(data)
+
+
 class DistCheckpointWriter:
     """Collects keys with producers, then writes one torch_dist checkpoint directory.
 
@@ -209,12 +310,15 @@ class DistCheckpointWriter:
         *,
         layer_stacked: bool = False,
         rows: Optional[Sequence[int]] = None,
+        records: Optional[Sequence[StoredRecord]] = None,
     ) -> None:
         """Register `key` with its global shape; `produce()` returns the full global tensor.
 
         `layer_stacked` keys (axis 0 = layer) are written one chunk per layer, as megatron does.
         With `rows`, `produce()` instead returns a tensor whose row ``rows[i]`` is layer i (a
         gather on write: G_stack writes source rows without materialising the stacked tensor).
+        With `records`, layer i is a verbatim copy of ``records[i]``, a stored record of the same
+        whole-layer shape and dtype, and `produce` is not called.
         """
         self._claim(key)
         shape = tuple(int(s) for s in shape)
@@ -223,12 +327,17 @@ class DistCheckpointWriter:
             if not layer_stacked or len(rows) != shape[0] or min(rows) < 0:
                 raise ValueError(f"{key}: rows must give one non-negative source row per layer "
                                  f"of {shape}, got {list(rows)}")
-        if layer_stacked and shape and (shape[0] > 1 or rows is not None):
+        if records is not None:
+            records = tuple(records)
+            if not layer_stacked or len(records) != shape[0]:
+                raise ValueError(f"{key}: records must give one stored record per layer of "
+                                 f"{shape}, got {len(records)}")
+        if layer_stacked and shape and (shape[0] > 1 or rows is not None or records is not None):
             offsets = [(i,) + (0,) * (len(shape) - 1) for i in range(shape[0])]
             sizes = [(1,) + shape[1:]] * shape[0]
         else:
             offsets, sizes = [(0,) * len(shape)], [shape]
-        self._tensors.append(_TensorEntry(key, shape, dtype, produce, offsets, sizes, rows))
+        self._tensors.append(_TensorEntry(key, shape, dtype, produce, offsets, sizes, rows, records))
 
     def add_object(self, key: str, produce: BytesProducer) -> None:
         """Register a ShardedObject by unique key; `produce()` returns its serialized bytes."""
@@ -238,15 +347,13 @@ class DistCheckpointWriter:
     def write(self, common: dict[str, Any]) -> WriteStats:
         os.makedirs(self.path, exist_ok=True)
         planner = _StreamingSavePlanner(self._tensors, self._objects)
-        # One thread and no copy-ahead: items are resolved one at a time, in plan order, each
-        # written before the next is resolved (what streaming and the chunk buffer rely on).
-        storage = FileSystemWriter(self.path, single_file_per_rank=True, sync_files=self.fsync,
-                                   thread_count=1, per_thread_copy_ahead=0)
+        storage = _StreamingFileWriter(self.path, single_file_per_rank=True, sync_files=self.fsync)
         try:
             with single_process_dcp():
                 dcp_save({}, storage_writer=storage, planner=planner, no_dist=True)
         except CheckpointException as e:
-            # DCP wraps whatever a producer raised (e.g. a ValueError about the plan): surface it.
+            # DCP wraps whatever a producer or the copy raised (e.g. a ValueError naming a file):
+            # surface it.
             if planner.error is not None:
                 raise planner.error from e
             raise
@@ -259,12 +366,15 @@ class DistCheckpointWriter:
             objects=len(self._objects),
             tensor_bytes=sum(torch.Size(t.shape).numel() * _itemsize(t.dtype) for t in self._tensors),
             produced=planner.produced,
+            copied_records=planner.copied_records,
         )
-        if stats.produced != stats.tensors:
-            logger.warning("%s: %d tensor producer calls for %d tensors (items were reordered)",
-                           self.path, stats.produced, stats.tensors)
-        logger.info("wrote %s: %d tensors (%.1f MB), %d objects", self.path, stats.tensors,
-                    stats.tensor_bytes / 1e6, stats.objects)
+        expected_calls = sum(t.records is None for t in self._tensors)
+        if stats.produced != expected_calls:
+            logger.warning("%s: %d tensor producer calls for %d produced tensors (items were "
+                           "reordered)", self.path, stats.produced, expected_calls)
+        logger.info("wrote %s: %d tensors (%.1f MB, %d layer records copied verbatim), %d objects",
+                    self.path, stats.tensors, stats.tensor_bytes / 1e6, stats.copied_records,
+                    stats.objects)
         return stats
 
     def _claim(self, key: str) -> None:

@@ -384,9 +384,13 @@ def _add_tensors(
         shape = _target_shape(model_key, reader.shape(key), reader.dtype(key), len(depth.plan), width)
         if is_layer_key(model_key) and depth.operator in ROW_COPY_OPERATORS and width is None:
             # stack and shrink are index_select on the layer axis (for weights and moments alike):
-            # let the writer gather the source rows instead of materialising the stacked tensor.
+            # copy each layer's stored record where the source has one per whole layer, else let
+            # the writer gather source rows instead of materialising the stacked tensor.
+            records = reader.layer_records(key)
             writer.add_tensor(key, shape, reader.dtype(key), _producer(reader, key),
-                              layer_stacked=True, rows=depth.plan.layers)
+                              layer_stacked=True, rows=depth.plan.layers,
+                              records=None if records is None else
+                              [records[layer] for layer in depth.plan.layers])
         else:
             writer.add_tensor(key, shape, reader.dtype(key),
                               _producer(reader, key, lambda t, k=model_key, f=fn: f(k, t)),

@@ -163,3 +163,62 @@ def test_rows_gather_source_layers_on_write(tmp_path):
     with pytest.raises(ValueError, match="one non-negative source row per layer"):
         DistCheckpointWriter(str(tmp_path / "x")).add_tensor(
             "k", (2, 3), torch.float32, lambda: source, layer_stacked=True, rows=[0])
+
+
+def test_layer_records_are_copied_verbatim_and_load_as_the_stacked_tensor(tmp_path):
+    src = str(tmp_path / "src")
+    tensors = _tensors()
+    _write(src, tensors, {})
+    source = DistCheckpointReader(src)
+    key = "decoder.layers.self_attention.linear_qkv.weight"
+    records = source.layer_records(key)
+    assert [r.length > 0 for r in records] == [True] * LAYERS
+    assert source.layer_records("embedding.word_embeddings.weight") is None  # not per layer
+
+    rows = [2, 0, 1, 1, 0, 2]
+    calls = []
+    writer = DistCheckpointWriter(str(tmp_path / "grown"), fsync=False)
+    for k in (key, "decoder.layers.mlp.linear_fc1.layer_norm_weight"):
+        t = tensors[k]
+        writer.add_tensor(k, (len(rows),) + tuple(t.shape[1:]), t.dtype,
+                          lambda k=k: calls.append(k) or tensors[k],
+                          layer_stacked=True, rows=rows,
+                          records=[source.layer_records(k)[r] for r in rows])
+    stats = writer.write({})
+    assert (stats.copied_records, stats.produced, calls) == (2 * len(rows), 0, [])
+    grown = DistCheckpointReader(str(tmp_path / "grown"))
+    for k in (key, "decoder.layers.mlp.linear_fc1.layer_norm_weight"):
+        assert torch.equal(grown.load_tensor(k), tensors[k].index_select(0, torch.tensor(rows)))
+        assert grown.load_tensor(k).dtype == tensors[k].dtype
+
+
+def test_layer_records_need_one_whole_layer_per_chunk(tmp_path):
+    """A key stored in pieces (as tensor parallelism splits it) has no reusable layer record."""
+    path = str(tmp_path / "ckpt")
+    writer = DistCheckpointWriter(path, fsync=False)
+    full = torch.randn(2, 4, 3)
+    writer.add_tensor("decoder.layers.w", (2, 4, 3), torch.float32, lambda: full,
+                      layer_stacked=True)
+    writer.write({})
+    reader = DistCheckpointReader(path)
+    assert reader.layer_records("decoder.layers.w") is not None
+    md = reader.tensor_metadata("decoder.layers.w")
+    chunk = md.chunks[0]
+    md.chunks[0] = type(chunk)(offsets=chunk.offsets, sizes=torch.Size((1, 2, 3)))
+    assert reader.layer_records("decoder.layers.w") is None
+
+
+def test_a_truncated_record_source_is_named(tmp_path):
+    src = str(tmp_path / "src")
+    _write(src, _tensors(), {})
+    source = DistCheckpointReader(src)
+    key = "decoder.layers.self_attention.linear_qkv.weight"
+    records = source.layer_records(key)
+    shard = records[-1].path
+    with open(shard, "r+b") as f:
+        f.truncate(records[-1].offset + 1)
+    writer = DistCheckpointWriter(str(tmp_path / "grown"), fsync=False)
+    writer.add_tensor(key, (1, 24, 8), torch.float32, lambda: None, layer_stacked=True,
+                      records=[records[-1]])
+    with pytest.raises(ValueError, match="truncated"):
+        writer.write({})
