@@ -69,6 +69,7 @@ class GrowthReport:
     tensors_written: int
     objects_written: int
     bytes_written: int
+    records_copied: int  # layer records copied byte for byte from the source
     optimizer_state: str  # "dropped", "carried" or "absent" (the source had none)
     seconds: float
 
@@ -95,7 +96,9 @@ class GrowthReport:
             f"depth operator: {self.operator}, stacking list {list(self.stacking_list)}"
             + (f"; width operator: {self.width_operator}" if self.width_operator else ""),
             f"wrote {self.tensors_written} tensors ({self.bytes_written / 1e6:.1f} MB) and "
-            f"{self.objects_written} objects in {self.seconds:.1f} s",
+            f"{self.objects_written} objects in {self.seconds:.1f} s"
+            + (f" ({self.records_copied} layer records copied verbatim)"
+               if self.records_copied else ""),
             f"optimizer state: {optimizer}",
         ])
 
@@ -193,7 +196,7 @@ def grow_checkpoint(
         operator=operator, width_operator=width_operator if width else None,
         stacking_list=tuple(plan.layers), layer_map=tuple(layer_map),
         tensors_written=stats.tensors, objects_written=stats.objects,
-        bytes_written=stats.tensor_bytes,
+        bytes_written=stats.tensor_bytes, records_copied=stats.copied_records,
         optimizer_state=("absent" if not _has_optimizer(reader)
                          else "carried" if keep_optimizer_state else "dropped"),
         seconds=time.monotonic() - start,
