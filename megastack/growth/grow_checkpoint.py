@@ -41,7 +41,9 @@ OPTIMIZER_PREFIX = "optimizer."
 # megatron-core's optimizer state keys: optimizer.state.<state name>.<model key>
 OPTIMIZER_STATE_KEY = re.compile(r"^optimizer\.state\.(?P<name>[^.]+)\.(?P<model_key>.+)$")
 # Master weights are weights (grown like them); every other state is a moment (copied or zeroed).
-MASTER_WEIGHT_STATES = ("fp32_param",)
+# "fp32_param": the regular optimizer with bf16/fp16 params; "param": the distributed optimizer's
+# fully_reshardable state (its fp32 main params).
+MASTER_WEIGHT_STATES = ("fp32_param", "param")
 # ShardedObject unique keys: <key>/shard_<offsets>_<shape>, dot-separated per axis.
 OBJECT_SHARD_KEY = re.compile(r"^(?P<key>.+)/shard_(?P<offsets>[\d.]+)_(?P<shape>[\d.]+)$")
 RNG_OBJECT_KEY = "rng_state"
