@@ -230,9 +230,9 @@ class _StreamingFileWriter(FileSystemWriter):
     def _write_items(self, plan: SavePlan, planner: _StreamingSavePlanner) -> Future:
         file_name = f"{plan.storage_data.prefix}0{DEFAULT_SUFFIX}"
         results = []
-        # Unbuffered: verbatim copies go through the file descriptor, torch.save through write().
-        with open(os.path.join(self.path, file_name), "wb", buffering=0) as stream:
-            copier = _RecordCopier(stream.fileno())
+        with open(os.path.join(self.path, file_name), "wb", buffering=0) as raw:
+            stream = _WholeWriteFile(raw.fileno())
+            copier = _RecordCopier(raw.fileno())
             for item in plan.items:
                 offset = stream.tell()
                 record = planner.stored_record(item)
@@ -246,10 +246,32 @@ class _StreamingFileWriter(FileSystemWriter):
                 results.append(WriteResult(index=item.index, size_in_bytes=length,
                                            storage_data=_StorageInfo(file_name, offset, length)))
             if self.sync_files:
-                os.fsync(stream.fileno())
+                os.fsync(raw.fileno())
         future: Future = Future()
         future.set_result(results)
         return future
+
+
+class _WholeWriteFile:
+    """The file object torch.save writes to: unbuffered, so that verbatim copies can go through
+    the same file descriptor, and looping until every byte is written (one write(2) stops at
+    2 GiB, and a layer chunk or an embedding can be larger)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        total = len(view)
+        while view:
+            view = view[os.write(self.fd, view):]
+        return total
+
+    def tell(self) -> int:
+        return os.lseek(self.fd, 0, os.SEEK_CUR)
+
+    def flush(self) -> None:
+        pass
 
 
 class _RecordCopier:
@@ -282,8 +304,7 @@ class _RecordCopier:
                     raise
                 self._in_kernel = False
         data = os.pread(in_fd, min(count, self._BLOCK), offset)
-        os.write(self.out_fd, data)  # a regular file: writes are whole
-        return len(data)
+        return _WholeWriteFile(self.out_fd).write(data)
 
 
 class DistCheckpointWriter:

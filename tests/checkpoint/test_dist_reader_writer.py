@@ -222,3 +222,37 @@ def test_a_truncated_record_source_is_named(tmp_path):
                       records=[records[-1]])
     with pytest.raises(ValueError, match="truncated"):
         writer.write({})
+
+
+def test_records_and_tensors_survive_short_writes_and_no_copy_file_range(tmp_path, monkeypatch):
+    """Without copy_file_range (EXDEV: another file system) records are copied by reads, and
+    write(2) returning short counts (as it does past 2 GiB) loses no bytes."""
+    import errno
+
+    src = str(tmp_path / "src")
+    tensors = _tensors()
+    _write(src, tensors, _objects())
+    source = DistCheckpointReader(src)
+    key = "decoder.layers.self_attention.linear_qkv.weight"
+
+    def no_copy_file_range(*args):
+        raise OSError(errno.EXDEV, "cross-device")
+
+    real_write = os.write
+    monkeypatch.setattr(os, "copy_file_range", no_copy_file_range)
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data[:7])))
+    rows = [1, 1, 0]
+    writer = DistCheckpointWriter(str(tmp_path / "grown"), fsync=False)
+    writer.add_tensor(key, (3, 24, 8), torch.float32, lambda: tensors[key], layer_stacked=True,
+                      rows=rows, records=[source.layer_records(key)[r] for r in rows])
+    emb = "embedding.word_embeddings.weight"
+    writer.add_tensor(emb, (16, 8), torch.float32, lambda: tensors[emb].clone())
+    for k, b in _objects().items():
+        writer.add_object(k, lambda b=b: b)
+    assert writer.write({}).copied_records == 3
+    monkeypatch.undo()
+    grown = DistCheckpointReader(str(tmp_path / "grown"))
+    assert torch.equal(grown.load_tensor(key), tensors[key].index_select(0, torch.tensor(rows)))
+    assert torch.equal(grown.load_tensor(emb), tensors[emb])
+    for k, b in _objects().items():
+        assert grown.load_object_bytes(k) == b
