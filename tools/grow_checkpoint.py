@@ -38,7 +38,10 @@ def get_args(argv=None) -> argparse.Namespace:
                         help="depth operator: stack (G_stack), zero (G_zero), random (G_random), "
                              "shrink (Inheritune)")
     growth.add_argument("--keep-optimizer-state", action="store_true",
-                        help="carry Adam moments of copied tensors (default: drop optimizer state)")
+                        help="carry the optimizer state (regular or distributed optimizer, as "
+                             "megastack saves it): main params grow like weights, Adam moments "
+                             "follow the depth operator (default: drop it; training then starts "
+                             "a fresh optimizer)")
     growth.add_argument("--seed", type=int, default=1234, help="seed of random/new parts")
 
     width = parser.add_argument_group("width growth (optional)")
