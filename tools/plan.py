@@ -24,41 +24,38 @@ from megastack.config import ModelConfig, ParallelConfig
 from megastack.planning import (
     GIB, PhaseLayout, format_growth, format_phase, plan_growth, plan_phase,
 )
-from megastack.training.arguments import padded_vocab_size
+from megastack.training.arguments import (
+    add_model_args,
+    add_parallel_args,
+    model_config_from_args,
+    padded_vocab_size,
+)
 
 
 def get_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", help="preset name (megastack.config.PRESETS)")
-    group.add_argument("--num-layers", type=int)
-    group.add_argument("--hidden-size", type=int)
-    group.add_argument("--ffn-hidden-size", type=int)
-    group.add_argument("--num-attention-heads", type=int)
-    group.add_argument("--num-query-groups", type=int)
-    group.add_argument("--vocab-size", type=int, help="applies to the grown model too")
-    group.add_argument("--seq-length", type=int, help="applies to the grown model too")
-    group.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
-                       help="--vocab-size is padded as the trainer pads it")
+    # The model and layout flags are the trainer's own, so a plan and a run take the same line.
+    add_model_args(parser)
+    add_parallel_args(parser)
+    # The memory model only knows flash attention for Transformer Engine: estimate the local
+    # spec unless asked (the trainer's "auto" depends on what the GPU machine has installed).
+    parser.set_defaults(transformer_impl="local")
+    group = parser.add_argument_group("vocabulary")
+    group.add_argument("--vocab-size", type=int,
+                       help="tokenizer vocabulary, padded as the trainer pads it; applies to the "
+                            "grown model too (as does --seq-length)")
 
     group = parser.add_argument_group("launch")
     group.add_argument("--nnodes", type=int, default=1)
     group.add_argument("--nproc-per-node", type=int, default=8)
 
-    group = parser.add_argument_group("parallelism and batch")
-    group.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    group.add_argument("--pipeline-model-parallel-size", type=int, default=1)
-    group.add_argument("--num-layers-per-virtual-pipeline-stage", type=int)
-    group.add_argument("--sequence-parallel", action="store_true")
-    group.add_argument("--use-distributed-optimizer", action="store_true")
+    group = parser.add_argument_group("batch and precision")
     group.add_argument("--micro-batch-size", type=int, default=1)
     group.add_argument("--global-batch-size", type=int,
                        help="default: micro-batch size x data-parallel size")
     group.add_argument("--bf16", action="store_true")
     group.add_argument("--recompute-granularity", choices=["selective", "full"])
-    group.add_argument("--transformer-impl", choices=["auto", "local", "transformer_engine", "fused"],
-                       default="local", help="only transformer_engine is estimated with flash attention")
 
     group = parser.add_argument_group("growth (plans train -> grow -> train)")
     group.add_argument("--grow-to", metavar="PRESET", help="the grown model's preset")
@@ -82,20 +79,7 @@ def get_args(argv=None) -> argparse.Namespace:
 
 
 def small_model(args) -> ModelConfig:
-    shape = {
-        "num_layers": args.num_layers, "hidden_size": args.hidden_size,
-        "ffn_hidden_size": args.ffn_hidden_size, "num_attention_heads": args.num_attention_heads,
-        "num_query_groups": args.num_query_groups,
-    }
-    overrides = {k: v for k, v in {**shape, **shared_overrides(args, args.tensor_model_parallel_size)}.items()
-                 if v is not None}
-    if args.model:
-        return ModelConfig.from_name(args.model, **overrides)
-    missing = [f"--{k.replace('_', '-')}" for k in ("num_layers", "hidden_size", "num_attention_heads")
-               if shape[k] is None]
-    if missing:
-        raise ValueError(f"give --model PRESET or {', '.join(missing)}")
-    return ModelConfig(**overrides)
+    return model_config_from_args(args, args.vocab_size)
 
 
 def shared_overrides(args, tensor_parallel_size: int) -> dict:
