@@ -91,7 +91,7 @@ def run_one(args):
                 procs = [me] + me.children(recursive=True)
                 peak["total"] = max(peak["total"], sum(p.memory_info().rss for p in procs))
             except psutil.Error:
-                pass
+                pass  # a worker exited between listing and reading it; the next sample counts
             done.wait(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)

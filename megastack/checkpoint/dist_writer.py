@@ -271,7 +271,7 @@ class _WholeWriteFile:
         return os.lseek(self.fd, 0, os.SEEK_CUR)
 
     def flush(self) -> None:
-        pass
+        """Nothing to flush: every write went straight to the descriptor."""
 
 
 class _RecordCopier:

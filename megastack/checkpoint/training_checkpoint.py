@@ -204,13 +204,18 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Collectively load model (and optionally optimizer, scheduler, RNG) state.
 
-    Returns the checkpoint's common state (iteration, consumed samples, ...).
+    A checkpoint saved without optimizer state (e.g. grown without --keep-optimizer-state)
+    leaves the given optimizer and scheduler fresh, where Megatron-LM would need
+    --no-load-optim. Returns the checkpoint's common state (iteration, consumed samples, ...).
     """
     from megatron.core import dist_checkpointing
     from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
     ckpt = resolve_checkpoint(path)
     common = dist_checkpointing.load_common_state_dict(ckpt)
+    if optimizer is not None and "optimizer" not in common:
+        logger.info("%s holds no optimizer state: starting a fresh optimizer and LR schedule", ckpt)
+        optimizer = scheduler = None
     state: dict[str, Any] = _model_state(chunks)
     if optimizer is not None:
         _materialize_adam_state(optimizer)

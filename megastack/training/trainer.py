@@ -195,12 +195,6 @@ class Trainer:
     def _load(self, path: str, finetune: bool) -> None:
         c = self.cfg.checkpoint
         load_optim = not (finetune or c.no_load_optim)
-        if load_optim and "optimizer" not in ckpt.load_common(path):
-            # e.g. tools/grow_checkpoint.py without --keep-optimizer-state: what Megatron-LM
-            # would need --no-load-optim for is what the checkpoint itself says here.
-            logger.info("%s holds no optimizer state: starting a fresh optimizer and LR schedule",
-                        path)
-            load_optim = False
         common = ckpt.load_checkpoint(
             path, self.chunks,
             optimizer=self.optimizer if load_optim else None,
