@@ -84,8 +84,7 @@ class DistCheckpointReader:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        check_complete(path)
-        self.metadata: Metadata = FileSystemReader(path).read_metadata()
+        self.metadata: Metadata = check_complete(path)
         self._reader = _CachedMetadataReader(path, self.metadata)
 
     # ---- what is in it -------------------------------------------------------------------------
@@ -111,7 +110,7 @@ class DistCheckpointReader:
 
     def nbytes(self, key: str) -> int:
         md = self.tensor_metadata(key)
-        return md.size.numel() * torch.empty((), dtype=md.properties.dtype).element_size()
+        return md.size.numel() * md.properties.dtype.itemsize
 
     def layer_records(self, key: str) -> Optional[list[StoredRecord]]:
         """For a layer-stacked key, the record of each layer (index = layer), or None.
@@ -173,8 +172,10 @@ class DistCheckpointReader:
                           weights_only=False)
 
 
-def check_complete(path: str) -> None:
-    """Raise ValueError naming the path unless `path` is a whole torch_dist checkpoint."""
+def check_complete(path: str) -> Metadata:
+    """Raise ValueError naming the path unless `path` is a whole torch_dist checkpoint.
+
+    Returns its DCP metadata (read here to check the shard files against it)."""
     if not os.path.isdir(path):
         raise ValueError(f"checkpoint {path} does not exist or is not a directory")
     config_path = os.path.join(path, CONFIG_FILE)
@@ -202,3 +203,4 @@ def check_complete(path: str) -> None:
         if size < end:
             raise ValueError(f"{path} is incomplete: shard file {rel} has {size} bytes, "
                              f"the metadata needs {end}")
+    return metadata

@@ -114,15 +114,9 @@ class _StreamingSavePlanner(DefaultSavePlanner):
         self._served = 0
         self.produced = 0
         self.copied_records = 0
-        self.error: Optional[BaseException] = None  # first producer error, re-raised unwrapped
+        # The first error while writing (a producer's or a copy's), re-raised unwrapped by `write`.
+        self.error: Optional[BaseException] = None
         self._buffer: Optional[torch.Tensor] = None
-
-    def resolve_data(self, write_item: WriteItem) -> Union[torch.Tensor, io.BytesIO]:
-        try:
-            return self._resolve(write_item)
-        except BaseException as e:
-            self.error = self.error or e
-            raise
 
     def stored_record(self, write_item: WriteItem) -> Optional[StoredRecord]:
         """The source record this item is a verbatim copy of, if any."""
@@ -138,7 +132,7 @@ class _StreamingSavePlanner(DefaultSavePlanner):
         self.plan = SavePlan(items=self._items)
         return self.plan
 
-    def _resolve(self, write_item: WriteItem) -> Union[torch.Tensor, io.BytesIO]:
+    def resolve_data(self, write_item: WriteItem) -> Union[torch.Tensor, io.BytesIO]:
         key = write_item.index.fqn
         if write_item.type == WriteItemType.BYTE_IO:
             return io.BytesIO(self._objects[key].produce())
@@ -385,7 +379,7 @@ class DistCheckpointWriter:
         stats = WriteStats(
             tensors=len(self._tensors),
             objects=len(self._objects),
-            tensor_bytes=sum(torch.Size(t.shape).numel() * _itemsize(t.dtype) for t in self._tensors),
+            tensor_bytes=sum(torch.Size(t.shape).numel() * t.dtype.itemsize for t in self._tensors),
             produced=planner.produced,
             copied_records=planner.copied_records,
         )
@@ -402,7 +396,3 @@ class DistCheckpointWriter:
         if key in self._keys:
             raise ValueError(f"checkpoint key {key!r} added twice")
         self._keys.add(key)
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from megastack.checkpoint.dist_reader import DistCheckpointReader
+from megastack.checkpoint.dist_reader import COMMON_FILE, DistCheckpointReader
 from megastack.checkpoint.dist_writer import DistCheckpointWriter
 from megastack.checkpoint.layer_map import LayerPlacement, format_layer_map, growth_layer_map
 from megastack.checkpoint.training_checkpoint import LATEST_FILE, checkpoint_dir, resolve_checkpoint
@@ -336,7 +336,8 @@ def _is_grown_checkpoint(root: str) -> bool:
     if not entries <= {LATEST_FILE, os.path.basename(ckpt)}:
         return False
     try:
-        common = torch.load(os.path.join(ckpt, "common.pt"), map_location="cpu", weights_only=False)
+        common = torch.load(os.path.join(ckpt, COMMON_FILE), map_location="cpu",
+                            weights_only=False)
     except Exception:  # unreadable or missing: not provably ours
         return False
     return isinstance(common, dict) and "grown_from" in common
@@ -386,7 +387,7 @@ def _add_tensors(
                 fn = depth.transform_optimizer_state
         else:
             model_key, fn = key, grow_weight
-        shape = _target_shape(model_key, reader.shape(key), reader.dtype(key), len(depth.plan), width)
+        shape = _target_shape(model_key, reader.shape(key), len(depth.plan), width)
         if is_layer_key(model_key) and depth.operator in ROW_COPY_OPERATORS and width is None:
             # stack and shrink are index_select on the layer axis (for weights and moments alike):
             # copy each layer's stored record where the source has one per whole layer, else let
@@ -410,14 +411,11 @@ def _producer(reader: DistCheckpointReader, key: str,
     return produce
 
 
-def _target_shape(model_key: str, shape: tuple[int, ...], dtype: torch.dtype, target_layers: int,
+def _target_shape(model_key: str, shape: tuple[int, ...], target_layers: int,
                   width: Optional[WidthGrowth]) -> tuple[int, ...]:
     if is_layer_key(model_key):
         shape = (target_layers,) + tuple(shape[1:])
-    if width is None:
-        return tuple(shape)
-    # The width operator knows its per-key layout; run it on a meta tensor to learn the shape.
-    return tuple(width.transform(model_key, torch.empty(shape, dtype=dtype, device="meta")).shape)
+    return tuple(shape) if width is None else width.target_shape(model_key, shape)
 
 
 def _add_objects(writer: DistCheckpointWriter, reader: DistCheckpointReader, source_layers: int,
