@@ -41,7 +41,7 @@ echo "== 24L2048H bf16 throughput"
 timeout 200 python3 benchmarks/trainer/bench_trainer.py --model 24L2048H --bf16 \
     --micro-batch-size 4 --global-batch-size 32 --train-iters 12 --warmup-iters 4 --rounds 1 \
     --out "$OUT/bench_trainer_gpu.json" || status=1
-python3 tools/plan.py --help >/dev/null 2>&1 && timeout 60 python3 tools/plan.py --model 24L2048H \
+timeout 60 python3 tools/plan.py --model 24L2048H \
     --nnodes 1 --nproc-per-node 1 --micro-batch-size 4 --global-batch-size 32 --bf16 > "$OUT/plan_24L2048H.txt" 2>&1
 echo "== done (status $status)"
 exit $status

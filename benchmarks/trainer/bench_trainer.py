@@ -26,6 +26,7 @@ def run_megastack(model: str, mbs: int, gbs: int, iters: int, warmup: int, bf16:
         cmd = [sys.executable, "-m", "megastack.pretrain", "--model", model, "--mock-data",
                "--micro-batch-size", str(mbs), "--global-batch-size", str(gbs),
                "--train-iters", str(iters), "--log-interval", "1", "--eval-interval", "100000",
+               "--eval-iters", "1",
                "--transformer-impl", "auto"] + (["--bf16"] if bf16 else [])
         subprocess.run(cmd, check=True, env={**os.environ, "MEGASTACK_METRICS_FILE": str(metrics)},
                        stdout=subprocess.DEVNULL)

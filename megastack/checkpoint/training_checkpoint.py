@@ -188,13 +188,6 @@ def _materialize_adam_state(optimizer) -> None:
                     st["step"] = torch.tensor(0.0)
 
 
-def load_common(path: str) -> dict[str, Any]:
-    """The non-sharded part of a checkpoint (iteration, args, scheduler, ...), without a model."""
-    from megatron.core import dist_checkpointing
-
-    return dist_checkpointing.load_common_state_dict(resolve_checkpoint(path))
-
-
 def load_checkpoint(
     path: str,
     chunks: list[torch.nn.Module],

@@ -137,7 +137,8 @@ def run_growth(cfg: PretrainConfig, args, tokenizer, metrics_file: Optional[str]
                     phase_name="small").setup(tokenizer)
     small.train()
     small._log_eval(small.state.iteration, {"growth": "before"})
-    small.save()
+    if small.last_saved_iteration != small.state.iteration:  # else --save-interval just did
+        small.save()
     datasets, state = small.datasets, small.state
     small.close()
 
@@ -161,7 +162,6 @@ def run_growth(cfg: PretrainConfig, args, tokenizer, metrics_file: Optional[str]
                                 start_state=state)
     large._log_eval(large.state.iteration, {"growth": "after"})
     large.train()
-    if cfg.checkpoint.save:
-        large.save(extra={"grown_at_iteration": small_iters})
+    large.save(extra={"grown_at_iteration": small_iters})  # growth requires --save
     large.close()
     return large.state

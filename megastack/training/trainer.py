@@ -349,12 +349,12 @@ class Trainer:
             self._log_eval(self.state.iteration)
 
     def _log_eval(self, iteration: int, extra: Optional[dict] = None) -> Optional[float]:
-        if self.last_eval is not None and self.last_eval[0] == iteration and not extra:
-            return self.last_eval[1]
-        if self.last_eval is not None and self.last_eval[0] == iteration:
-            loss = self.last_eval[1]  # same weights: no need to evaluate again
-        else:
+        if self.last_eval is None or self.last_eval[0] != iteration:
             loss = self.evaluate()
+        elif not extra:
+            return self.last_eval[1]
+        else:
+            loss = self.last_eval[1]  # same weights: no need to evaluate again
         # Recorded on every rank (loss is None off the last stage) so that all ranks agree on
         # whether the next call evaluates: evaluation is collective.
         self.last_eval = (iteration, loss)
