@@ -191,12 +191,9 @@ gstack_train_args() {
         --tensorboard-dir "${OUTPUT_DIR}/tensorboard/${phase}"
     )
     if [[ "$MOCK_DATA" == 1 ]]; then
-        # Synthetic tokens still need a tokenizer for GPTDataset. NullTokenizer adds the eod id to
-        # --vocab-size, so one less keeps the preset's vocabulary (and the planned sizes).
-        local model_var="MODEL_${up}" vocab="$VOCAB_SIZE"
-        [[ -n "$vocab" ]] || vocab=$(($(gstack_python -c \
-            "from megastack.config import ModelConfig; print(ModelConfig.from_name('${!model_var}').vocab_size)") - 1))
-        GSTACK_ARGS+=(--mock-data --tokenizer-type NullTokenizer --vocab-size "$vocab")
+        # megastack.pretrain gives synthetic tokens a NullTokenizer spanning the model's
+        # vocabulary (--vocab-size, else the --model preset's), so the planned sizes hold.
+        GSTACK_ARGS+=(--mock-data)
     else
         [[ -n "$DATA_PATH" ]] || gstack_die "set DATA_PATH to the preprocessed dataset prefix(es) \
 (tools/preprocess_data.py), or MOCK_DATA=1 for synthetic tokens"

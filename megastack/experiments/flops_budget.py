@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 from megastack.config import ModelConfig
 
@@ -24,14 +23,6 @@ def large_phase_iters(budget_iters: int, small_iters: int, small: ModelConfig,
             f"raise the budget")
     rounded = int(multiple_of * round(exact / multiple_of))
     return max(multiple_of, rounded)
-
-
-def flops_ratio(small: ModelConfig, large: ModelConfig) -> float:
-    return small.flops_per_token() / large.flops_per_token()
-
-
-def iters_for_tokens(tokens: float, tokens_per_iter: int) -> int:
-    return int(math.ceil(tokens / tokens_per_iter))
 
 
 def main(argv=None) -> int:

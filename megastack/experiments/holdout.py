@@ -15,7 +15,6 @@ valid: the preprocessing input) and DIR/split.json ({"split": "N_train,N_valid,0
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
-from megastack.data.jsonl_reader import expand_inputs
+from megastack.data.jsonl_reader import LineReader, expand_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -44,24 +43,19 @@ class HoldoutSplit:
         return f"{self.num_train_documents},{self.num_valid_documents},0"
 
 
-def _open_text(path: str):
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
-
-
 def read_documents(files: Sequence[str], text_key: str = "text") -> list[str]:
     """Raw JSON lines of every document that has a non-empty `text_key`, in file order."""
     lines = []
-    for path in files:
-        with _open_text(path) as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    doc = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{number}: not JSON ({e}); fix or remove the line") from None
-                if str(doc.get(text_key, "")).strip():
-                    lines.append(json.dumps(doc, ensure_ascii=False))
+    for line in LineReader(files):  # plain or .gz; a truncated .gz is reported with file:line
+        if not line.data.strip():
+            continue
+        try:
+            doc = json.loads(line.data)
+        except ValueError as e:  # not JSON, or not UTF-8
+            raise ValueError(f"{line.path}:{line.line_number}: not JSON ({e}); fix or remove "
+                             f"the line") from None
+        if str(doc.get(text_key, "")).strip():
+            lines.append(json.dumps(doc, ensure_ascii=False))
     return lines
 
 

@@ -17,10 +17,10 @@ import logging
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from megastack.experiments.curves import Phase, build_curve
+from megastack.experiments.curves import Curve, Phase, build_curve
 from megastack.experiments.model_spec import parse_model_spec
 from megastack.experiments.plots import plot_curves
 from megastack.experiments.speedup import paper_speedup, speedup_at_loss
@@ -35,7 +35,6 @@ class RunSpec:
     phases: list[Phase]
     operator: str = ""
     growth_tokens: int = 0  # tokens the small model trained before growth (0: not grown)
-    extra: dict = field(default_factory=dict)
 
 
 def parse_run_spec(text: str) -> RunSpec:
@@ -56,12 +55,16 @@ def _finite(x: Optional[float]) -> Optional[float]:
     return x if x is not None and math.isfinite(x) else None
 
 
-def compare(runs: Sequence[RunSpec], baseline: str) -> dict[str, Any]:
-    """Every number of the comparison: curves, totals, final losses and speedups vs baseline."""
+def compare(runs: Sequence[RunSpec], baseline: str,
+            curves: Optional[dict[str, Curve]] = None) -> dict[str, Any]:
+    """Every number of the comparison: curves, totals, final losses and speedups vs baseline.
+
+    `curves` (run name -> curve) saves reading the metrics files again when already built."""
     names = [r.name for r in runs]
     if baseline not in names:
         raise ValueError(f"baseline run {baseline!r} is not among the runs {names}")
-    curves = {r.name: build_curve(r.label, r.phases) for r in runs}
+    if curves is None:
+        curves = {r.name: build_curve(r.label, r.phases) for r in runs}
     base = curves[baseline]
     out: dict[str, Any] = {"baseline": baseline, "runs": {}}
     for r in runs:
@@ -77,7 +80,6 @@ def compare(runs: Sequence[RunSpec], baseline: str) -> dict[str, Any]:
             "final_valid_ppl": math.exp(min(c.final.loss, 50.0)),
             "curve": [{"tokens": p.tokens, "flops": p.flops, "valid_loss": p.loss, "phase": p.phase}
                       for p in c.points],
-            **r.extra,
         }
         if r.name != baseline:
             entry["final_loss_minus_baseline"] = c.final.loss - base.final.loss
@@ -125,9 +127,10 @@ def markdown_table(results: dict[str, Any]) -> str:
 def write_report(runs: Sequence[RunSpec], output_dir: str, baseline: str, title: str = "",
                  extra: Optional[dict] = None) -> dict[str, Any]:
     os.makedirs(output_dir, exist_ok=True)
-    results = compare(runs, baseline)
+    by_name = {r.name: build_curve(r.label, r.phases) for r in runs}
+    results = compare(runs, baseline, by_name)
     results.update(extra or {})
-    curves = [build_curve(r.label, r.phases) for r in runs]
+    curves = list(by_name.values())
     growth_x = {}
     for r, c in zip(runs, curves):
         if len(r.phases) > 1:

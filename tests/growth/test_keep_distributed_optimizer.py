@@ -5,17 +5,12 @@ optimizer's fp32 main copy of the weight: it must grow like the weight (the next
 back into the model), while the moments follow the depth operator.
 """
 
-import os
-import sys
-
 import pytest
 import torch
 
 from megastack.checkpoint.dist_reader import DistCheckpointReader
 from megastack.growth.grow_checkpoint import grow_checkpoint
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "training"))
-from launch import TINY, read_metrics, run_pretrain  # noqa: E402
+from tests.training.launch import TINY, read_metrics, run_pretrain
 
 DISTOPT = TINY + ["--use-distributed-optimizer"]
 QKV = "decoder.layers.self_attention.linear_qkv.weight"
