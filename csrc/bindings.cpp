@@ -102,10 +102,9 @@ std::tuple<at::Tensor, at::Tensor> rmsnorm_bwd_py(const at::Tensor& dy, const at
   auto dx = at::empty_like(xin);
   auto dw = at::empty_like(weight);
   if (rows == 0) return {dx, dw.zero_()};
-  const void* ptrs[] = {weight.data_ptr(), dy.data_ptr(), xin.data_ptr(), opt_ptr(dsum),
-                        dx.data_ptr()};
-  const int64_t blocks = rmsnorm_bwd_partial_rows(dtype_of(xin), dtype_of(weight), ptrs, 5,
-                                                  has_dsum, rows, hidden);
+  const int64_t blocks = rmsnorm_bwd_partial_rows(dtype_of(xin), dtype_of(weight), dy.data_ptr(),
+                                                  xin.data_ptr(), weight.data_ptr(),
+                                                  opt_ptr(dsum), dx.data_ptr(), rows, hidden);
   auto partial = at::empty({blocks, hidden}, xin.options().dtype(at::kFloat));
   check_launch(rmsnorm_bwd(dtype_of(xin), dtype_of(weight), dy.data_ptr(), xin.data_ptr(),
                            rstd.data_ptr<float>(), weight.data_ptr(), opt_ptr(dsum),

@@ -74,8 +74,6 @@ inline bool aligned(const void* p, int64_t bytes) {
   return p == nullptr || (reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(bytes)) == 0;
 }
 
-inline int64_t dtype_size(DType t) { return t == DType::kFloat32 ? 4 : 2; }
-
 // ---- reductions ----------------------------------------------------------------------------
 
 __device__ __forceinline__ float warp_sum(float v) {

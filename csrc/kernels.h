@@ -17,9 +17,11 @@ cudaError_t rmsnorm_fwd(DType x_dtype, DType w_dtype, const void* x, const void*
                         const void* weight, void* y, void* sum_out, float* rstd, int64_t rows,
                         int64_t hidden, float eps, cudaStream_t stream);
 
-// Number of blocks (rows of the fp32 partial weight-gradient buffer) rmsnorm_bwd will use.
-int64_t rmsnorm_bwd_partial_rows(DType x_dtype, DType w_dtype, const void* const* ptrs,
-                                 int nptrs, bool has_dsum, int64_t rows, int64_t hidden);
+// Number of blocks (rows of the fp32 partial weight-gradient buffer) rmsnorm_bwd will use for
+// the same arguments.
+int64_t rmsnorm_bwd_partial_rows(DType x_dtype, DType w_dtype, const void* dy, const void* xin,
+                                 const void* weight, const void* dsum, const void* dx,
+                                 int64_t rows, int64_t hidden);
 
 // dx = d(norm)/dx . dy (+ dsum); dweight = sum over rows of dy * xhat, reduced through
 // `partial` ([rmsnorm_bwd_partial_rows(...), hidden] float32 scratch). dsum may be null.

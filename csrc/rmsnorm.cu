@@ -232,12 +232,14 @@ cudaError_t rmsnorm_fwd(DType x_dtype, DType w_dtype, const void* x, const void*
   return cudaGetLastError();
 }
 
-int64_t rmsnorm_bwd_partial_rows(DType x_dtype, DType w_dtype, const void* const* ptrs,
-                                 int nptrs, bool has_dsum, int64_t rows, int64_t hidden) {
-  // ptrs[0] is the weight, the rest are the [rows, hidden] tensors.
+int64_t rmsnorm_bwd_partial_rows(DType x_dtype, DType w_dtype, const void* dy, const void* xin,
+                                 const void* weight, const void* dsum, const void* dx,
+                                 int64_t rows, int64_t hidden) {
   int64_t blocks = 1;
   if (rows == 0 || hidden == 0) return blocks;
-  with_bwd_plan(x_dtype, w_dtype, ptrs + 1, nptrs - 1, ptrs[0], has_dsum, rows, hidden,
+  // The same pointer list as rmsnorm_bwd, so that both pick the same plan.
+  const void* ptrs[] = {dy, xin, dsum, dx};
+  with_bwd_plan(x_dtype, w_dtype, ptrs, 4, weight, dsum != nullptr, rows, hidden,
                 [&](const BwdLaunch& plan, auto*) { blocks = plan.blocks; });
   return blocks;
 }

@@ -3,7 +3,6 @@
 //   d_gate = dy * up * s * (1 + gate * (1 - s)),   d_up = dy * gate * s.
 // Elementwise and memory bound: grid-stride over 16-byte vectors of one row half.
 
-#include <type_traits>
 
 #include "common.cuh"
 

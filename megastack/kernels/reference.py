@@ -79,10 +79,16 @@ def ce_row_max(logits: Tensor) -> Tensor:
     return logits.to(_compute_dtype(logits.dtype)).amax(dim=-1)
 
 
-def _target_minus_max(x: Tensor, target: Tensor, row_max: Tensor, vocab_start: int) -> Tensor:
+def _local_target(target: Tensor, vocab_start: int, vocab_local: int) -> tuple[Tensor, Tensor]:
+    """(index into this rank's slice, clamped to it; whether the target is on this rank)."""
     local = target - vocab_start
-    on_rank = (local >= 0) & (local < x.shape[-1])
-    picked = x.gather(-1, local.clamp(0, x.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
+    on_rank = (local >= 0) & (local < vocab_local)
+    return local.clamp(0, vocab_local - 1), on_rank
+
+
+def _target_minus_max(x: Tensor, target: Tensor, row_max: Tensor, vocab_start: int) -> Tensor:
+    index, on_rank = _local_target(target, vocab_start, x.shape[-1])
+    picked = x.gather(-1, index.unsqueeze(-1)).squeeze(-1)
     return torch.where(on_rank, picked - row_max, torch.zeros_like(picked))
 
 
@@ -110,10 +116,9 @@ def ce_bwd(
     """grad * (softmax - onehot(target)) on this rank's vocab slice, in logits' dtype."""
     x = logits.to(_compute_dtype(logits.dtype))
     softmax = torch.exp(x - row_max.unsqueeze(-1)) / sum_exp.unsqueeze(-1)
-    local = target - vocab_start
-    on_rank = (local >= 0) & (local < x.shape[-1])
+    index, on_rank = _local_target(target, vocab_start, x.shape[-1])
     onehot = torch.zeros_like(softmax)
-    onehot.scatter_(-1, local.clamp(0, x.shape[-1] - 1).unsqueeze(-1), on_rank.unsqueeze(-1).to(x.dtype))
+    onehot.scatter_(-1, index.unsqueeze(-1), on_rank.unsqueeze(-1).to(x.dtype))
     return ((softmax - onehot) * grad.to(x.dtype).unsqueeze(-1)).to(logits.dtype)
 
 

@@ -10,23 +10,21 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 CU_FILES = sorted(CSRC.glob("*.cu"))
 
-# What torch.utils.cpp_extension passes to nvcc (COMMON_NVCC_FLAGS plus the extension defines);
-# -D__CUDA_NO_BFLOAT16_CONVERSIONS__ in particular forbids implicit bf16 <-> float conversions.
+# What torch.utils.cpp_extension passes to nvcc: its COMMON_NVCC_FLAGS (among them
+# -D__CUDA_NO_BFLOAT16_CONVERSIONS__, which forbids implicit bf16 <-> float conversions), plus
+# setup.py's options and the extension defines.
 TORCH_NVCC_FLAGS = [
     "-std=c++17",
     "-O3",
     "--use_fast_math",
     "-Xcompiler",
     "-fPIC",
-    "-D__CUDA_NO_HALF_OPERATORS__",
-    "-D__CUDA_NO_HALF_CONVERSIONS__",
-    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
-    "-D__CUDA_NO_HALF2_OPERATORS__",
-    "--expt-relaxed-constexpr",
+    *COMMON_NVCC_FLAGS,
     "-DTORCH_EXTENSION_NAME=_kernels",
     "-DTORCH_API_INCLUDE_EXTENSION_H",
 ]
