@@ -171,21 +171,16 @@ def _materialize_adam_state(optimizer) -> None:
 
     Without Apex or Transformer Engine, megatron-core's optimizers use torch.optim.Adam, whose
     state (and 'step') only exists after a first step, and the distributed optimizer's
-    `state_dict()` asserts on it. Zero state with step 0 is exactly a fresh Adam.
+    `state_dict()` asserts on it. megatron-core's own init_state_fn creates the moments; 'step'
+    0 on top is exactly a fresh Adam.
     """
-    inner = getattr(optimizer, "chained_optimizers", [optimizer])
-    for opt in inner:
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
         torch_opt = getattr(opt, "optimizer", None)
-        if torch_opt is None:
-            continue
-        for group in torch_opt.param_groups:
-            for p in group["params"]:
-                st = torch_opt.state[p]
-                if "exp_avg" not in st:
-                    st["exp_avg"] = torch.zeros_like(p.data)
-                    st["exp_avg_sq"] = torch.zeros_like(p.data)
-                if "step" not in st:
-                    st["step"] = torch.tensor(0.0)
+        if torch_opt is None or getattr(opt, "init_state_fn", None) is None:
+            continue  # not Adam (e.g. SGD): nothing to create
+        opt.init_state_fn(torch_opt, opt.config)
+        for state in torch_opt.state.values():
+            state.setdefault("step", torch.tensor(0.0))
 
 
 def load_checkpoint(
