@@ -158,6 +158,11 @@ def _publish(root: str, tmp: str, final: str, iteration: int) -> None:
         shutil.rmtree(old)
     else:
         os.rename(tmp, final)
+    write_latest(root, iteration)
+
+
+def write_latest(root: str, iteration: int) -> None:
+    """Point `root`'s latest_checkpointed_iteration.txt at `iteration`, atomically."""
     latest_tmp = os.path.join(root, LATEST_FILE + ".tmp")
     with open(latest_tmp, "w") as f:
         f.write(str(iteration))

@@ -28,7 +28,12 @@ import torch
 from megastack.checkpoint.dist_reader import COMMON_FILE, DistCheckpointReader
 from megastack.checkpoint.dist_writer import DistCheckpointWriter
 from megastack.checkpoint.layer_map import LayerPlacement, format_layer_map, growth_layer_map
-from megastack.checkpoint.training_checkpoint import LATEST_FILE, checkpoint_dir, resolve_checkpoint
+from megastack.checkpoint.training_checkpoint import (
+    LATEST_FILE,
+    checkpoint_dir,
+    resolve_checkpoint,
+    write_latest,
+)
 from megastack.config import ModelConfig, ParallelConfig
 from megastack.growth.depth import DEPTH_OPERATORS, DepthGrowth, is_layer_key
 from megastack.growth.plans import StackingPlan, parse_stacking_list
@@ -186,7 +191,7 @@ def grow_checkpoint(
             ),
         )
         stats = writer.write(grown_common)
-        _write_latest(tmp_root, GROWN_ITERATION)
+        write_latest(tmp_root, GROWN_ITERATION)
         _publish(tmp_root, dst)
     except BaseException:
         shutil.rmtree(tmp_root, ignore_errors=True)
@@ -341,11 +346,6 @@ def _is_grown_checkpoint(root: str) -> bool:
     except Exception:  # unreadable or missing: not provably ours
         return False
     return isinstance(common, dict) and "grown_from" in common
-
-
-def _write_latest(root: str, iteration: int) -> None:
-    with open(os.path.join(root, LATEST_FILE), "w") as f:
-        f.write(str(iteration))
 
 
 def _publish(tmp_root: str, dst: str) -> None:
