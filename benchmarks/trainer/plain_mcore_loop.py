@@ -42,8 +42,8 @@ def main() -> None:
     if not cuda:
         from megastack.runtime import cpu_compat
         cpu_compat.enable()
-    dist.init_process_group("nccl" if cuda else "gloo", init_method="tcp://127.0.0.1:29517",
-                            rank=0, world_size=1)
+    dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0,
+                            world_size=1)  # a world of one needs no port
     parallel_state.initialize_model_parallel()
     torch.manual_seed(1234)
     model_parallel_cuda_manual_seed(1234)
