@@ -21,7 +21,7 @@ export MAX_JOBS="${MAX_JOBS:-16}"
 if ! MEGASTACK_SKIP_KERNELS=0 timeout 150 $PY setup.py build_ext --inplace; then
     echo "BUILD FAILED"; exit 1
 fi
-$PY -c "import megastack._kernels as k; print('built', k.__file__)" || { echo "IMPORT FAILED"; exit 1; }
+$PY -c "import torch, megastack._kernels as k; print('built', k.__file__)" || { echo "IMPORT FAILED"; exit 1; }
 
 echo "== GPU tests"
 # Not -x: this runs once, so collect every failure.
