@@ -1,8 +1,12 @@
 // RMSNorm forward/backward, optionally fused with the residual add that precedes it:
 //   s = x + residual (rounded to x's dtype, exactly as the unfused add), y = s * rstd * w,
 //   rstd = 1 / sqrt(mean(s^2) + eps). Statistics and products are accumulated in fp32.
-// One block normalises one row. The backward keeps a per-block fp32 partial of the weight
-// gradient in shared memory; a second kernel reduces the partials across blocks.
+// One block normalises one row. Rows of up to kRegVecs vectors per thread (hidden <= 32768 in
+// bf16) take the register path: each thread issues all its loads at once and keeps its slice of
+// the row in registers between the reduction and the output, so the row is read from HBM once
+// with several loads in flight per thread. Longer rows take the loop path, which re-reads the
+// row. The backward keeps a per-block fp32 partial of the weight gradient (registers on the
+// register path, shared memory on the loop path); a second kernel reduces the partials.
 
 #include <type_traits>
 
@@ -11,6 +15,145 @@
 namespace megastack {
 namespace {
 
+// Vectors per thread on the register path: enough loads in flight per thread to cover HBM
+// latency at 128-thread blocks (hidden 4096 in bf16), few enough registers for full occupancy.
+constexpr int kRegVecs = 4;
+constexpr int kMaxThreads = 1024;
+
+// Thread t owns vectors t, t + blockDim.x, ... (coalesced for every k).
+__device__ __forceinline__ int64_t reg_vec_index(int k) {
+  return threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
+}
+
+template <typename T, typename W, int VEC, bool RESID>
+__global__ void rmsnorm_fwd_reg_kernel(const T* __restrict__ x, const T* __restrict__ residual,
+                                       const W* __restrict__ weight, T* __restrict__ y,
+                                       T* __restrict__ sum_out, float* __restrict__ rstd_out,
+                                       int64_t hidden, float eps) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const int64_t nvec = hidden / VEC;
+  const int64_t base = row * hidden;
+
+  float a[kRegVecs][VEC];
+#pragma unroll
+  for (int k = 0; k < kRegVecs; ++k) {
+    const int64_t v = reg_vec_index(k);
+    if (v < nvec) load_vec<T, VEC>(x + base + v * VEC, a[k]);
+  }
+  if constexpr (RESID) {
+    float r[kRegVecs][VEC];
+#pragma unroll
+    for (int k = 0; k < kRegVecs; ++k) {
+      const int64_t v = reg_vec_index(k);
+      if (v < nvec) load_vec<T, VEC>(residual + base + v * VEC, r[k]);
+    }
+#pragma unroll
+    for (int k = 0; k < kRegVecs; ++k) {
+      const int64_t v = reg_vec_index(k);
+      if (v >= nvec) continue;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) a[k][i] = to_float(from_float<T>(a[k][i] + r[k][i]));
+      store_vec<T, VEC>(sum_out + base + v * VEC, a[k]);
+    }
+  }
+  float sq = 0.f;
+#pragma unroll
+  for (int k = 0; k < kRegVecs; ++k) {
+    if (reg_vec_index(k) >= nvec) continue;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) sq += a[k][i] * a[k][i];
+  }
+  sq = block_sum(sq, scratch);
+  const float rstd = rsqrtf(sq / static_cast<float>(hidden) + eps);
+  if (threadIdx.x == 0) rstd_out[row] = rstd;
+
+#pragma unroll
+  for (int k = 0; k < kRegVecs; ++k) {
+    const int64_t v = reg_vec_index(k);
+    if (v >= nvec) continue;
+    float w[VEC];
+    load_vec<W, VEC>(weight + v * VEC, w);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) a[k][i] = a[k][i] * rstd * w[i];
+    store_vec<T, VEC>(y + base + v * VEC, a[k]);
+  }
+}
+
+template <typename T, typename W, int VEC, bool DSUM>
+__global__ void rmsnorm_bwd_reg_kernel(const T* __restrict__ dy, const T* __restrict__ xin,
+                                       const float* __restrict__ rstd,
+                                       const W* __restrict__ weight, const T* __restrict__ dsum,
+                                       T* __restrict__ dx, float* __restrict__ partial,
+                                       int64_t rows, int64_t hidden) {
+  __shared__ float scratch[32];
+  const int64_t nvec = hidden / VEC;
+  const float inv_h = 1.f / static_cast<float>(hidden);
+
+  // Each thread owns the same columns in every row: its weight-gradient partial stays in
+  // registers, with no atomics and no barrier.
+  float dw_acc[kRegVecs][VEC];
+#pragma unroll
+  for (int k = 0; k < kRegVecs; ++k)
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) dw_acc[k][i] = 0.f;
+
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t base = row * hidden;
+    const float r = rstd[row];
+    float g[kRegVecs][VEC], xh[kRegVecs][VEC];
+#pragma unroll
+    for (int k = 0; k < kRegVecs; ++k) {
+      const int64_t v = reg_vec_index(k);
+      if (v >= nvec) continue;
+      load_vec<T, VEC>(dy + base + v * VEC, g[k]);
+      load_vec<T, VEC>(xin + base + v * VEC, xh[k]);
+    }
+    float dot = 0.f;  // sum_i (dy_i * w_i) * xhat_i
+#pragma unroll
+    for (int k = 0; k < kRegVecs; ++k) {
+      const int64_t v = reg_vec_index(k);
+      if (v >= nvec) continue;
+      float w[VEC];
+      load_vec<W, VEC>(weight + v * VEC, w);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        xh[k][i] *= r;
+        dw_acc[k][i] += g[k][i] * xh[k][i];
+        g[k][i] *= w[i];  // from here on g holds dy * w
+        dot += g[k][i] * xh[k][i];
+      }
+    }
+    dot = block_sum(dot, scratch) * inv_h;
+
+#pragma unroll
+    for (int k = 0; k < kRegVecs; ++k) {
+      const int64_t v = reg_vec_index(k);
+      if (v >= nvec) continue;
+      float out[VEC];
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) out[i] = r * (g[k][i] - xh[k][i] * dot);
+      if constexpr (DSUM) {
+        float ds[VEC];
+        load_vec<T, VEC>(dsum + base + v * VEC, ds);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) out[i] += ds[i];
+      }
+      store_vec<T, VEC>(dx + base + v * VEC, out);
+    }
+  }
+
+  float* part = partial + static_cast<int64_t>(blockIdx.x) * hidden;
+#pragma unroll
+  for (int k = 0; k < kRegVecs; ++k) {
+    const int64_t v = reg_vec_index(k);
+    if (v >= nvec) continue;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) part[v * VEC + i] = dw_acc[k][i];
+  }
+}
+
+// Loop path, for rows longer than the register path holds.
 template <typename T, typename W, int VEC, bool RESID>
 __global__ void rmsnorm_fwd_kernel(const T* __restrict__ x, const T* __restrict__ residual,
                                    const W* __restrict__ weight, T* __restrict__ y,
@@ -117,15 +260,29 @@ __global__ void rmsnorm_bwd_kernel(const T* __restrict__ dy, const T* __restrict
   }
 }
 
-// dw[c] = sum over blocks of partial[b, c]; consecutive threads read consecutive columns.
+// dw[c] = sum over blocks of partial[b, c]. A block takes kReduceCols adjacent columns (one
+// coalesced 128-byte read per partial row) and splits the partial rows over kReduceLanes thread
+// rows, so hundreds of partial rows are summed by many loads in flight, not one serial chain.
+constexpr int kReduceCols = 32;
+constexpr int kReduceLanes = 16;
+
 template <typename W>
 __global__ void reduce_columns_kernel(const float* __restrict__ partial, W* __restrict__ dw,
                                       int64_t nblocks, int64_t hidden) {
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= hidden) return;
+  __shared__ float tile[kReduceLanes][kReduceCols + 1];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kReduceCols + threadIdx.x;
   float acc = 0.f;
-  for (int64_t b = 0; b < nblocks; ++b) acc += partial[b * hidden + c];
-  dw[c] = from_float<W>(acc);
+  if (c < hidden) {
+#pragma unroll 4
+    for (int64_t b = threadIdx.y; b < nblocks; b += kReduceLanes) acc += partial[b * hidden + c];
+  }
+  tile[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < hidden) {
+#pragma unroll
+    for (int l = 1; l < kReduceLanes; ++l) acc += tile[l][threadIdx.x];
+    dw[c] = from_float<W>(acc);
+  }
 }
 
 // Calls f(T*, W*) with the element types for (x dtype, weight dtype).
@@ -157,15 +314,49 @@ struct BwdLaunch {
   int64_t blocks;
 };
 
+// Threads per block on the register path for a row of `nvec` vectors, or 0 when the row is too
+// long for it (the loop path then runs).
+inline int reg_path_threads(int64_t nvec) {
+  const int64_t per_thread = (nvec + kRegVecs - 1) / kRegVecs;
+  return per_thread > kMaxThreads ? 0 : row_block_size(per_thread, kMaxThreads);
+}
+
+template <typename T, typename W, int VEC, bool RESID>
+void launch_fwd(const T* x, const T* residual, const W* weight, T* y, T* sum_out, float* rstd,
+                int64_t rows, int64_t hidden, float eps, cudaStream_t stream) {
+  const int64_t nvec = hidden / VEC;
+  const int reg_threads = reg_path_threads(nvec);
+  if (reg_threads > 0) {
+    rmsnorm_fwd_reg_kernel<T, W, VEC, RESID><<<rows, reg_threads, 0, stream>>>(
+        x, residual, weight, y, sum_out, rstd, hidden, eps);
+  } else {
+    rmsnorm_fwd_kernel<T, W, VEC, RESID><<<rows, row_block_size(nvec, 512), 0, stream>>>(
+        x, residual, weight, y, sum_out, rstd, hidden, eps);
+  }
+}
+
 template <typename T, typename W, int VEC, bool DSUM>
 BwdLaunch bwd_launch(int64_t rows, int64_t hidden) {
-  const void* kernel = reinterpret_cast<const void*>(rmsnorm_bwd_kernel<T, W, VEC, DSUM>);
-  const int threads = row_block_size(hidden / VEC, 512);
-  const size_t smem = static_cast<size_t>(hidden) * sizeof(float);
-  if (smem > 48 * 1024) {
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         static_cast<int>(smem));
+  const int64_t nvec = hidden / VEC;
+  const int reg_threads = reg_path_threads(nvec);
+  const void* kernel;
+  int threads;
+  size_t smem;
+  if (reg_threads > 0) {
+    kernel = reinterpret_cast<const void*>(rmsnorm_bwd_reg_kernel<T, W, VEC, DSUM>);
+    threads = reg_threads;
+    smem = 0;
+  } else {
+    kernel = reinterpret_cast<const void*>(rmsnorm_bwd_kernel<T, W, VEC, DSUM>);
+    threads = row_block_size(nvec, 512);
+    smem = static_cast<size_t>(hidden) * sizeof(float);
+    if (smem > 48 * 1024) {
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(smem));
+    }
   }
+  // As many blocks as fit at once: each loops over rows, and every block adds one row of
+  // weight-gradient partials to reduce.
   int per_sm = 0;
   cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
   int64_t blocks = static_cast<int64_t>(device_attribute(cudaDevAttrMultiProcessorCount)) *
@@ -209,24 +400,19 @@ cudaError_t rmsnorm_fwd(DType x_dtype, DType w_dtype, const void* x, const void*
     constexpr int V = vec_width<T>();
     const void* ptrs[] = {x, residual, y, sum_out};
     const bool vec = can_vectorize<T, W>(hidden, ptrs, 4, weight);
-    const int threads = row_block_size(hidden / (vec ? V : 1), 512);
     const auto* xp = static_cast<const T*>(x);
     const auto* rp = static_cast<const T*>(residual);
     const auto* wp = static_cast<const W*>(weight);
     auto* yp = static_cast<T*>(y);
     auto* sp = static_cast<T*>(sum_out);
     if (vec && resid) {
-      rmsnorm_fwd_kernel<T, W, V, true><<<rows, threads, 0, stream>>>(xp, rp, wp, yp, sp, rstd,
-                                                                       hidden, eps);
+      launch_fwd<T, W, V, true>(xp, rp, wp, yp, sp, rstd, rows, hidden, eps, stream);
     } else if (vec) {
-      rmsnorm_fwd_kernel<T, W, V, false><<<rows, threads, 0, stream>>>(xp, rp, wp, yp, sp, rstd,
-                                                                        hidden, eps);
+      launch_fwd<T, W, V, false>(xp, rp, wp, yp, sp, rstd, rows, hidden, eps, stream);
     } else if (resid) {
-      rmsnorm_fwd_kernel<T, W, 1, true><<<rows, threads, 0, stream>>>(xp, rp, wp, yp, sp, rstd,
-                                                                       hidden, eps);
+      launch_fwd<T, W, 1, true>(xp, rp, wp, yp, sp, rstd, rows, hidden, eps, stream);
     } else {
-      rmsnorm_fwd_kernel<T, W, 1, false><<<rows, threads, 0, stream>>>(xp, rp, wp, yp, sp, rstd,
-                                                                        hidden, eps);
+      launch_fwd<T, W, 1, false>(xp, rp, wp, yp, sp, rstd, rows, hidden, eps, stream);
     }
   });
   return cudaGetLastError();
@@ -262,9 +448,9 @@ cudaError_t rmsnorm_bwd(DType x_dtype, DType w_dtype, const void* dy, const void
     err = cudaLaunchKernel(plan.kernel, dim3(static_cast<unsigned int>(plan.blocks)),
                            dim3(plan.threads), args, plan.smem, stream);
     if (err != cudaSuccess) return;
-    const int rthreads = 256;
-    const unsigned int rblocks = static_cast<unsigned int>((hidden + rthreads - 1) / rthreads);
-    reduce_columns_kernel<W><<<rblocks, rthreads, 0, stream>>>(
+    const unsigned int rblocks =
+        static_cast<unsigned int>((hidden + kReduceCols - 1) / kReduceCols);
+    reduce_columns_kernel<W><<<rblocks, dim3(kReduceCols, kReduceLanes), 0, stream>>>(
         partial, static_cast<W*>(dweight), plan.blocks, hidden);
     err = cudaGetLastError();
   });

@@ -1,7 +1,7 @@
 // SwiGLU on megatron-core's fc1 output: each row of x is [gate (ffn) ; up (ffn)], and
 // y = silu(gate) * up. Backward: with s = sigmoid(gate),
 //   d_gate = dy * up * s * (1 + gate * (1 - s)),   d_up = dy * gate * s.
-// Elementwise and memory bound: grid-stride over 16-byte vectors of one row half.
+// Elementwise and memory bound: 16-byte vectors of each row half, rows tiled across blocks.
 
 
 #include "common.cuh"
@@ -11,22 +11,43 @@ namespace {
 
 __device__ __forceinline__ float sigmoidf(float g) { return 1.f / (1.f + __expf(-g)); }
 
+// Vectors per thread: its loads are all issued before the first use.
+constexpr int kVecsPerThread = 2;
+constexpr int kMaxThreads = 256;
+constexpr int64_t kMaxGridY = 65535;
+
+// Blocks tile a row's vectors along x (thread t of block bx owns vectors
+// bx * blockDim.x * kVecsPerThread + t + k * blockDim.x) and loop over rows along y, so a
+// vector's row and column need no division.
+__device__ __forceinline__ int64_t first_vec() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x * kVecsPerThread + threadIdx.x;
+}
+
 template <typename T, int VEC>
 __global__ void swiglu_fwd_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t rows,
                                   int64_t ffn) {
   const int64_t per_row = ffn / VEC;
-  const int64_t n = rows * per_row;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = i / per_row;
-    const int64_t col = (i - row * per_row) * VEC;
-    const T* xr = x + row * 2 * ffn;
-    float g[VEC], u[VEC], out[VEC];
-    load_vec<T, VEC>(xr + col, g);
-    load_vec<T, VEC>(xr + ffn + col, u);
+  const int64_t first = first_vec();
+  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
+    const T* gate = x + row * 2 * ffn;
+    const T* up = gate + ffn;
+    float g[kVecsPerThread][VEC], u[kVecsPerThread][VEC];
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) out[k] = g[k] * sigmoidf(g[k]) * u[k];
-    store_vec<T, VEC>(y + row * ffn + col, out);
+    for (int k = 0; k < kVecsPerThread; ++k) {
+      const int64_t v = first + k * blockDim.x;
+      if (v >= per_row) continue;
+      load_vec<T, VEC>(gate + v * VEC, g[k]);
+      load_vec<T, VEC>(up + v * VEC, u[k]);
+    }
+#pragma unroll
+    for (int k = 0; k < kVecsPerThread; ++k) {
+      const int64_t v = first + k * blockDim.x;
+      if (v >= per_row) continue;
+      float out[VEC];
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) out[i] = g[k][i] * sigmoidf(g[k][i]) * u[k][i];
+      store_vec<T, VEC>(y + row * ffn + v * VEC, out);
+    }
   }
 }
 
@@ -34,27 +55,52 @@ template <typename T, int VEC>
 __global__ void swiglu_bwd_kernel(const T* __restrict__ dy, const T* __restrict__ x,
                                   T* __restrict__ dx, int64_t rows, int64_t ffn) {
   const int64_t per_row = ffn / VEC;
-  const int64_t n = rows * per_row;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = i / per_row;
-    const int64_t col = (i - row * per_row) * VEC;
-    const T* xr = x + row * 2 * ffn;
-    float g[VEC], u[VEC], d[VEC], dg[VEC], du[VEC];
-    load_vec<T, VEC>(xr + col, g);
-    load_vec<T, VEC>(xr + ffn + col, u);
-    load_vec<T, VEC>(dy + row * ffn + col, d);
+  const int64_t first = first_vec();
+  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
+    const T* gate = x + row * 2 * ffn;
+    const T* up = gate + ffn;
+    const T* dyr = dy + row * ffn;
+    float g[kVecsPerThread][VEC], u[kVecsPerThread][VEC], d[kVecsPerThread][VEC];
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const float s = sigmoidf(g[k]);
-      const float silu = g[k] * s;
-      du[k] = d[k] * silu;
-      dg[k] = d[k] * u[k] * (s + silu * (1.f - s));
+    for (int k = 0; k < kVecsPerThread; ++k) {
+      const int64_t v = first + k * blockDim.x;
+      if (v >= per_row) continue;
+      load_vec<T, VEC>(gate + v * VEC, g[k]);
+      load_vec<T, VEC>(up + v * VEC, u[k]);
+      load_vec<T, VEC>(dyr + v * VEC, d[k]);
     }
-    T* dxr = dx + row * 2 * ffn;
-    store_vec<T, VEC>(dxr + col, dg);
-    store_vec<T, VEC>(dxr + ffn + col, du);
+    T* dgate = dx + row * 2 * ffn;
+    T* dup = dgate + ffn;
+#pragma unroll
+    for (int k = 0; k < kVecsPerThread; ++k) {
+      const int64_t v = first + k * blockDim.x;
+      if (v >= per_row) continue;
+      float dg[VEC], du[VEC];
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const float s = sigmoidf(g[k][i]);
+        const float silu = g[k][i] * s;
+        du[i] = d[k][i] * silu;
+        dg[i] = d[k][i] * u[k][i] * (s + silu * (1.f - s));
+      }
+      store_vec<T, VEC>(dgate + v * VEC, dg);
+      store_vec<T, VEC>(dup + v * VEC, du);
+    }
   }
+}
+
+// Grid and block for `rows` rows of `per_row` vectors.
+struct RowTiling {
+  dim3 grid;
+  dim3 block;
+};
+
+inline RowTiling row_tiling(int64_t rows, int64_t per_row) {
+  const int threads = row_block_size((per_row + kVecsPerThread - 1) / kVecsPerThread, kMaxThreads);
+  const int64_t per_block = static_cast<int64_t>(threads) * kVecsPerThread;
+  const int64_t gx = (per_row + per_block - 1) / per_block;
+  const int64_t gy = rows < kMaxGridY ? rows : kMaxGridY;
+  return {dim3(static_cast<unsigned int>(gx), static_cast<unsigned int>(gy)), dim3(threads)};
 }
 
 template <typename T>
@@ -65,8 +111,6 @@ bool can_vectorize(int64_t ffn, std::initializer_list<const void*> ptrs) {
     if (!aligned(p, 16)) return false;
   return true;
 }
-
-constexpr int kThreads = 256;
 
 }  // namespace
 
@@ -79,11 +123,11 @@ cudaError_t swiglu_fwd(DType dtype, const void* x, void* y, int64_t rows, int64_
     const auto* xp = static_cast<const T*>(x);
     auto* yp = static_cast<T*>(y);
     if (can_vectorize<T>(ffn, {x, y})) {
-      const unsigned int blocks = elementwise_blocks(rows * (ffn / V), kThreads);
-      swiglu_fwd_kernel<T, V><<<blocks, kThreads, 0, stream>>>(xp, yp, rows, ffn);
+      const RowTiling t = row_tiling(rows, ffn / V);
+      swiglu_fwd_kernel<T, V><<<t.grid, t.block, 0, stream>>>(xp, yp, rows, ffn);
     } else {
-      const unsigned int blocks = elementwise_blocks(rows * ffn, kThreads);
-      swiglu_fwd_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(xp, yp, rows, ffn);
+      const RowTiling t = row_tiling(rows, ffn);
+      swiglu_fwd_kernel<T, 1><<<t.grid, t.block, 0, stream>>>(xp, yp, rows, ffn);
     }
   });
   return cudaGetLastError();
@@ -99,11 +143,11 @@ cudaError_t swiglu_bwd(DType dtype, const void* dy, const void* x, void* dx, int
     const auto* xp = static_cast<const T*>(x);
     auto* dxp = static_cast<T*>(dx);
     if (can_vectorize<T>(ffn, {dy, x, dx})) {
-      const unsigned int blocks = elementwise_blocks(rows * (ffn / V), kThreads);
-      swiglu_bwd_kernel<T, V><<<blocks, kThreads, 0, stream>>>(dyp, xp, dxp, rows, ffn);
+      const RowTiling t = row_tiling(rows, ffn / V);
+      swiglu_bwd_kernel<T, V><<<t.grid, t.block, 0, stream>>>(dyp, xp, dxp, rows, ffn);
     } else {
-      const unsigned int blocks = elementwise_blocks(rows * ffn, kThreads);
-      swiglu_bwd_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(dyp, xp, dxp, rows, ffn);
+      const RowTiling t = row_tiling(rows, ffn);
+      swiglu_bwd_kernel<T, 1><<<t.grid, t.block, 0, stream>>>(dyp, xp, dxp, rows, ffn);
     }
   });
   return cudaGetLastError();

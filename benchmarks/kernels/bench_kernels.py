@@ -150,6 +150,25 @@ def cases(tokens: int, dtype: torch.dtype):
     )
 
 
+def log_kernel_times(name: str, step: Callable[[], None], steps: int = 5) -> None:
+    """Per-kernel GPU time of the fused op's forward + backward (torch.profiler): where the
+    time goes, for tuning."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    torch.cuda.synchronize()
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                step()
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=8)
+    except (RuntimeError, AssertionError) as e:  # a diagnostic only: never lose the timings
+        logger.warning("%s: profiler unavailable (%s)", name, e)
+        return
+    logger.info("%s: kernels of the fused op over %d steps\n%s", name, steps, table)
+
+
 def write_results(out: Path, results: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, text in (("bench_kernels.json", json.dumps(results, indent=2)),
@@ -179,6 +198,8 @@ def run(args) -> list[dict]:
         times = {}
         for impl, op in impls.items():
             times[impl] = time_ms(fwd_bwd(op, inputs, grad), args.repeats)
+        if args.profile:
+            log_kernel_times(name, fwd_bwd(fused, inputs, grad))
         for impl, ms in times.items():
             bps = nbytes / (ms * 1e-3)
             results.append(
@@ -230,6 +251,8 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    parser.add_argument("--profile", action="store_true",
+                        help="also log each fused op's per-kernel GPU times (torch.profiler)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     print(to_markdown(run(args)))

@@ -28,7 +28,7 @@ echo "== GPU tests"
 timeout 150 $PY -m pytest tests/kernels -m gpu -q -rfE -p no:cacheprovider || status=1
 
 echo "== benchmark"
-timeout 150 $PY benchmarks/kernels/bench_kernels.py --out "$OUT" || status=1
+timeout 150 $PY benchmarks/kernels/bench_kernels.py --profile --out "$OUT" || status=1
 
 echo "== done (status $status)"
 exit $status

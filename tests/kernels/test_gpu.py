@@ -41,7 +41,9 @@ def _grads(fn, inputs, grad_out):
 @pytest.mark.parametrize("dtype,wdtype", [(torch.float32, torch.float32),
                                           (torch.bfloat16, torch.bfloat16),
                                           (torch.bfloat16, torch.float32)])
-@pytest.mark.parametrize("hidden", [4096, 1000, 37])  # vector paths, scalar path
+# Register path: vector (4096, 1000) and scalar (37); loop path for longer rows: vector (40000)
+# and scalar (20001).
+@pytest.mark.parametrize("hidden", [4096, 1000, 37, 40000, 20001])
 @pytest.mark.parametrize("residual", [False, True])
 def test_rmsnorm_parity(dtype, wdtype, hidden, residual):
     torch.manual_seed(0)
@@ -75,14 +77,15 @@ def test_rmsnorm_parity(dtype, wdtype, hidden, residual):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("ffn", [11008, 352, 13])
-def test_swiglu_parity(dtype, ffn):
+@pytest.mark.parametrize("ffn,rows", [(11008, 132), (352, 132), (13, 132),
+                                      (16, 70_001)])  # more rows than one grid's y extent
+def test_swiglu_parity(dtype, ffn, rows):
     torch.manual_seed(0)
-    x = (torch.randn(4, 33, 2 * ffn, device="cuda") * 3).to(dtype)
-    g = torch.randn(4, 33, ffn, device="cuda").to(dtype)
+    x = (torch.randn(rows, 1, 2 * ffn, device="cuda") * 3).to(dtype)
+    g = torch.randn(rows, 1, ffn, device="cuda").to(dtype)
     (y,), (dx,) = _grads(functions.swiglu, [x], [g])
     (wy,), (wdx,) = _grads(reference.swiglu, [x.double()], [g.double()])
-    assert y.shape == (4, 33, ffn) and y.dtype == dtype
+    assert y.shape == (rows, 1, ffn) and y.dtype == dtype
     _close(y, wy, dtype)
     _close(dx, wdx, dtype)
 
