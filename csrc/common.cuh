@@ -51,18 +51,37 @@ struct alignas(sizeof(T) * N) Vec {
 };
 
 template <typename T, int N>
-__device__ __forceinline__ void load_vec(const T* __restrict__ src, float (&dst)[N]) {
-  const Vec<T, N> tmp = *reinterpret_cast<const Vec<T, N>*>(src);
+__device__ __forceinline__ Vec<T, N> load_raw(const T* __restrict__ src) {
+  return *reinterpret_cast<const Vec<T, N>*>(src);
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void unpack(const Vec<T, N>& raw, float (&dst)[N]) {
 #pragma unroll
-  for (int i = 0; i < N; ++i) dst[i] = to_float(tmp.v[i]);
+  for (int i = 0; i < N; ++i) dst[i] = to_float(raw.v[i]);
+}
+
+template <typename T, int N>
+__device__ __forceinline__ Vec<T, N> pack(const float (&src)[N]) {
+  Vec<T, N> raw;
+#pragma unroll
+  for (int i = 0; i < N; ++i) raw.v[i] = from_float<T>(src[i]);
+  return raw;
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_raw(T* __restrict__ dst, const Vec<T, N>& raw) {
+  *reinterpret_cast<Vec<T, N>*>(dst) = raw;
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void load_vec(const T* __restrict__ src, float (&dst)[N]) {
+  unpack(load_raw<T, N>(src), dst);
 }
 
 template <typename T, int N>
 __device__ __forceinline__ void store_vec(T* __restrict__ dst, const float (&src)[N]) {
-  Vec<T, N> tmp;
-#pragma unroll
-  for (int i = 0; i < N; ++i) tmp.v[i] = from_float<T>(src[i]);
-  *reinterpret_cast<Vec<T, N>*>(dst) = tmp;
+  store_raw(dst, pack<T, N>(src));
 }
 
 template <typename T>

@@ -5,8 +5,8 @@
 // bf16) take the register path: each thread issues all its loads at once and keeps its slice of
 // the row in registers between the reduction and the output, so the row is read from HBM once
 // with several loads in flight per thread. Longer rows take the loop path, which re-reads the
-// row. The backward keeps a per-block fp32 partial of the weight gradient (registers on the
-// register path, shared memory on the loop path); a second kernel reduces the partials.
+// row. The backward keeps a per-block fp32 partial of the weight gradient in shared memory; a
+// second kernel reduces the partials across blocks.
 
 #include <type_traits>
 
@@ -16,53 +16,71 @@ namespace megastack {
 namespace {
 
 // Vectors per thread on the register path: enough loads in flight per thread to cover HBM
-// latency at 128-thread blocks (hidden 4096 in bf16), few enough registers for full occupancy.
+// latency at 128-thread blocks (hidden 4096 in bf16). Rows stay in registers in their storage
+// type (16 bytes per vector) and are widened to fp32 where used, and the kernels are held to
+// 64 registers (__launch_bounds__(1024)), so that 8+ blocks fit per SM and the loads of that
+// many rows are in flight at once: HBM bandwidth needs ~100 KB in flight per SM.
 constexpr int kRegVecs = 4;
 constexpr int kMaxThreads = 1024;
 
 // Thread t owns vectors t, t + blockDim.x, ... (coalesced for every k).
-__device__ __forceinline__ int64_t reg_vec_index(int k) {
-  return threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
+// 32-bit: a register-path row has at most kRegVecs * kMaxThreads vectors.
+__device__ __forceinline__ int reg_vec_index(int k) {
+  return static_cast<int>(threadIdx.x + k * blockDim.x);
 }
 
 template <typename T, typename W, int VEC, bool RESID>
-__global__ void rmsnorm_fwd_reg_kernel(const T* __restrict__ x, const T* __restrict__ residual,
-                                       const W* __restrict__ weight, T* __restrict__ y,
-                                       T* __restrict__ sum_out, float* __restrict__ rstd_out,
-                                       int64_t hidden, float eps) {
+__global__ void __launch_bounds__(kMaxThreads)
+    rmsnorm_fwd_reg_kernel(const T* __restrict__ x, const T* __restrict__ residual,
+                           const W* __restrict__ weight, T* __restrict__ y,
+                           T* __restrict__ sum_out, float* __restrict__ rstd_out, int64_t hidden,
+                           float eps) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
-  const int64_t nvec = hidden / VEC;
+  const int nvec = static_cast<int>(hidden / VEC);
   const int64_t base = row * hidden;
+  x += base;
+  y += base;
+  if constexpr (RESID) {
+    residual += base;
+    sum_out += base;
+  }
 
-  float a[kRegVecs][VEC];
+  // The normalised input: x, or x + residual rounded to T exactly as the unfused add.
+  Vec<T, VEC> in[kRegVecs];
 #pragma unroll
   for (int k = 0; k < kRegVecs; ++k) {
-    const int64_t v = reg_vec_index(k);
-    if (v < nvec) load_vec<T, VEC>(x + base + v * VEC, a[k]);
+    const int v = reg_vec_index(k);
+    if (v < nvec) in[k] = load_raw<T, VEC>(x + v * VEC);
   }
   if constexpr (RESID) {
-    float r[kRegVecs][VEC];
+    Vec<T, VEC> res[kRegVecs];
 #pragma unroll
     for (int k = 0; k < kRegVecs; ++k) {
-      const int64_t v = reg_vec_index(k);
-      if (v < nvec) load_vec<T, VEC>(residual + base + v * VEC, r[k]);
+      const int v = reg_vec_index(k);
+      if (v < nvec) res[k] = load_raw<T, VEC>(residual + v * VEC);
     }
 #pragma unroll
     for (int k = 0; k < kRegVecs; ++k) {
-      const int64_t v = reg_vec_index(k);
+      const int v = reg_vec_index(k);
       if (v >= nvec) continue;
+      float a[VEC], r[VEC];
+      unpack(in[k], a);
+      unpack(res[k], r);
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) a[k][i] = to_float(from_float<T>(a[k][i] + r[k][i]));
-      store_vec<T, VEC>(sum_out + base + v * VEC, a[k]);
+      for (int i = 0; i < VEC; ++i) a[i] += r[i];
+      in[k] = pack<T, VEC>(a);
+      store_raw(sum_out + v * VEC, in[k]);
     }
   }
   float sq = 0.f;
 #pragma unroll
   for (int k = 0; k < kRegVecs; ++k) {
     if (reg_vec_index(k) >= nvec) continue;
+    float a[VEC];
+    unpack(in[k], a);
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) sq += a[k][i] * a[k][i];
+    for (int i = 0; i < VEC; ++i) sq += a[i] * a[i];
   }
   sq = block_sum(sq, scratch);
   const float rstd = rsqrtf(sq / static_cast<float>(hidden) + eps);
@@ -70,69 +88,80 @@ __global__ void rmsnorm_fwd_reg_kernel(const T* __restrict__ x, const T* __restr
 
 #pragma unroll
   for (int k = 0; k < kRegVecs; ++k) {
-    const int64_t v = reg_vec_index(k);
+    const int v = reg_vec_index(k);
     if (v >= nvec) continue;
-    float w[VEC];
+    float a[VEC], w[VEC];
+    unpack(in[k], a);
     load_vec<W, VEC>(weight + v * VEC, w);
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) a[k][i] = a[k][i] * rstd * w[i];
-    store_vec<T, VEC>(y + base + v * VEC, a[k]);
+    for (int i = 0; i < VEC; ++i) a[i] = a[i] * rstd * w[i];
+    store_vec<T, VEC>(y + v * VEC, a);
   }
 }
 
 template <typename T, typename W, int VEC, bool DSUM>
-__global__ void rmsnorm_bwd_reg_kernel(const T* __restrict__ dy, const T* __restrict__ xin,
-                                       const float* __restrict__ rstd,
-                                       const W* __restrict__ weight, const T* __restrict__ dsum,
-                                       T* __restrict__ dx, float* __restrict__ partial,
-                                       int64_t rows, int64_t hidden) {
+__global__ void __launch_bounds__(kMaxThreads)
+    rmsnorm_bwd_reg_kernel(const T* __restrict__ dy, const T* __restrict__ xin,
+                           const float* __restrict__ rstd, const W* __restrict__ weight,
+                           const T* __restrict__ dsum, T* __restrict__ dx,
+                           float* __restrict__ partial, int64_t rows, int64_t hidden) {
+  // This block's weight-gradient partial, element i of vector v at [i * nvec + v] (consecutive
+  // threads, consecutive banks). Each thread owns the same columns in every row, so the
+  // accumulator needs no atomics and no barrier.
+  extern __shared__ float dw_acc[];
   __shared__ float scratch[32];
-  const int64_t nvec = hidden / VEC;
+  const int nvec = static_cast<int>(hidden / VEC);
   const float inv_h = 1.f / static_cast<float>(hidden);
 
-  // Each thread owns the same columns in every row: its weight-gradient partial stays in
-  // registers, with no atomics and no barrier.
-  float dw_acc[kRegVecs][VEC];
 #pragma unroll
-  for (int k = 0; k < kRegVecs; ++k)
+  for (int k = 0; k < kRegVecs; ++k) {
+    const int v = reg_vec_index(k);
+    if (v >= nvec) continue;
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) dw_acc[k][i] = 0.f;
+    for (int i = 0; i < VEC; ++i) dw_acc[i * nvec + v] = 0.f;
+  }
 
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t base = row * hidden;
+    const T* dyr = dy + base;
+    const T* xr = xin + base;
     const float r = rstd[row];
-    float g[kRegVecs][VEC], xh[kRegVecs][VEC];
+    Vec<T, VEC> graw[kRegVecs], xraw[kRegVecs];
 #pragma unroll
     for (int k = 0; k < kRegVecs; ++k) {
-      const int64_t v = reg_vec_index(k);
+      const int v = reg_vec_index(k);
       if (v >= nvec) continue;
-      load_vec<T, VEC>(dy + base + v * VEC, g[k]);
-      load_vec<T, VEC>(xin + base + v * VEC, xh[k]);
+      graw[k] = load_raw<T, VEC>(dyr + v * VEC);
+      xraw[k] = load_raw<T, VEC>(xr + v * VEC);
     }
     float dot = 0.f;  // sum_i (dy_i * w_i) * xhat_i
 #pragma unroll
     for (int k = 0; k < kRegVecs; ++k) {
-      const int64_t v = reg_vec_index(k);
+      const int v = reg_vec_index(k);
       if (v >= nvec) continue;
-      float w[VEC];
+      float g[VEC], a[VEC], w[VEC];
+      unpack(graw[k], g);
+      unpack(xraw[k], a);
       load_vec<W, VEC>(weight + v * VEC, w);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
-        xh[k][i] *= r;
-        dw_acc[k][i] += g[k][i] * xh[k][i];
-        g[k][i] *= w[i];  // from here on g holds dy * w
-        dot += g[k][i] * xh[k][i];
+        const float xhat = a[i] * r;
+        dw_acc[i * nvec + v] += g[i] * xhat;
+        dot += g[i] * w[i] * xhat;
       }
     }
     dot = block_sum(dot, scratch) * inv_h;
 
 #pragma unroll
     for (int k = 0; k < kRegVecs; ++k) {
-      const int64_t v = reg_vec_index(k);
+      const int v = reg_vec_index(k);
       if (v >= nvec) continue;
-      float out[VEC];
+      float g[VEC], a[VEC], w[VEC], out[VEC];
+      unpack(graw[k], g);
+      unpack(xraw[k], a);
+      load_vec<W, VEC>(weight + v * VEC, w);
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) out[i] = r * (g[k][i] - xh[k][i] * dot);
+      for (int i = 0; i < VEC; ++i) out[i] = r * (g[i] * w[i] - a[i] * r * dot);
       if constexpr (DSUM) {
         float ds[VEC];
         load_vec<T, VEC>(dsum + base + v * VEC, ds);
@@ -146,10 +175,10 @@ __global__ void rmsnorm_bwd_reg_kernel(const T* __restrict__ dy, const T* __rest
   float* part = partial + static_cast<int64_t>(blockIdx.x) * hidden;
 #pragma unroll
   for (int k = 0; k < kRegVecs; ++k) {
-    const int64_t v = reg_vec_index(k);
+    const int v = reg_vec_index(k);
     if (v >= nvec) continue;
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) part[v * VEC + i] = dw_acc[k][i];
+    for (int i = 0; i < VEC; ++i) part[v * VEC + i] = dw_acc[i * nvec + v];
   }
 }
 
@@ -341,19 +370,18 @@ BwdLaunch bwd_launch(int64_t rows, int64_t hidden) {
   const int reg_threads = reg_path_threads(nvec);
   const void* kernel;
   int threads;
-  size_t smem;
   if (reg_threads > 0) {
     kernel = reinterpret_cast<const void*>(rmsnorm_bwd_reg_kernel<T, W, VEC, DSUM>);
     threads = reg_threads;
-    smem = 0;
   } else {
     kernel = reinterpret_cast<const void*>(rmsnorm_bwd_kernel<T, W, VEC, DSUM>);
     threads = row_block_size(nvec, 512);
-    smem = static_cast<size_t>(hidden) * sizeof(float);
-    if (smem > 48 * 1024) {
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(smem));
-    }
+  }
+  // Both paths keep a `hidden`-float weight-gradient partial in shared memory.
+  const size_t smem = static_cast<size_t>(hidden) * sizeof(float);
+  if (smem > 48 * 1024) {
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         static_cast<int>(smem));
   }
   // As many blocks as fit at once: each loops over rows, and every block adds one row of
   // weight-gradient partials to reduce.
