@@ -93,6 +93,11 @@ inline bool aligned(const void* p, int64_t bytes) {
   return p == nullptr || (reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(bytes)) == 0;
 }
 
+// Asks L2 for the line holding `p` without waiting for it (no register holds the data).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
 // ---- reductions ----------------------------------------------------------------------------
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -5,8 +5,8 @@
 // bf16) take the register path: each thread issues all its loads at once and keeps its slice of
 // the row in registers between the reduction and the output, so the row is read from HBM once
 // with several loads in flight per thread. Longer rows take the loop path, which re-reads the
-// row. The backward keeps a per-block fp32 partial of the weight gradient in shared memory; a
-// second kernel reduces the partials across blocks.
+// row. The backward keeps a per-block fp32 partial of the weight gradient (registers on the
+// register path, shared memory on the loop path); a second kernel reduces the partials.
 
 #include <type_traits>
 
@@ -16,12 +16,14 @@ namespace megastack {
 namespace {
 
 // Vectors per thread on the register path: enough loads in flight per thread to cover HBM
-// latency at 128-thread blocks (hidden 4096 in bf16). Rows stay in registers in their storage
-// type (16 bytes per vector) and are widened to fp32 where used, and the kernels are held to
-// 64 registers (__launch_bounds__(1024)), so that 8+ blocks fit per SM and the loads of that
-// many rows are in flight at once: HBM bandwidth needs ~100 KB in flight per SM.
+// latency at 128-thread blocks (hidden 4096 in bf16). The forward keeps its row in the storage
+// type (16 bytes per vector) and is held to 64 registers (__launch_bounds__(1024)), so 8+
+// blocks fit per SM and their loads are all in flight at once.
 constexpr int kRegVecs = 4;
 constexpr int kMaxThreads = 1024;
+// The backward holds its rows widened to fp32 plus the weight-gradient partial (~128
+// registers), so its blocks stop at 256 threads: longer rows take the loop path.
+constexpr int kBwdMaxThreads = 256;
 
 // Thread t owns vectors t, t + blockDim.x, ... (coalesced for every k).
 // 32-bit: a register-path row has at most kRegVecs * kMaxThreads vectors.
@@ -100,54 +102,62 @@ __global__ void __launch_bounds__(kMaxThreads)
 }
 
 template <typename T, typename W, int VEC, bool DSUM>
-__global__ void __launch_bounds__(kMaxThreads)
+__global__ void __launch_bounds__(kBwdMaxThreads)
     rmsnorm_bwd_reg_kernel(const T* __restrict__ dy, const T* __restrict__ xin,
-                           const float* __restrict__ rstd, const W* __restrict__ weight,
-                           const T* __restrict__ dsum, T* __restrict__ dx,
-                           float* __restrict__ partial, int64_t rows, int64_t hidden) {
-  // This block's weight-gradient partial, element i of vector v at [i * nvec + v] (consecutive
-  // threads, consecutive banks). Each thread owns the same columns in every row, so the
-  // accumulator needs no atomics and no barrier.
-  extern __shared__ float dw_acc[];
+                                       const float* __restrict__ rstd,
+                                       const W* __restrict__ weight, const T* __restrict__ dsum,
+                                       T* __restrict__ dx, float* __restrict__ partial,
+                                       int64_t rows, int64_t hidden) {
   __shared__ float scratch[32];
   const int nvec = static_cast<int>(hidden / VEC);
   const float inv_h = 1.f / static_cast<float>(hidden);
 
+  // Each thread owns the same columns in every row: its weight-gradient partial stays in
+  // registers, with no atomics and no barrier.
+  float dw_acc[kRegVecs][VEC];
 #pragma unroll
-  for (int k = 0; k < kRegVecs; ++k) {
-    const int v = reg_vec_index(k);
-    if (v >= nvec) continue;
+  for (int k = 0; k < kRegVecs; ++k)
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) dw_acc[i * nvec + v] = 0.f;
-  }
+    for (int i = 0; i < VEC; ++i) dw_acc[k][i] = 0.f;
 
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t base = row * hidden;
-    const T* dyr = dy + base;
-    const T* xr = xin + base;
     const float r = rstd[row];
-    Vec<T, VEC> graw[kRegVecs], xraw[kRegVecs];
+    // Registers bound the loads in flight to one row per block; prefetching this block's next
+    // row (and this row's dsum, read after the reduction) into L2 costs none and overlaps the
+    // next row's HBM latency with this row's reduction and stores.
+    const int64_t next = base + static_cast<int64_t>(gridDim.x) * hidden;
 #pragma unroll
     for (int k = 0; k < kRegVecs; ++k) {
       const int v = reg_vec_index(k);
       if (v >= nvec) continue;
-      graw[k] = load_raw<T, VEC>(dyr + v * VEC);
-      xraw[k] = load_raw<T, VEC>(xr + v * VEC);
+      if (row + gridDim.x < rows) {
+        prefetch_l2(dy + next + v * VEC);
+        prefetch_l2(xin + next + v * VEC);
+      }
+      if constexpr (DSUM) prefetch_l2(dsum + base + v * VEC);
+    }
+    float g[kRegVecs][VEC], xh[kRegVecs][VEC];
+#pragma unroll
+    for (int k = 0; k < kRegVecs; ++k) {
+      const int v = reg_vec_index(k);
+      if (v >= nvec) continue;
+      load_vec<T, VEC>(dy + base + v * VEC, g[k]);
+      load_vec<T, VEC>(xin + base + v * VEC, xh[k]);
     }
     float dot = 0.f;  // sum_i (dy_i * w_i) * xhat_i
 #pragma unroll
     for (int k = 0; k < kRegVecs; ++k) {
       const int v = reg_vec_index(k);
       if (v >= nvec) continue;
-      float g[VEC], a[VEC], w[VEC];
-      unpack(graw[k], g);
-      unpack(xraw[k], a);
+      float w[VEC];
       load_vec<W, VEC>(weight + v * VEC, w);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
-        const float xhat = a[i] * r;
-        dw_acc[i * nvec + v] += g[i] * xhat;
-        dot += g[i] * w[i] * xhat;
+        xh[k][i] *= r;
+        dw_acc[k][i] += g[k][i] * xh[k][i];
+        g[k][i] *= w[i];  // from here on g holds dy * w
+        dot += g[k][i] * xh[k][i];
       }
     }
     dot = block_sum(dot, scratch) * inv_h;
@@ -156,12 +166,9 @@ __global__ void __launch_bounds__(kMaxThreads)
     for (int k = 0; k < kRegVecs; ++k) {
       const int v = reg_vec_index(k);
       if (v >= nvec) continue;
-      float g[VEC], a[VEC], w[VEC], out[VEC];
-      unpack(graw[k], g);
-      unpack(xraw[k], a);
-      load_vec<W, VEC>(weight + v * VEC, w);
+      float out[VEC];
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) out[i] = r * (g[i] * w[i] - a[i] * r * dot);
+      for (int i = 0; i < VEC; ++i) out[i] = r * (g[k][i] - xh[k][i] * dot);
       if constexpr (DSUM) {
         float ds[VEC];
         load_vec<T, VEC>(dsum + base + v * VEC, ds);
@@ -178,7 +185,7 @@ __global__ void __launch_bounds__(kMaxThreads)
     const int v = reg_vec_index(k);
     if (v >= nvec) continue;
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) part[v * VEC + i] = dw_acc[i * nvec + v];
+    for (int i = 0; i < VEC; ++i) part[v * VEC + i] = dw_acc[k][i];
   }
 }
 
@@ -345,16 +352,16 @@ struct BwdLaunch {
 
 // Threads per block on the register path for a row of `nvec` vectors, or 0 when the row is too
 // long for it (the loop path then runs).
-inline int reg_path_threads(int64_t nvec) {
+inline int reg_path_threads(int64_t nvec, int max_threads) {
   const int64_t per_thread = (nvec + kRegVecs - 1) / kRegVecs;
-  return per_thread > kMaxThreads ? 0 : row_block_size(per_thread, kMaxThreads);
+  return per_thread > max_threads ? 0 : row_block_size(per_thread, max_threads);
 }
 
 template <typename T, typename W, int VEC, bool RESID>
 void launch_fwd(const T* x, const T* residual, const W* weight, T* y, T* sum_out, float* rstd,
                 int64_t rows, int64_t hidden, float eps, cudaStream_t stream) {
   const int64_t nvec = hidden / VEC;
-  const int reg_threads = reg_path_threads(nvec);
+  const int reg_threads = reg_path_threads(nvec, kMaxThreads);
   if (reg_threads > 0) {
     rmsnorm_fwd_reg_kernel<T, W, VEC, RESID><<<rows, reg_threads, 0, stream>>>(
         x, residual, weight, y, sum_out, rstd, hidden, eps);
@@ -367,21 +374,22 @@ void launch_fwd(const T* x, const T* residual, const W* weight, T* y, T* sum_out
 template <typename T, typename W, int VEC, bool DSUM>
 BwdLaunch bwd_launch(int64_t rows, int64_t hidden) {
   const int64_t nvec = hidden / VEC;
-  const int reg_threads = reg_path_threads(nvec);
+  const int reg_threads = reg_path_threads(nvec, kBwdMaxThreads);
   const void* kernel;
   int threads;
+  size_t smem = 0;
   if (reg_threads > 0) {
     kernel = reinterpret_cast<const void*>(rmsnorm_bwd_reg_kernel<T, W, VEC, DSUM>);
     threads = reg_threads;
   } else {
+    // The loop path keeps its `hidden`-float weight-gradient partial in shared memory.
     kernel = reinterpret_cast<const void*>(rmsnorm_bwd_kernel<T, W, VEC, DSUM>);
     threads = row_block_size(nvec, 512);
-  }
-  // Both paths keep a `hidden`-float weight-gradient partial in shared memory.
-  const size_t smem = static_cast<size_t>(hidden) * sizeof(float);
-  if (smem > 48 * 1024) {
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         static_cast<int>(smem));
+    smem = static_cast<size_t>(hidden) * sizeof(float);
+    if (smem > 48 * 1024) {
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(smem));
+    }
   }
   // As many blocks as fit at once: each loops over rows, and every block adds one row of
   // weight-gradient partials to reduce.

@@ -41,9 +41,10 @@ def _grads(fn, inputs, grad_out):
 @pytest.mark.parametrize("dtype,wdtype", [(torch.float32, torch.float32),
                                           (torch.bfloat16, torch.bfloat16),
                                           (torch.bfloat16, torch.float32)])
-# Register path: vector (4096, 1000) and scalar (37); loop path for longer rows: vector (40000)
-# and scalar (20001).
-@pytest.mark.parametrize("hidden", [4096, 1000, 37, 40000, 20001])
+# Register path: vector (4096, 1000, 8192) and scalar (37); 16384 takes the register path
+# forward and the loop path backward (its rows stop at fewer threads); loop path both ways for
+# longer rows: vector (40000) and scalar (20001).
+@pytest.mark.parametrize("hidden", [4096, 1000, 37, 8192, 16384, 40000, 20001])
 @pytest.mark.parametrize("residual", [False, True])
 def test_rmsnorm_parity(dtype, wdtype, hidden, residual):
     torch.manual_seed(0)
