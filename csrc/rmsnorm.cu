@@ -104,10 +104,9 @@ __global__ void __launch_bounds__(kMaxThreads)
 template <typename T, typename W, int VEC, bool DSUM>
 __global__ void __launch_bounds__(kBwdMaxThreads)
     rmsnorm_bwd_reg_kernel(const T* __restrict__ dy, const T* __restrict__ xin,
-                                       const float* __restrict__ rstd,
-                                       const W* __restrict__ weight, const T* __restrict__ dsum,
-                                       T* __restrict__ dx, float* __restrict__ partial,
-                                       int64_t rows, int64_t hidden) {
+                           const float* __restrict__ rstd, const W* __restrict__ weight,
+                           const T* __restrict__ dsum, T* __restrict__ dx,
+                           float* __restrict__ partial, int64_t rows, int64_t hidden) {
   __shared__ float scratch[32];
   const int nvec = static_cast<int>(hidden / VEC);
   const float inv_h = 1.f / static_cast<float>(hidden);
