@@ -14,7 +14,10 @@ The same derivation, term by term, for the layers megastack builds (Llama style)
 - split over TP: Q, K, V as the attention kernel saves them (megatron-core's unfused attention
   expands GQA's K and V to every head first; flash attention keeps them at num_query_groups),
   the attention output (input of the output projection), the activation-function input
-  (2*f wide for SwiGLU: gate and up) and the fc2 input (f wide).
+  (2*f wide for SwiGLU: gate and up) and the fc2 input (f wide). megatron-core's MLP computes
+  SwiGLU as silu(gate) * (up + glu_linear_offset) in separate ops when bias_activation_fusion
+  is off (as megastack runs it), which also saves silu(gate) and up + offset: 2*f more.
+  megastack's fused SwiGLU kernel saves only its input.
 - attention scores per head, split over TP: unfused attention keeps the softmax output
   (fp32 when `attention_softmax_in_fp32`, megatron-core's default, plus the cast copy the
   next matmul saves), and with dropout its mask and output; flash attention keeps only the
@@ -53,6 +56,7 @@ def layer_activation_terms(
     activation_bytes: int = 2,
     softmax_in_fp32: bool = True,
     dropout: bool = False,
+    unfused_glu: bool = True,
 ) -> LayerActivationTerms:
     if core_attention not in CORE_ATTENTION_KINDS:
         raise ValueError(f"core_attention must be one of {CORE_ATTENTION_KINDS}, got {core_attention!r}")
@@ -74,9 +78,10 @@ def layer_activation_terms(
         scores = 4 * b * heads * s  # fp32 log-sum-exp per query row
     act_in = a * s * b * f * (2 if model.swiglu else 1)
     fc2_in = a * s * b * f
+    glu_intermediates = 2 * a * s * b * f if model.swiglu and unfused_glu else 0
     return LayerActivationTerms(
         tp_replicated=replicated,
-        tp_sharded=a * sbh + act_in + fc2_in,
+        tp_sharded=a * sbh + act_in + fc2_in + glu_intermediates,
         qkv=qkv,
         qkv_recompute_inputs=qkv_unexpanded,
         core_attention=scores,

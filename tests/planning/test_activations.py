@@ -39,7 +39,10 @@ def test_megastack_layer_by_hand():
     assert unfused.tp_replicated == 4 * 2 * sbh                  # 2 norm inputs, qkv and fc1 inputs
     assert unfused.qkv == 3 * 2 * sbh                            # K, V expanded to every head
     assert unfused.qkv_recompute_inputs == 2 * 64 * (64 + 2 * 32)
-    assert unfused.tp_sharded == 2 * sbh + 2 * 64 * 2 * 176 + 2 * 64 * 176  # proj in, SwiGLU in, fc2 in
+    # proj in, SwiGLU in, fc2 in, and megatron-core's unfused SwiGLU's silu(gate) and up + offset
+    assert unfused.tp_sharded == 2 * sbh + 2 * 64 * 2 * 176 + 2 * 64 * 176 + 2 * 2 * 64 * 176
+    fused_glu = layer_activation_terms(model, 1, activation_bytes=2, unfused_glu=False)
+    assert fused_glu.tp_sharded == 2 * sbh + 2 * 64 * 2 * 176 + 2 * 64 * 176
     assert unfused.core_attention == (4 + 2) * 4 * 64 * 64       # fp32 softmax + its bf16 copy
     flash = layer_activation_terms(model, 1, core_attention="flash", activation_bytes=2)
     assert flash.qkv == 2 * 64 * (64 + 2 * 32)

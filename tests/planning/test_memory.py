@@ -25,6 +25,7 @@ def test_tiny_fp32_single_gpu_by_hand():
     per_layer = (4 * 4 * sbh                      # norm inputs, qkv and fc1 inputs (fp32)
                  + 3 * 4 * sbh                    # q and expanded k, v
                  + 4 * sbh + 4 * 64 * 352 + 4 * 64 * 176  # proj input, SwiGLU input, fc2 input
+                 + 2 * 4 * 64 * 176               # silu(gate) and up + offset (unfused SwiGLU)
                  + 4 * 4 * 64 * 64)               # fp32 softmax output, 4 heads
     extras = 8 * 64 + 2 * 4 * sbh + 4 * 64 * 512  # token ids; final norm + output inputs; logits
     assert stage.activations[None] == 2 * per_layer + extras
