@@ -110,7 +110,8 @@ def main(argv=None) -> int:
     options = dict(device_memory_bytes=args.gpu_memory_gib * GIB, reserve_bytes=args.reserve_gib * GIB)
     try:
         small = phase_layout(
-            args, model_config_from_args(args, args.vocab_size), tp=args.tensor_model_parallel_size, pp=args.pipeline_model_parallel_size,
+            args, model_config_from_args(args, args.vocab_size),
+            tp=args.tensor_model_parallel_size, pp=args.pipeline_model_parallel_size,
             vpp=args.num_layers_per_virtual_pipeline_stage, mbs=args.micro_batch_size,
             gbs=args.global_batch_size, recompute=args.recompute_granularity,
         )

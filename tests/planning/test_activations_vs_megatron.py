@@ -17,9 +17,10 @@ torch = pytest.importorskip("torch")
 B = 2
 
 
-def saved_bytes(fn, *inputs) -> int:
-    """Bytes of the distinct storages (other than parameters) autograd saves while running fn."""
-    params = set()
+def saved_bytes(module, *args, **kwargs) -> int:
+    """Bytes of the distinct storages, other than the module's parameters, that autograd saves
+    while the module runs forward."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
     storages = {}
 
     def pack(t):
@@ -29,7 +30,7 @@ def saved_bytes(fn, *inputs) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(params, *inputs)
+        module(*args, **kwargs)
     return sum(storages.values())
 
 
@@ -55,31 +56,21 @@ def _hidden(model):
 
 def test_mlp_saves_what_the_planner_counts(bf16_layer):
     model, gpt = bf16_layer
-    mlp = gpt.decoder.layers[0].mlp
-
-    def run(params, x):
-        params.update(p.untyped_storage().data_ptr() for p in mlp.parameters())
-        mlp(x)
-
-    measured = saved_bytes(run, _hidden(model))
-    a, s, h, f = 2, model.seq_length, model.hidden_size, model.ffn_hidden_size
+    measured = saved_bytes(gpt.decoder.layers[0].mlp, _hidden(model))
+    a, s, h = 2, model.seq_length, model.hidden_size
     terms = layer_activation_terms(model, B, activation_bytes=a)
     # The planner's MLP share: the fc1 input (one of tp_replicated's four s*b*h tensors) and
     # tp_sharded less the attention output.
-    planned = a * s * B * h + terms.tp_sharded - a * s * B * h
+    fc1_input = attention_output = a * s * B * h
+    planned = fc1_input + terms.tp_sharded - attention_output
     assert measured == planned
 
 
 def test_attention_saves_what_the_planner_counts(bf16_layer):
     model, gpt = bf16_layer
-    attention = gpt.decoder.layers[0].self_attention
     rope = gpt.rotary_pos_emb(model.seq_length)
-
-    def run(params, x):
-        params.update(p.untyped_storage().data_ptr() for p in attention.parameters())
-        attention(x, attention_mask=None, rotary_pos_emb=rope)
-
-    measured = saved_bytes(run, _hidden(model))
+    measured = saved_bytes(gpt.decoder.layers[0].self_attention, _hidden(model),
+                           attention_mask=None, rotary_pos_emb=rope)
     a, s, h = 2, model.seq_length, model.hidden_size
     terms = layer_activation_terms(model, B, activation_bytes=a)
     # QKV input, Q/K/V, scores, attention output (the output projection's input).
