@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
+#include <string>
 #include <tuple>
 
 #include "kernels.h"
@@ -108,10 +109,24 @@ std::tuple<at::Tensor, at::Tensor> rmsnorm_bwd_py(const at::Tensor& dy, const at
   auto partial = at::empty({blocks, hidden}, xin.options().dtype(at::kFloat));
   check_launch(rmsnorm_bwd(dtype_of(xin), dtype_of(weight), dy.data_ptr(), xin.data_ptr(),
                            rstd.data_ptr<float>(), weight.data_ptr(), opt_ptr(dsum),
-                           dx.data_ptr(), dw.data_ptr(), partial.data_ptr<float>(), rows, hidden,
-                           stream_for(xin)),
+                           dx.data_ptr(), dw.data_ptr(), partial.data_ptr<float>(), blocks, rows,
+                           hidden, stream_for(xin)),
                "rmsnorm_bwd");
   return {dx, dw};
+}
+
+void set_rmsnorm_bwd_path_py(const std::string& name) {
+  if (name == "register") {
+    set_rmsnorm_bwd_path(RmsNormBwdPath::kRegister);
+  } else if (name == "staged") {
+    set_rmsnorm_bwd_path(RmsNormBwdPath::kStaged);
+  } else {
+    TORCH_CHECK(false, "the RMSNorm backward path is 'register' or 'staged', got '", name, "'");
+  }
+}
+
+std::string rmsnorm_bwd_path_py() {
+  return rmsnorm_bwd_path() == RmsNormBwdPath::kStaged ? "staged" : "register";
 }
 
 // ---- SwiGLU --------------------------------------------------------------------------------
@@ -270,6 +285,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("eps"));
   m.def("rmsnorm_bwd", &rmsnorm_bwd_py, "RMSNorm backward -> (dx, dweight)", py::arg("dy"),
         py::arg("xin"), py::arg("rstd"), py::arg("weight"), py::arg("dsum"));
+  m.def("set_rmsnorm_bwd_path", &set_rmsnorm_bwd_path_py,
+        "'register' (default) or 'staged' (cp.async): the RMSNorm backward kernel, process-wide",
+        py::arg("name"));
+  m.def("rmsnorm_bwd_path", &rmsnorm_bwd_path_py, "the RMSNorm backward kernel in use");
   m.def("swiglu_fwd", &swiglu_fwd_py, "silu(gate) * up on [rows, 2*ffn]", py::arg("x"));
   m.def("swiglu_bwd", &swiglu_bwd_py, "SwiGLU backward -> d[gate; up]", py::arg("dy"),
         py::arg("x"));

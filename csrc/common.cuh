@@ -98,6 +98,36 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
+// ---- asynchronous global -> shared copies (sm_80+) -----------------------------------------
+// cp.async moves 16 bytes to shared memory without holding a register while the load is in
+// flight, so a block can keep several rows of loads outstanding. Each thread commits one group
+// per stage (an empty group when it has nothing to copy) and waits for all but the newest N.
+// Before sm_80 the copy is synchronous, which is correct but keeps no loads in flight.
+
+__device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const auto dst = static_cast<unsigned int>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem_src) : "memory");
+#else
+  *static_cast<uint4*>(smem_dst) = *static_cast<const uint4*>(gmem_src);
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+// Waits until at most `Pending` of this thread's committed groups are still in flight; the
+// copies of the older groups are then visible to this thread.
+template <int Pending>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;" ::"n"(Pending) : "memory");
+#endif
+}
+
 // ---- reductions ----------------------------------------------------------------------------
 
 __device__ __forceinline__ float warp_sum(float v) {

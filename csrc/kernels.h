@@ -17,18 +17,28 @@ cudaError_t rmsnorm_fwd(DType x_dtype, DType w_dtype, const void* x, const void*
                         const void* weight, void* y, void* sum_out, float* rstd, int64_t rows,
                         int64_t hidden, float eps, cudaStream_t stream);
 
-// Number of blocks (rows of the fp32 partial weight-gradient buffer) rmsnorm_bwd will use for
-// the same arguments.
+// Rows of the fp32 partial weight-gradient buffer that keep every SM busy in rmsnorm_bwd for
+// these arguments (one block per row; at most `rows`).
 int64_t rmsnorm_bwd_partial_rows(DType x_dtype, DType w_dtype, const void* dy, const void* xin,
                                  const void* weight, const void* dsum, const void* dx,
                                  int64_t rows, int64_t hidden);
 
 // dx = d(norm)/dx . dy (+ dsum); dweight = sum over rows of dy * xhat, reduced through
-// `partial` ([rmsnorm_bwd_partial_rows(...), hidden] float32 scratch). dsum may be null.
+// `partial` ([partial_rows, hidden] float32 scratch, one row per block: any count >= 1 is
+// correct, rmsnorm_bwd_partial_rows(...) is the fast one). dsum may be null.
 cudaError_t rmsnorm_bwd(DType x_dtype, DType w_dtype, const void* dy, const void* xin,
                         const float* rstd, const void* weight, const void* dsum, void* dx,
-                        void* dweight, float* partial, int64_t rows, int64_t hidden,
-                        cudaStream_t stream);
+                        void* dweight, float* partial, int64_t partial_rows, int64_t rows,
+                        int64_t hidden, cudaStream_t stream);
+
+// Which kernel the backward runs for rows the register path holds (hidden <= 8192 in bf16):
+// kRegister keeps each row's loads in registers (the default, measured on H200); kStaged streams
+// rows through shared memory with cp.async (16-byte-aligned rows only; others, and rows whose
+// slots exceed the block's shared memory, keep the register path). Process-wide; for
+// benchmarks and tests comparing the two.
+enum class RmsNormBwdPath : int { kRegister = 0, kStaged = 1 };
+void set_rmsnorm_bwd_path(RmsNormBwdPath path);
+RmsNormBwdPath rmsnorm_bwd_path();
 
 // ---- SwiGLU on megatron-core's fc1 layout: x is [rows, 2*ffn] = [gate; up] per row,
 // y = silu(gate) * up is [rows, ffn]; dx is [rows, 2*ffn].

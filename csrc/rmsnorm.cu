@@ -8,6 +8,7 @@
 // row. The backward keeps a per-block fp32 partial of the weight gradient (registers on the
 // register path, shared memory on the loop path); a second kernel reduces the partials.
 
+#include <atomic>
 #include <type_traits>
 
 #include "common.cuh"
@@ -188,6 +189,117 @@ __global__ void __launch_bounds__(kBwdMaxThreads)
   }
 }
 
+// Staged backward (experimental, selected with set_rmsnorm_bwd_path(kStaged) until a GPU run
+// measures it against the register path): the register path holds a row's loads in registers,
+// so ~4 blocks per SM keep only one row each in flight. Here each block streams its rows through
+// a ring of kStages shared-memory slots with cp.async: while it reduces one row, the next
+// kStages - 1 rows are loading, and no register waits on them. Each thread copies exactly the
+// vectors it later reads, so a slot needs no barrier between its copy and its use.
+constexpr int kStages = 3;
+
+template <typename T, typename W, int VEC, bool DSUM>
+__global__ void __launch_bounds__(kBwdMaxThreads)
+    rmsnorm_bwd_staged_kernel(const T* __restrict__ dy, const T* __restrict__ xin,
+                              const float* __restrict__ rstd, const W* __restrict__ weight,
+                              const T* __restrict__ dsum, T* __restrict__ dx,
+                              float* __restrict__ partial, int64_t rows, int64_t hidden) {
+  static_assert(VEC * sizeof(T) == 16, "cp.async moves 16-byte vectors");
+  constexpr int kInputs = DSUM ? 3 : 2;  // dy, xin[, dsum] rows per slot
+  extern __shared__ __align__(16) unsigned char slot_bytes[];
+  T* slots = reinterpret_cast<T*>(slot_bytes);  // [kStages][kInputs][hidden]
+  __shared__ float scratch[32];
+  const int nvec = static_cast<int>(hidden / VEC);
+  const float inv_h = 1.f / static_cast<float>(hidden);
+  const int64_t slot_elems = kInputs * hidden;
+
+  // Starts the copies of `row` into `slot` and commits them as one group (empty past the end,
+  // so that every thread's group count stays in step with the rows).
+  auto stage_row = [&](int64_t row, int slot) {
+    if (row < rows) {
+      T* dst = slots + slot * slot_elems;
+      const int64_t base = row * hidden;
+#pragma unroll
+      for (int k = 0; k < kRegVecs; ++k) {
+        const int v = reg_vec_index(k);
+        if (v >= nvec) continue;
+        cp_async_16(dst + v * VEC, dy + base + v * VEC);
+        cp_async_16(dst + hidden + v * VEC, xin + base + v * VEC);
+        if constexpr (DSUM) cp_async_16(dst + 2 * hidden + v * VEC, dsum + base + v * VEC);
+      }
+    }
+    cp_async_commit();
+  };
+
+  float dw_acc[kRegVecs][VEC];
+#pragma unroll
+  for (int k = 0; k < kRegVecs; ++k)
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) dw_acc[k][i] = 0.f;
+
+  const int64_t stride = gridDim.x;
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) stage_row(blockIdx.x + s * stride, s);
+
+  int slot = 0;
+  for (int64_t row = blockIdx.x; row < rows; row += stride) {
+    // The slot refilled here held the previous row, which this thread has finished reading.
+    stage_row(row + (kStages - 1) * stride, (slot + kStages - 1) % kStages);
+    const float r = rstd[row];
+    cp_async_wait<kStages - 1>();
+    const T* g_row = slots + slot * slot_elems;
+    const T* x_row = g_row + hidden;
+
+    float dot = 0.f;  // sum_i (dy_i * w_i) * xhat_i
+#pragma unroll
+    for (int k = 0; k < kRegVecs; ++k) {
+      const int v = reg_vec_index(k);
+      if (v >= nvec) continue;
+      float g[VEC], a[VEC], w[VEC];
+      load_vec<T, VEC>(g_row + v * VEC, g);
+      load_vec<T, VEC>(x_row + v * VEC, a);
+      load_vec<W, VEC>(weight + v * VEC, w);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const float xhat = a[i] * r;
+        dw_acc[k][i] += g[i] * xhat;
+        dot += g[i] * w[i] * xhat;
+      }
+    }
+    dot = block_sum(dot, scratch) * inv_h;
+
+    // Second pass from shared memory: re-reading costs less than holding the row in registers.
+#pragma unroll
+    for (int k = 0; k < kRegVecs; ++k) {
+      const int v = reg_vec_index(k);
+      if (v >= nvec) continue;
+      float g[VEC], a[VEC], w[VEC], out[VEC];
+      load_vec<T, VEC>(g_row + v * VEC, g);
+      load_vec<T, VEC>(x_row + v * VEC, a);
+      load_vec<W, VEC>(weight + v * VEC, w);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) out[i] = r * (g[i] * w[i] - a[i] * r * dot);
+      if constexpr (DSUM) {
+        float ds[VEC];
+        load_vec<T, VEC>(g_row + 2 * hidden + v * VEC, ds);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) out[i] += ds[i];
+      }
+      store_vec<T, VEC>(dx + row * hidden + v * VEC, out);
+    }
+    slot = (slot + 1) % kStages;
+  }
+  cp_async_wait<0>();  // only empty groups remain; leave none outstanding at exit
+
+  float* part = partial + static_cast<int64_t>(blockIdx.x) * hidden;
+#pragma unroll
+  for (int k = 0; k < kRegVecs; ++k) {
+    const int v = reg_vec_index(k);
+    if (v >= nvec) continue;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) part[v * VEC + i] = dw_acc[k][i];
+  }
+}
+
 // Loop path, for rows longer than the register path holds.
 template <typename T, typename W, int VEC, bool RESID>
 __global__ void rmsnorm_fwd_kernel(const T* __restrict__ x, const T* __restrict__ residual,
@@ -342,11 +454,10 @@ bool can_vectorize(int64_t hidden, const void* const* t_ptrs, int n_t, const voi
   return aligned(w_ptr, V * sizeof(W));
 }
 
-struct BwdLaunch {
+struct BwdKernel {
   const void* kernel;
   int threads;
   size_t smem;
-  int64_t blocks;
 };
 
 // Threads per block on the register path for a row of `nvec` vectors, or 0 when the row is too
@@ -370,55 +481,67 @@ void launch_fwd(const T* x, const T* residual, const W* weight, T* y, T* sum_out
   }
 }
 
+// Which backward kernel serves register-path rows (kernels.h); the register path until a GPU
+// run shows the staged one faster.
+std::atomic<int> g_bwd_path{static_cast<int>(RmsNormBwdPath::kRegister)};
+
+// Dynamic shared memory the staged backward needs, or 0 when its slots do not fit in a block.
+template <typename T, bool DSUM>
+size_t staged_smem_bytes(int64_t hidden) {
+  const size_t bytes = static_cast<size_t>(kStages) * (DSUM ? 3 : 2) * hidden * sizeof(T);
+  const auto limit =
+      static_cast<size_t>(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
+  return bytes <= limit ? bytes : 0;
+}
+
 template <typename T, typename W, int VEC, bool DSUM>
-BwdLaunch bwd_launch(int64_t rows, int64_t hidden) {
+BwdKernel bwd_kernel(int64_t hidden) {
   const int64_t nvec = hidden / VEC;
   const int reg_threads = reg_path_threads(nvec, kBwdMaxThreads);
-  const void* kernel;
-  int threads;
+  const void* kernel = nullptr;
+  int threads = 0;
   size_t smem = 0;
-  if (reg_threads > 0) {
+  if constexpr (VEC * sizeof(T) == 16) {
+    const bool staged = g_bwd_path.load(std::memory_order_relaxed) ==
+                        static_cast<int>(RmsNormBwdPath::kStaged);
+    if (staged && reg_threads > 0) smem = staged_smem_bytes<T, DSUM>(hidden);
+    if (smem > 0) {
+      kernel = reinterpret_cast<const void*>(rmsnorm_bwd_staged_kernel<T, W, VEC, DSUM>);
+      threads = reg_threads;
+    }
+  }
+  if (kernel == nullptr && reg_threads > 0) {
     kernel = reinterpret_cast<const void*>(rmsnorm_bwd_reg_kernel<T, W, VEC, DSUM>);
     threads = reg_threads;
-  } else {
+  } else if (kernel == nullptr) {
     // The loop path keeps its `hidden`-float weight-gradient partial in shared memory.
     kernel = reinterpret_cast<const void*>(rmsnorm_bwd_kernel<T, W, VEC, DSUM>);
     threads = row_block_size(nvec, 512);
     smem = static_cast<size_t>(hidden) * sizeof(float);
-    if (smem > 48 * 1024) {
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(smem));
-    }
   }
-  // As many blocks as fit at once: each loops over rows, and every block adds one row of
-  // weight-gradient partials to reduce.
-  int per_sm = 0;
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
-  int64_t blocks = static_cast<int64_t>(device_attribute(cudaDevAttrMultiProcessorCount)) *
-                   (per_sm > 0 ? per_sm : 1);
-  if (blocks > rows) blocks = rows;
-  if (blocks < 1) blocks = 1;
-  return {kernel, threads, smem, blocks};
+  if (smem > 48 * 1024) {
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         static_cast<int>(smem));
+  }
+  return {kernel, threads, smem};
 }
 
-// Resolves the backward kernel instance for these arguments and hands its launch plan to f.
+// Resolves the backward kernel instance for these arguments and hands it to f.
 template <typename F>
-void with_bwd_plan(DType x_dtype, DType w_dtype, const void* const* ptrs, int nptrs,
-                   const void* weight, bool has_dsum, int64_t rows, int64_t hidden, F&& f) {
+void with_bwd_kernel(DType x_dtype, DType w_dtype, const void* const* ptrs, int nptrs,
+                     const void* weight, bool has_dsum, int64_t hidden, F&& f) {
   dispatch_xw(x_dtype, w_dtype, [&](auto* tt, auto* wt) {
     using T = std::remove_pointer_t<decltype(tt)>;
     using W = std::remove_pointer_t<decltype(wt)>;
     constexpr int V = vec_width<T>();
     const bool vec = can_vectorize<T, W>(hidden, ptrs, nptrs, weight);
-    BwdLaunch plan;
+    BwdKernel k;
     if (vec) {
-      plan = has_dsum ? bwd_launch<T, W, V, true>(rows, hidden)
-                      : bwd_launch<T, W, V, false>(rows, hidden);
+      k = has_dsum ? bwd_kernel<T, W, V, true>(hidden) : bwd_kernel<T, W, V, false>(hidden);
     } else {
-      plan = has_dsum ? bwd_launch<T, W, 1, true>(rows, hidden)
-                      : bwd_launch<T, W, 1, false>(rows, hidden);
+      k = has_dsum ? bwd_kernel<T, W, 1, true>(hidden) : bwd_kernel<T, W, 1, false>(hidden);
     }
-    f(plan, static_cast<W*>(nullptr));
+    f(k, static_cast<W*>(nullptr));
   });
 }
 
@@ -458,38 +581,55 @@ int64_t rmsnorm_bwd_partial_rows(DType x_dtype, DType w_dtype, const void* dy, c
                                  int64_t rows, int64_t hidden) {
   int64_t blocks = 1;
   if (rows == 0 || hidden == 0) return blocks;
-  // The same pointer list as rmsnorm_bwd, so that both pick the same plan.
+  // The same pointer list as rmsnorm_bwd, so that both pick the same kernel. As many blocks as
+  // fit at once: each loops over rows, and every block adds one row of partials to reduce.
   const void* ptrs[] = {dy, xin, dsum, dx};
-  with_bwd_plan(x_dtype, w_dtype, ptrs, 4, weight, dsum != nullptr, rows, hidden,
-                [&](const BwdLaunch& plan, auto*) { blocks = plan.blocks; });
-  return blocks;
+  with_bwd_kernel(x_dtype, w_dtype, ptrs, 4, weight, dsum != nullptr, hidden,
+                  [&](const BwdKernel& k, auto*) {
+    int per_sm = 0;
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k.kernel, k.threads, k.smem);
+    blocks = static_cast<int64_t>(device_attribute(cudaDevAttrMultiProcessorCount)) *
+             (per_sm > 0 ? per_sm : 1);
+  });
+  return blocks < rows ? blocks : rows;
 }
 
 cudaError_t rmsnorm_bwd(DType x_dtype, DType w_dtype, const void* dy, const void* xin,
                         const float* rstd, const void* weight, const void* dsum, void* dx,
-                        void* dweight, float* partial, int64_t rows, int64_t hidden,
-                        cudaStream_t stream) {
+                        void* dweight, float* partial, int64_t partial_rows, int64_t rows,
+                        int64_t hidden, cudaStream_t stream) {
   if (rows == 0 || hidden == 0) return cudaSuccess;
+  if (partial_rows < 1) return cudaErrorInvalidValue;
   const void* ptrs[] = {dy, xin, dsum, dx};
+  // One block per partial row (blocks stride over the rows, so any count is correct).
+  const int64_t blocks = partial_rows < rows ? partial_rows : rows;
   cudaError_t err = cudaSuccess;
-  with_bwd_plan(x_dtype, w_dtype, ptrs, 4, weight, dsum != nullptr, rows, hidden,
-                [&](const BwdLaunch& plan, auto* wt) {
+  with_bwd_kernel(x_dtype, w_dtype, ptrs, 4, weight, dsum != nullptr, hidden,
+                  [&](const BwdKernel& k, auto* wt) {
     using W = std::remove_pointer_t<decltype(wt)>;
     void* args[] = {const_cast<void**>(&dy),    const_cast<void**>(&xin),
                     const_cast<float**>(&rstd), const_cast<void**>(&weight),
                     const_cast<void**>(&dsum),  &dx,
                     &partial,                   &rows,
                     &hidden};
-    err = cudaLaunchKernel(plan.kernel, dim3(static_cast<unsigned int>(plan.blocks)),
-                           dim3(plan.threads), args, plan.smem, stream);
+    err = cudaLaunchKernel(k.kernel, dim3(static_cast<unsigned int>(blocks)), dim3(k.threads),
+                           args, k.smem, stream);
     if (err != cudaSuccess) return;
     const unsigned int rblocks =
         static_cast<unsigned int>((hidden + kReduceCols - 1) / kReduceCols);
     reduce_columns_kernel<W><<<rblocks, dim3(kReduceCols, kReduceLanes), 0, stream>>>(
-        partial, static_cast<W*>(dweight), plan.blocks, hidden);
+        partial, static_cast<W*>(dweight), blocks, hidden);
     err = cudaGetLastError();
   });
   return err;
+}
+
+void set_rmsnorm_bwd_path(RmsNormBwdPath path) {
+  g_bwd_path.store(static_cast<int>(path), std::memory_order_relaxed);
+}
+
+RmsNormBwdPath rmsnorm_bwd_path() {
+  return static_cast<RmsNormBwdPath>(g_bwd_path.load(std::memory_order_relaxed));
 }
 
 }  // namespace megastack

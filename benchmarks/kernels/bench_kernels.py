@@ -11,6 +11,7 @@ against the same byte count. Peak bandwidth comes from the device name.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -21,6 +22,7 @@ from typing import Callable
 import torch
 
 from megastack.kernels import functions, kernels_available, reference
+from megastack.kernels._extension import extension
 
 logger = logging.getLogger("bench_kernels")
 
@@ -150,6 +152,18 @@ def cases(tokens: int, dtype: torch.dtype):
     )
 
 
+@contextlib.contextmanager
+def rmsnorm_bwd_path(name: str):
+    """Runs the block with the extension's RMSNorm backward kernel set to `name`."""
+    ext = extension()
+    before = ext.rmsnorm_bwd_path()
+    ext.set_rmsnorm_bwd_path(name)
+    try:
+        yield
+    finally:
+        ext.set_rmsnorm_bwd_path(before)
+
+
 def log_kernel_times(name: str, step: Callable[[], None], steps: int = 5) -> None:
     """Per-kernel GPU time of the fused op's forward + backward (torch.profiler): where the
     time goes, for tuning."""
@@ -200,6 +214,12 @@ def run(args) -> list[dict]:
             times[impl] = time_ms(fwd_bwd(op, inputs, grad), args.repeats)
         if args.profile:
             log_kernel_times(name, fwd_bwd(fused, inputs, grad))
+        if name.startswith("rmsnorm"):
+            # The candidate backward (cp.async staging), timed beside the default in one run.
+            with rmsnorm_bwd_path("staged"):
+                times["fused-staged"] = time_ms(fwd_bwd(fused, inputs, grad), args.repeats)
+                if args.profile:
+                    log_kernel_times(f"{name} [staged bwd]", fwd_bwd(fused, inputs, grad))
         for impl, ms in times.items():
             bps = nbytes / (ms * 1e-3)
             results.append(

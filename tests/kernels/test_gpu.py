@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from megastack.kernels import functions, kernels_available, reference
+from megastack.kernels._extension import extension
 
 pytestmark = pytest.mark.gpu
 
@@ -72,6 +73,71 @@ def test_rmsnorm_parity(dtype, wdtype, hidden, residual):
     _close(grads[1], want_grads[1], dtype, scale=15.0)
     if residual:
         _close(grads[2], want_grads[2], dtype)
+
+
+def _bwd_kernel_names(step):
+    """Names of the RMSNorm backward kernels `step` launches (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    return {e.name for e in prof.events() if "rmsnorm_bwd" in e.name}
+
+
+@pytest.fixture
+def bwd_path():
+    """Sets the extension's RMSNorm backward path for one test, then restores it."""
+    ext = extension()
+    before = ext.rmsnorm_bwd_path()
+    yield ext.set_rmsnorm_bwd_path
+    ext.set_rmsnorm_bwd_path(before)
+
+
+@pytest.mark.parametrize("path", ["register", "staged"])
+@pytest.mark.parametrize("dtype,wdtype", [(torch.float32, torch.float32),
+                                          (torch.bfloat16, torch.bfloat16),
+                                          (torch.bfloat16, torch.float32)])
+@pytest.mark.parametrize("hidden", [4096, 1000, 8192])
+@pytest.mark.parametrize("residual", [False, True])
+def test_rmsnorm_backward_paths_over_many_rows(bwd_path, path, dtype, wdtype, hidden, residual):
+    """Both backward kernels for register-path rows, with several rows per block (each block
+    loops over rows: 4011 rows against at most a few hundred blocks), so the staged kernel's
+    ring of shared-memory slots wraps around many times."""
+    bwd_path(path)
+    torch.manual_seed(0)
+    x = torch.randn(3, 1337, hidden, device="cuda").to(dtype)
+    r = torch.randn_like(x) if residual else None
+    w = (torch.rand(hidden, device="cuda") + 0.5).to(wdtype)
+    args = (x, w) + ((r,) if residual else ())
+    gy = [torch.randn_like(x)] + ([torch.randn_like(x)] if residual else [])
+
+    def fused(x, w, *r):
+        return functions.rms_norm(x, w, 1e-5, residual=r[0] if r else None)
+
+    def ref(x, w, *r):
+        return reference.rms_norm(x, w, 1e-5, residual=r[0] if r else None)
+
+    result = {}
+    names = _bwd_kernel_names(lambda: result.update(got=_grads(fused, args, gy)))
+    # fp32 rows of 8192 are past the register path (the loop kernel runs for both settings).
+    expected = ("rmsnorm_bwd_kernel" if dtype == torch.float32 and hidden == 8192
+                else f"rmsnorm_bwd_{'staged' if path == 'staged' else 'reg'}_kernel")
+    assert any(expected in n for n in names), names
+    outs, grads = result["got"]
+    want_outs, want_grads = _grads(ref, [a.double() for a in args], [g.double() for g in gy])
+    _close(grads[0], want_grads[0], dtype)
+    # dweight sums 4011 rows: its error is measured against its largest entry (an elementwise
+    # tolerance would have to be loose enough to hide a wrong row).
+    dw_err = (grads[1].double() - want_grads[1]).abs().max() / want_grads[1].abs().max()
+    assert dw_err < (1e-5 if dtype == torch.float32 else 1e-2), dw_err
+    if residual:
+        _close(grads[2], want_grads[2], dtype)
+
+
+def test_rmsnorm_bwd_path_rejects_unknown_names(bwd_path):
+    with pytest.raises(RuntimeError, match="'register' or 'staged'"):
+        bwd_path("shared")
 
 
 # ---- SwiGLU ----------------------------------------------------------------------------------
