@@ -16,8 +16,9 @@ import functools
 import json
 import logging
 import statistics
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -44,24 +45,32 @@ def peak_bandwidth(name: str) -> float | None:
     return None
 
 
-def time_ms(fn: Callable[[], None], repeats: int, calls_per_sample: int = 5,
-            warmup: int = 3) -> float:
-    """Median over `repeats` samples of the CUDA-event time per call. Each sample times several
+class Timing(NamedTuple):
+    gpu_ms: float  # CUDA-event time per call
+    host_ms: float  # time the host takes to issue one call (launches, autograd)
+
+
+def time_call(fn: Callable[[], None], repeats: int, calls_per_sample: int = 5,
+              warmup: int = 3) -> Timing:
+    """Medians over `repeats` samples of the time per call. Each sample times several
     back-to-back calls so the host's launch and autograd overhead overlaps the GPU work (as in
-    training) instead of being counted as idle GPU time."""
+    training) instead of being counted as idle GPU time. A host time near the GPU time means
+    the op is launch-bound and the GPU time overstates its kernels."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    times = []
+    gpu, host = [], []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
+        t0 = time.perf_counter()
         for _ in range(calls_per_sample):
             fn()
+        host.append((time.perf_counter() - t0) * 1e3 / calls_per_sample)
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) / calls_per_sample)
-    return statistics.median(times)
+        gpu.append(start.elapsed_time(end) / calls_per_sample)
+    return Timing(statistics.median(gpu), statistics.median(host))
 
 
 def copy_bandwidth(nbytes: int = 2 << 30, repeats: int = 20) -> float:
@@ -69,7 +78,7 @@ def copy_bandwidth(nbytes: int = 2 << 30, repeats: int = 20) -> float:
     ceiling that the vendor's peak is never reached against."""
     src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    ms = time_ms(functools.partial(dst.copy_, src), repeats)
+    ms = time_call(functools.partial(dst.copy_, src), repeats).gpu_ms
     del src, dst
     torch.cuda.empty_cache()
     return nbytes / (ms * 1e-3)
@@ -211,16 +220,17 @@ def run(args) -> list[dict]:
             impls["compile"] = torch.compile(ref)
         times = {}
         for impl, op in impls.items():
-            times[impl] = time_ms(fwd_bwd(op, inputs, grad), args.repeats)
+            times[impl] = time_call(fwd_bwd(op, inputs, grad), args.repeats)
         if args.profile:
             log_kernel_times(name, fwd_bwd(fused, inputs, grad))
         if name.startswith("rmsnorm"):
             # The candidate backward (cp.async staging), timed beside the default in one run.
             with rmsnorm_bwd_path("staged"):
-                times["fused-staged"] = time_ms(fwd_bwd(fused, inputs, grad), args.repeats)
+                times["fused-staged"] = time_call(fwd_bwd(fused, inputs, grad), args.repeats)
                 if args.profile:
                     log_kernel_times(f"{name} [staged bwd]", fwd_bwd(fused, inputs, grad))
-        for impl, ms in times.items():
+        for impl, timing in times.items():
+            ms = timing.gpu_ms
             bps = nbytes / (ms * 1e-3)
             results.append(
                 dict(
@@ -228,13 +238,15 @@ def run(args) -> list[dict]:
                     impl=impl,
                     dtype=args.dtype,
                     ms=round(ms, 4),
+                    host_ms=round(timing.host_ms, 4),
                     gb_per_s=round(bps / 1e9, 1),
                     pct_peak=round(100 * bps / peak, 1) if peak else None,
                     pct_copy=round(100 * bps / copy, 1),
-                    speedup_vs_eager=round(times["eager"] / ms, 2),
+                    speedup_vs_eager=round(times["eager"].gpu_ms / ms, 2),
                 )
             )
-            logger.info("%-18s %-8s %8.3f ms %8.1f GB/s", name, impl, ms, bps / 1e9)
+            logger.info("%-18s %-12s %8.3f ms (host %.3f ms) %8.1f GB/s", name, impl, ms,
+                        timing.host_ms, bps / 1e9)
         # Written after every kernel: a run cut short by its time limit keeps what it measured.
         write_results(args.out, results)
         del inputs, grad
@@ -250,14 +262,14 @@ def to_markdown(results: list[dict]) -> str:
         f"{meta['copy_gb_per_s']:.0f} GB/s), torch {meta['torch']}, CUDA {meta['cuda']}, "
         f"tokens {meta['tokens']}; forward + backward, median of CUDA-event-timed samples.",
         "",
-        "| kernel | impl | dtype | ms | GB/s | % of peak | % of copy | speedup vs eager |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| kernel | impl | dtype | ms | host ms | GB/s | % of peak | % of copy | speedup vs eager |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         pct = "" if r["pct_peak"] is None else f"{r['pct_peak']}"
         lines.append(
-            f"| {r['kernel']} | {r['impl']} | {r['dtype']} | {r['ms']} | {r['gb_per_s']} | "
-            f"{pct} | {r['pct_copy']} | {r['speedup_vs_eager']}x |"
+            f"| {r['kernel']} | {r['impl']} | {r['dtype']} | {r['ms']} | {r['host_ms']} | "
+            f"{r['gb_per_s']} | {pct} | {r['pct_copy']} | {r['speedup_vs_eager']}x |"
         )
     return "\n".join(lines) + "\n"
 

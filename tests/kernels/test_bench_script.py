@@ -1,0 +1,61 @@
+"""The kernel benchmark's host-side parts, checked on CPU: a broken script would otherwise only
+show on a GPU machine, whose time is scarce."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels" / "bench_kernels.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_kernels", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+META = dict(device="NVIDIA H200", peak_gb_per_s=4800.0, copy_gb_per_s=4260.0, tokens=16384,
+            torch="2.11.0", cuda="13.0")
+
+
+def _row(impl, ms, host_ms):
+    return dict(kernel="rmsnorm", impl=impl, dtype="bf16", ms=ms, host_ms=host_ms,
+                gb_per_s=2896.3, pct_peak=60.3, pct_copy=68.0, speedup_vs_eager=12.53)
+
+
+def test_peak_bandwidth_matches_the_most_specific_name(bench):
+    assert bench.peak_bandwidth("NVIDIA H200") == 4.8e12
+    assert bench.peak_bandwidth("NVIDIA H100 PCIe") == 2.0e12
+    assert bench.peak_bandwidth("NVIDIA H100 80GB HBM3") == 3.35e12
+    assert bench.peak_bandwidth("Tesla T4") is None
+
+
+def test_table_has_a_row_per_result_with_every_column(bench):
+    rows = [_row("fused", 0.2317, 0.041), _row("fused-staged", 0.2011, 0.043)]
+    table = bench.to_markdown([META] + rows).splitlines()
+    header = next(line for line in table if line.startswith("| kernel"))
+    body = [line for line in table if line.startswith("| rmsnorm")]
+    assert len(body) == 2
+    assert "host ms" in header
+    for line in body:
+        assert line.count("|") == header.count("|")
+    assert "| fused-staged | bf16 | 0.2011 | 0.043 |" in body[1]
+
+
+def test_results_are_written_whole(bench, tmp_path):
+    results = [META, _row("fused", 0.2317, 0.041)]
+    bench.write_results(tmp_path, results)
+    assert json.loads((tmp_path / "bench_kernels.json").read_text()) == results
+    assert "| rmsnorm | fused |" in (tmp_path / "bench_kernels.md").read_text()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+def test_refuses_to_run_without_cuda(bench, tmp_path):
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        bench.main(["--out", str(tmp_path)])
