@@ -485,13 +485,14 @@ void launch_fwd(const T* x, const T* residual, const W* weight, T* y, T* sum_out
 // run shows the staged one faster.
 std::atomic<int> g_bwd_path{static_cast<int>(RmsNormBwdPath::kRegister)};
 
-// Dynamic shared memory the staged backward needs, or 0 when its slots do not fit in a block.
+// Dynamic shared memory the staged backward needs, or 0 when its slots do not fit in a block
+// beside its static block_sum scratch.
 template <typename T, bool DSUM>
 size_t staged_smem_bytes(int64_t hidden) {
   const size_t bytes = static_cast<size_t>(kStages) * (DSUM ? 3 : 2) * hidden * sizeof(T);
   const auto limit =
       static_cast<size_t>(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
-  return bytes <= limit ? bytes : 0;
+  return bytes + 32 * sizeof(float) <= limit ? bytes : 0;
 }
 
 template <typename T, typename W, int VEC, bool DSUM>
