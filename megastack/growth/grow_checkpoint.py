@@ -6,8 +6,9 @@ written back with the target's global shape. "Re-sharding" is then free: megatro
 written checkpoint at whatever TP/PP/VP the target model is built with; the target layout is
 validated here and recorded in the common state.
 
-DST is a save root: DST/iter_0000000 + DST/latest_checkpointed_iteration.txt, built in DST.tmp and
-renamed into place only when complete. The source is only read.
+DST is a save root: DST/iter_0000000 + DST/latest_checkpointed_iteration.txt, built in a new
+directory beside it (DST.tmp-XXXXXXXX, created for this run) and renamed into place only when
+complete. The source, and anything this run did not create, is only read.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -173,8 +175,7 @@ def grow_checkpoint(
         out = depth.transform(key, tensor)
         return width.transform(key, out) if width is not None else out
 
-    tmp_root = _temp_root(dst)
-    shutil.rmtree(tmp_root, ignore_errors=True)  # debris of an interrupted growth into DST
+    tmp_root = _new_temp_root(dst)
     out_dir = checkpoint_dir(tmp_root, GROWN_ITERATION)
     try:
         writer = DistCheckpointWriter(out_dir, fsync=fsync)
@@ -311,8 +312,22 @@ def _target_parallel(src: ParallelConfig, model: ModelConfig, tp: Optional[int],
 
 
 # ---- destination -------------------------------------------------------------------------------
-def _temp_root(dst: str) -> str:
-    return os.path.normpath(os.path.abspath(dst)) + ".tmp"
+def _new_temp_root(dst: str) -> str:
+    """A directory that did not exist before, beside DST (so the final rename stays on one file
+    system). A fixed name like DST.tmp could be the user's data, or the source itself."""
+    dst_abs = os.path.normpath(os.path.abspath(dst))
+    parent, name = os.path.split(dst_abs)
+    os.makedirs(parent, exist_ok=True)
+    debris = [e for e in os.listdir(parent) if e.startswith(f"{name}.tmp-")]
+    if debris:
+        logger.warning("%s: %s look like output of an interrupted growth into %s; remove them "
+                       "if no other growth is running", parent, ", ".join(sorted(debris)), dst)
+    tmp = tempfile.mkdtemp(prefix=f"{name}.tmp-", dir=parent)
+    # mkdtemp makes it private (0700); the published checkpoint gets the mode mkdir would give.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
 
 
 def _check_destination(dst: str, ckpt: str, force: bool) -> None:
@@ -350,15 +365,17 @@ def _is_grown_checkpoint(root: str) -> bool:
 
 def _publish(tmp_root: str, dst: str) -> None:
     if os.path.isdir(dst) and os.listdir(dst):  # --force over an earlier grown checkpoint
-        old = os.path.normpath(os.path.abspath(dst)) + ".old"
-        shutil.rmtree(old, ignore_errors=True)
+        # Moved aside under a name no one else holds (renaming onto the new empty directory),
+        # so a crash between the renames leaves both trees on disk.
+        dst_abs = os.path.normpath(os.path.abspath(dst))
+        old = tempfile.mkdtemp(prefix=f"{os.path.basename(dst_abs)}.replaced-",
+                               dir=os.path.dirname(dst_abs))
         os.rename(dst, old)
         os.rename(tmp_root, dst)
         shutil.rmtree(old)
     else:
         if os.path.isdir(dst):
             os.rmdir(dst)  # empty: replaced by the finished tree
-        os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
         os.rename(tmp_root, dst)
 
 

@@ -7,6 +7,7 @@ virtual stages and TP1 PP1 and evaluates a fixed batch at each. The tests below 
 results and run further growths of its source checkpoint in this process.
 """
 
+import glob
 import hashlib
 import importlib.util
 import json
@@ -215,7 +216,7 @@ def test_bad_growth_requests_fail_before_writing(src, tmp_path, kwargs, message)
     dst = str(tmp_path / "dst")
     with pytest.raises(ValueError, match=message):
         grow_checkpoint(src, dst, fsync=False, **kwargs)
-    assert not os.path.exists(dst) and not os.path.exists(dst + ".tmp")
+    assert not os.path.exists(dst) and not glob.glob(dst + ".tmp-*")
     assert _tree_hash(src) == before
 
 
@@ -236,7 +237,7 @@ def test_missing_or_partial_sources_are_named(src, tmp_path, damage):
     with pytest.raises(ValueError, match="nowhere|src") as err:
         grow_checkpoint(broken, dst, stacking_list="0-3*2", fsync=False)
     assert broken in str(err.value)
-    assert not os.path.exists(dst) and not os.path.exists(dst + ".tmp")
+    assert not os.path.exists(dst) and not glob.glob(dst + ".tmp-*")
 
 
 def test_destination_rules(src, tmp_path):
@@ -258,6 +259,42 @@ def test_destination_rules(src, tmp_path):
             grow_checkpoint(src, inside, stacking_list="0-3*2", fsync=False)
     (tmp_path / "empty").mkdir()
     grow_checkpoint(src, str(tmp_path / "empty"), stacking_list="0-3*2", fsync=False)
+
+
+def test_data_beside_the_destination_is_never_touched(src, tmp_path):
+    """Names derived from --save (DST.tmp, DST.old) may hold the source or the user's data: the
+    tool works in a directory it creates itself and removes nothing else."""
+    # the source itself named DST.tmp / DST.old
+    for suffix, force in ((".tmp", False), (".old", True)):
+        source = str(tmp_path / f"small{suffix}")
+        shutil.copytree(src, source)
+        before = _tree_hash(source)
+        dst = str(tmp_path / "small")
+        if force:
+            grow_checkpoint(src, dst, stacking_list="0-3*2", fsync=False)
+        grow_checkpoint(source, dst, stacking_list="0-3*2", fsync=False, force=force)
+        assert _tree_hash(source) == before
+        shutil.rmtree(dst)
+    # unrelated data under those names
+    for name in ("grown.tmp", "grown.old"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "notes.txt").write_text("keep me")
+    dst = str(tmp_path / "grown")
+    grow_checkpoint(src, dst, stacking_list="0-3*2", fsync=False)
+    grow_checkpoint(src, dst, stacking_list="0-3*2", fsync=False, force=True)
+    for name in ("grown.tmp", "grown.old"):
+        assert (tmp_path / name / "notes.txt").read_text() == "keep me"
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["small.tmp", "small.old", "grown", "grown.tmp", "grown.old"])
+
+
+def test_grown_checkpoint_gets_the_umask_mode(src, tmp_path):
+    old = os.umask(0o022)
+    try:
+        report = grow_checkpoint(src, str(tmp_path / "dst"), stacking_list="0-3*2", fsync=False)
+    finally:
+        os.umask(old)
+    assert os.stat(report.destination).st_mode & 0o777 == 0o755
 
 
 def test_optimizer_objects_are_dropped_with_the_optimizer_state(src, tmp_path):
@@ -301,7 +338,7 @@ def test_an_error_while_streaming_removes_the_partial_output(src, tmp_path, monk
     dst = str(tmp_path / "dst")
     with pytest.raises(ValueError, match="on purpose"):
         grow_checkpoint(src, dst, stacking_list="0-3*2", fsync=False)
-    assert not os.path.exists(dst) and not os.path.exists(dst + ".tmp")
+    assert not os.path.exists(dst) and not glob.glob(dst + ".tmp-*")
 
 
 # ---- the tool -------------------------------------------------------------------------------------
