@@ -49,7 +49,12 @@ class ModelConfig:
             if not cond:
                 raise ValueError(msg)
 
-        need(self.num_layers >= 1, f"--num-layers must be >= 1, got {self.num_layers}")
+        for flag, value in (("--num-layers", self.num_layers), ("--hidden-size", self.hidden_size),
+                            ("--ffn-hidden-size", self.ffn_hidden_size),
+                            ("--num-attention-heads", self.num_attention_heads),
+                            ("--num-query-groups", self.num_query_groups),
+                            ("--vocab-size", self.vocab_size), ("--seq-length", self.seq_length)):
+            need(value >= 1, f"{flag} must be >= 1, got {value}")
         need(
             self.hidden_size % self.num_attention_heads == 0,
             f"--hidden-size {self.hidden_size} is not divisible by --num-attention-heads "

@@ -33,7 +33,11 @@ def main(argv=None) -> int:
     args = get_args(argv)
     from megastack.growth.timing import format_count, growth_timing
 
-    timing = growth_timing(args.params, args.tokens)
+    try:
+        timing = growth_timing(args.params, args.tokens)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"target parameters N: {format_count(timing.target_params)}")
     print(f"total tokens D:      {format_count(timing.total_tokens)}")
     print(f"grow after d:        {format_count(timing.growth_tokens)} tokens "

@@ -33,22 +33,28 @@ def checkpoint_dir(root: str, iteration: int) -> str:
     return os.path.join(root, f"iter_{iteration:07d}")
 
 
-def read_latest_iteration(root: str) -> Optional[int]:
-    """The iteration named by ROOT/latest_checkpointed_iteration.txt, or None when absent."""
+RELEASE = "release"  # Megatron-LM's latest-file entry for a checkpoint kept in ROOT/release
+
+
+def read_latest_iteration(root: str) -> Optional[int | str]:
+    """The iteration named by ROOT/latest_checkpointed_iteration.txt ("release" for a Megatron-LM
+    release checkpoint), or None when absent."""
     path = os.path.join(root, LATEST_FILE)
     if not os.path.exists(path):
         return None
     text = open(path).read().strip()
-    if text == "release":
-        return 0
+    if text == RELEASE:
+        return RELEASE
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"{path}: expected an iteration number, found {text!r}") from None
+        raise ValueError(f"{path}: expected an iteration number or {RELEASE!r}, found {text!r}") \
+            from None
 
 
 def resolve_checkpoint(path: str) -> str:
-    """Accept a save root (uses its latest file) or an iter_XXXXXXX directory."""
+    """Accept a save root (uses its latest file) or a checkpoint directory (iter_XXXXXXX or
+    Megatron-LM's release)."""
     if os.path.exists(os.path.join(path, "metadata.json")):
         return path
     iteration = read_latest_iteration(path)
@@ -57,7 +63,7 @@ def resolve_checkpoint(path: str) -> str:
             f"--load {path}: neither a checkpoint directory (no metadata.json) nor a save root "
             f"(no {LATEST_FILE}); point it at the --save directory of an earlier run"
         )
-    ckpt = checkpoint_dir(path, iteration)
+    ckpt = os.path.join(path, RELEASE) if iteration == RELEASE else checkpoint_dir(path, iteration)
     if not os.path.exists(os.path.join(ckpt, "metadata.json")):
         raise ValueError(f"{os.path.join(path, LATEST_FILE)} names iteration {iteration} but "
                          f"{ckpt} is missing or incomplete")

@@ -275,9 +275,12 @@ def _has_optimizer(reader: DistCheckpointReader) -> bool:
 # ---- target ------------------------------------------------------------------------------------
 def _target_model(depth_model: ModelConfig, hidden: Optional[int], ffn: Optional[int],
                   heads: Optional[int], groups: Optional[int]) -> ModelConfig:
-    changes = {name: value for name, value in (
-        ("hidden_size", hidden), ("ffn_hidden_size", ffn), ("num_attention_heads", heads),
-        ("num_query_groups", groups)) if value is not None}
+    targets = (("hidden_size", hidden), ("ffn_hidden_size", ffn), ("num_attention_heads", heads),
+               ("num_query_groups", groups))
+    for name, value in targets:
+        if value is not None and value < 1:
+            raise ValueError(f"--target-{name.replace('_', '-')} must be >= 1, got {value}")
+    changes = {name: value for name, value in targets if value is not None}
     if heads is not None and groups is None and depth_model.num_query_groups == depth_model.num_attention_heads:
         changes["num_query_groups"] = heads  # multi-head attention stays multi-head
     try:

@@ -138,7 +138,7 @@ def embed_map(n_src: int, n_dst: int) -> torch.Tensor:
 def validate_width_growth(src: ModelConfig, dst: ModelConfig, operator: str) -> None:
     """ValueError naming what to change when `dst` is not a width growth of `src`."""
     if operator not in WIDTH_OPERATORS:
-        raise ValueError(f"--operator for width growth must be one of {WIDTH_OPERATORS}, got {operator!r}")
+        raise ValueError(f"--width-operator must be one of {WIDTH_OPERATORS}, got {operator!r}")
     same = ("vocab_size", "normalization", "swiglu", "add_bias_linear", "position_embedding_type",
             "untie_embeddings_and_output_weights")
     for name in same:
@@ -151,7 +151,7 @@ def validate_width_growth(src: ModelConfig, dst: ModelConfig, operator: str) -> 
         raise ValueError(
             f"width growth keeps head_dim = hidden/heads fixed ({src.head_dim}); the target has "
             f"{dst.hidden_size}/{dst.num_attention_heads} = {dst.head_dim}: set "
-            f"--num-attention-heads {dst.hidden_size // src.head_dim}"
+            f"--target-num-attention-heads {dst.hidden_size // src.head_dim}"
             if dst.hidden_size % src.head_dim == 0 else
             f"width growth keeps head_dim = {src.head_dim} fixed, so the target hidden size must "
             f"be a multiple of {src.head_dim} (the target has {dst.hidden_size})"
@@ -167,12 +167,12 @@ def validate_width_growth(src: ModelConfig, dst: ModelConfig, operator: str) -> 
         raise ValueError(
             f"width growth keeps every query group's heads: the source has {src_ratio} query heads "
             f"per group, the target {dst.num_attention_heads}/{dst.num_query_groups} = {dst_ratio}; "
-            f"use --num-query-groups {dst.num_attention_heads // src_ratio} or fewer"
+            f"use --target-num-query-groups {dst.num_attention_heads // src_ratio} or fewer"
         )
     if operator == "direct" and dst.hidden_size % src.hidden_size != 0:
         raise ValueError(
             f"direct width growth copies every hidden unit the same number of times (the only way "
-            f"RMSNorm stays exact), so --hidden-size {dst.hidden_size} must be a multiple of "
+            f"RMSNorm stays exact), so --target-hidden-size {dst.hidden_size} must be a multiple of "
             f"{src.hidden_size}; try {2 * src.hidden_size}"
         )
 

@@ -210,6 +210,8 @@ def test_width_growth_streams_through_the_width_operator(src, tmp_path):
     (dict(stacking_list="0-3*2", operator="grow"), r"--operator must be one of"),
     (dict(stacking_list="0,1,2,3,0", operator="shrink"), r"shrink"),
     (dict(stacking_list="0-3*2", keep_optimizer_state=True, target_hidden_size=128), r"--keep-optimizer-state"),
+    (dict(stacking_list="0-3*2", target_num_attention_heads=0), r"--target-num-attention-heads must be >= 1"),
+    (dict(stacking_list="0-3*2", target_num_query_groups=0), r"--target-num-query-groups must be >= 1"),
 ])
 def test_bad_growth_requests_fail_before_writing(src, tmp_path, kwargs, message):
     before = _tree_hash(src)
@@ -286,6 +288,22 @@ def test_data_beside_the_destination_is_never_touched(src, tmp_path):
         assert (tmp_path / name / "notes.txt").read_text() == "keep me"
     assert sorted(os.listdir(tmp_path)) == sorted(
         ["small.tmp", "small.old", "grown", "grown.tmp", "grown.old"])
+
+
+def test_megatron_release_checkpoint_root_is_a_source(src, tmp_path):
+    """Megatron-LM keeps a release checkpoint in ROOT/release, named by 'release' in the latest
+    file."""
+    root = tmp_path / "rel"
+    shutil.copytree(os.path.join(src, SRC_ITER), root / "release")
+    (root / "latest_checkpointed_iteration.txt").write_text("release\n")
+    from_release = grow_checkpoint(str(root), str(tmp_path / "a"), stacking_list="0-3*2",
+                                   fsync=False)
+    from_iter = grow_checkpoint(src, str(tmp_path / "b"), stacking_list="0-3*2", fsync=False)
+    assert from_release.source_checkpoint == str(root / "release")
+    a, b = (DistCheckpointReader(r.checkpoint_dir) for r in (from_release, from_iter))
+    assert a.tensor_keys() == b.tensor_keys()
+    for key in a.tensor_keys():
+        assert torch.equal(a.load_tensor(key), b.load_tensor(key)), key
 
 
 def test_grown_checkpoint_gets_the_umask_mode(src, tmp_path):

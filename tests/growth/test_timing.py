@@ -84,6 +84,9 @@ def test_tool_prints_d_g_and_warnings(repo_root, capsys):
         tool.main(["--params", "7X", "--tokens", "2T"])
     assert exit_info.value.code == 2
     assert "cannot read '7X'" in capsys.readouterr().err
+    # counts that parse but are out of the guideline's domain: a message, not a traceback
+    assert tool.main(["--params", "0.1", "--tokens", "1"]) == 2
+    assert "error: the guideline needs C = 6*N*D > 1 FLOP" in capsys.readouterr().err
 
 
 SCRIPT = """

@@ -70,10 +70,12 @@ def test_same_seed_same_mapping_for_every_key():
 
 @pytest.mark.parametrize("changes, match", [
     (dict(hidden_size=48, num_attention_heads=6, num_query_groups=3, ffn_hidden_size=48), "multiple of 32"),
-    (dict(hidden_size=64, num_attention_heads=4, num_query_groups=2), "head_dim"),
+    (dict(hidden_size=64, num_attention_heads=4, num_query_groups=2),
+     r"head_dim.*set --target-num-attention-heads \d+"),
     (dict(hidden_size=60, num_attention_heads=4, num_query_groups=2), "head_dim"),
     (dict(ffn_hidden_size=40), "cannot shrink ffn_hidden_size"),
-    (dict(hidden_size=64, num_attention_heads=8, num_query_groups=8), "query heads per group"),
+    (dict(hidden_size=64, num_attention_heads=8, num_query_groups=8),
+     r"query heads per group.*use --target-num-query-groups \d+"),
     (dict(vocab_size=256), "vocab_size"),
     (dict(num_query_groups=1), "cannot shrink num_query_groups"),
 ])

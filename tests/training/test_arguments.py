@@ -27,6 +27,8 @@ BASE = ["--model", "tiny-4l", "--mock-data", "--train-iters", "2"]
      ["--num-attention-heads 4", "--tensor-model-parallel-size 8"]),
     (["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "3"], 2,
      ["--num-layers-per-virtual-pipeline-stage 3"]),
+    (["--num-attention-heads", "0"], 1, ["--num-attention-heads must be >= 1, got 0"]),
+    (["--num-query-groups", "0"], 1, ["--num-query-groups must be >= 1, got 0"]),
 ])
 def test_layout_errors_name_the_flag(argv, world, needles, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", str(world))
