@@ -39,6 +39,31 @@ def check_prefixes_exist(prefixes: Sequence[str]) -> None:
                                  "out/corpus_text_document)")
 
 
+def check_splits_have_tokens(prefixes: Sequence[str], split: str) -> None:
+    """Every split with a nonzero --split weight must get tokens from every dataset:
+    megatron-core cuts each dataset's sequences at round(fraction * count), and a split that
+    gets none makes GPTDataset count epochs forever (a silent hang, e.g. the 0.1% test split
+    of '969,30,1' on a corpus of under 500 documents)."""
+    from megatron.core.datasets.blended_megatron_dataset_config import (
+        convert_split_vector_to_split_matrix, parse_and_normalize_split)
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    bounds = convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
+    for prefix in prefixes:
+        dataset = IndexedDataset(prefix, mmap=True)  # its index buffer lives as long as it does
+        lengths = dataset.sequence_lengths
+        count = len(lengths)
+        for name, part in zip(("train", "validation", "test"), bounds):
+            if part is None:
+                continue
+            beg, end = (int(round(edge * float(count))) for edge in part)
+            if int(lengths[beg:end].sum()) == 0:
+                raise ValueError(
+                    f"--split {split!r} gives the {name} split {end - beg} of the {count} "
+                    f"sequences of {prefix}, with no tokens: give it a larger share (e.g. "
+                    f"--split 90,5,5) or weight 0 (e.g. --split 95,5,0)")
+
+
 def _validate_split(split: str) -> str:
     try:
         parts = [float(p) for p in split.replace("/", ",").split(",")]
@@ -91,6 +116,7 @@ def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_le
     if not mock:
         prefixes, weights = parse_data_path(data_path or [])
         check_prefixes_exist(prefixes)
+        check_splits_have_tokens(prefixes, _validate_split(split))
         blend = (prefixes, weights)
     config = GPTDatasetConfig(
         random_seed=seed,

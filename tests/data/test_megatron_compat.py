@@ -177,6 +177,17 @@ def test_build_gpt_datasets_names_missing_prefix(gpt2_dataset, megatron_gpt2, tm
         build([gpt2_dataset], megatron_gpt2, tmp_path, split="a,b")
 
 
+def test_split_without_tokens_is_named_not_a_hang(gpt2_dataset, megatron_gpt2, tmp_path):
+    # 40 documents: Megatron's default 969,30,1 leaves the test split round(39.96) = 40 to 40,
+    # on which megatron-core's GPTDataset would count epochs forever.
+    with pytest.raises(ValueError, match=r"--split '969,30,1' gives the test split 0 of the 40 "):
+        build([gpt2_dataset], megatron_gpt2, tmp_path, split="969,30,1")
+    with pytest.raises(ValueError, match="the validation split"):
+        build(["1", gpt2_dataset, "1", gpt2_dataset], megatron_gpt2, tmp_path, split="99,1,0")
+    train, valid, test = build([gpt2_dataset], megatron_gpt2, tmp_path, split="969,30,0")
+    assert len(train) >= 50 and len(valid) >= 5 and test is None
+
+
 RANK_SCRIPT = """
 import sys
 import torch
