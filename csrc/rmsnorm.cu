@@ -520,7 +520,9 @@ BwdKernel bwd_kernel(int64_t hidden) {
     threads = row_block_size(nvec, 512);
     smem = static_cast<size_t>(hidden) * sizeof(float);
   }
-  if (smem > 48 * 1024) {
+  // Past 48 KB per block (dynamic plus the kernels' static block_sum scratch) a kernel must opt
+  // in; at hidden 4096 the staged slots alone are exactly 48 KB.
+  if (smem + 32 * sizeof(float) > 48 * 1024) {
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          static_cast<int>(smem));
   }
