@@ -1,8 +1,14 @@
 """Growth in one run: train the small model, save, grow, rebuild at the target size, continue.
 
-    SAVE/small/   the small model's checkpoint at the growth point
+    SAVE/small/   the small model's checkpoints (--save-interval), the last at the growth point
     SAVE/grown/   the grown checkpoint (tools/grow_checkpoint.py's library, run on rank 0)
-    SAVE/         the large model's checkpoints (iteration count continues across growth)
+    SAVE/         the large model's checkpoints (iteration count continues across growth); each
+                  records the growth point (``grown_at_iteration``)
+
+`--load SAVE` resumes where the run stopped, as Megatron-LM's --load does: from SAVE's latest
+checkpoint when it is a large-phase one (optimizer, LR schedule, data position), else from
+SAVE/small (then grows), else as any run does with an empty --load. --save-interval and
+--exit-interval apply to both phases; an exit at the growth point stops before growing.
 
 As in the paper's reference code, the large model starts with a fresh Adam and a new LR
 schedule (re-warmup, then decay over the remaining iterations); the data position continues.
@@ -19,10 +25,14 @@ from typing import Optional
 
 import torch.distributed as dist
 
+from megastack.checkpoint import training_checkpoint as ckpt
+from megastack.config import ModelConfig
 from megastack.training.arguments import PretrainConfig
 from megastack.training.trainer import Trainer, TrainState
 
 logger = logging.getLogger(__name__)
+
+GROWN_AT = "grown_at_iteration"  # in the large phase's checkpoints (common["megastack"])
 
 
 def growth_point_iterations(cfg: PretrainConfig) -> int:
@@ -63,8 +73,7 @@ def _phase_configs(cfg: PretrainConfig, small_iters: int) -> tuple[PretrainConfi
         cfg, growth=None,
         train=dataclasses.replace(t, train_iters=small_iters, lr_decay_iters=None,
                                   lr_warmup_iters=min(t.lr_warmup_iters, small_iters)),
-        checkpoint=dataclasses.replace(c, save=os.path.join(c.save, "small"), load=None,
-                                       save_interval=None, exit_interval=None),
+        checkpoint=dataclasses.replace(c, save=os.path.join(c.save, "small"), load=None),
     )
     remaining = t.train_iters - small_iters
     warmup = g.lr_warmup_iters_after_growth
@@ -128,14 +137,138 @@ def _learn_growth(cfg: PretrainConfig, small: Trainer, large_cfg: PretrainConfig
     return growth.materialise(source_state)
 
 
+class _GrownTrainer(Trainer):
+    """The large phase. Every checkpoint it writes (interval, exit or final) records the growth
+    point: that is how --load tells a large-phase checkpoint from any other."""
+
+    def __init__(self, *args, grown_at_iteration: int, datasets_cfg: PretrainConfig, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.grown_at_iteration = grown_at_iteration
+        self.datasets_cfg = datasets_cfg
+
+    def save(self, root: Optional[str] = None, extra: Optional[dict] = None) -> str:
+        return super().save(root, extra={GROWN_AT: self.grown_at_iteration, **(extra or {})})
+
+    def _build_datasets(self, tokenizer):
+        # Only a resumed large phase builds datasets. The uninterrupted run uses the small
+        # phase's, whose validation split is sized for the small phase's evaluations; build
+        # those so that a resumed run evaluates on the same samples.
+        return Trainer(self.datasets_cfg, self.args,
+                       total_train_samples=self.total_train_samples)._build_datasets(tokenizer)
+
+
+def _find_checkpoint(path: str) -> Optional[tuple[str, dict]]:
+    """The checkpoint `path` names (a save root or a checkpoint directory) and its common
+    state, or None when it names none. A latest file naming a missing checkpoint raises."""
+    from megatron.core import dist_checkpointing
+
+    if not (os.path.exists(os.path.join(path, "metadata.json"))
+            or ckpt.read_latest_iteration(path) is not None):
+        return None
+    found = ckpt.resolve_checkpoint(path)
+    return found, dist_checkpointing.load_common_state_dict(found)
+
+
+def _check_model(load: str, found: str, common: dict, expected: ModelConfig, flags: str) -> None:
+    saved = common.get("megastack", {}).get("model")
+    if saved is None or ModelConfig.from_dict(saved) != expected:
+        what = f"a {saved.get('num_layers')}-layer model" if saved else "no megastack model record"
+        raise ValueError(
+            f"--load {load}: {found} holds {what}, not this run's {expected.num_layers}-layer "
+            f"model (or one that differs in another model flag): relaunch with the {flags} of "
+            f"the run being resumed")
+
+
+def _resume_point(cfg: PretrainConfig, small_cfg: PretrainConfig, large_cfg: PretrainConfig,
+                  small_iters: int) -> tuple[str, Optional[str]]:
+    """Where --load resumes a growth run: ("large", path), ("small", path), or ("start", load)
+    for a --load that holds nothing to resume (the small trainer treats it as any run does)."""
+    load = cfg.checkpoint.load
+    if not load:
+        return "start", None
+    if cfg.checkpoint.finetune:
+        raise ValueError(
+            "--finetune does not apply to a growth run (--grow-at-tokens): its --load resumes "
+            "the run where it stopped. To start the small model from other weights, train it "
+            "with --finetune in a run of its own and grow with tools/grow_checkpoint.py")
+    found = _find_checkpoint(load)
+    if found is not None:
+        path, common = found
+        grown_at = common.get("megastack", {}).get(GROWN_AT)
+        iteration = int(common.get("iteration", 0))
+        if grown_at is None:
+            # Earlier versions recorded the growth point only in the final save, so an
+            # interrupted run's interval saves lack it: the grown model past the growth point
+            # can only be one of those.
+            saved = common.get("megastack", {}).get("model")
+            if not (saved and ModelConfig.from_dict(saved) == large_cfg.model
+                    and iteration > small_iters):
+                raise ValueError(
+                    f"--load {load}: {path} is not a checkpoint of a growth run's large phase "
+                    f"(it records no {GROWN_AT}). Point --load at the --save directory of the "
+                    f"growth run to resume; to train on from these weights, run without "
+                    f"--grow-at-tokens")
+            logger.info("%s records no growth point: it holds the grown model at iteration %d, "
+                        "past the growth point (%d), so it is resumed as the large phase",
+                        path, iteration, small_iters)
+        elif int(grown_at) != small_iters:
+            raise ValueError(
+                f"--load {load}: {path} grew after {grown_at} iterations, this run's "
+                f"--grow-at-tokens grows after {small_iters}: relaunch with the --grow-at-tokens "
+                f"of the run being resumed")
+        _check_model(load, path, common, large_cfg.model,
+                     "--model and --target-num-layers (and model flags)")
+        return "large", load
+    small_root = os.path.join(load, "small")
+    found = _find_checkpoint(small_root)
+    if found is not None:
+        path, common = found
+        iteration = int(common.get("iteration", 0))
+        if iteration > small_iters:
+            raise ValueError(
+                f"--load {load}: {path} is at iteration {iteration}, past this run's growth point "
+                f"({small_iters} iterations from --grow-at-tokens): relaunch with the "
+                f"--grow-at-tokens of the run being resumed")
+        _check_model(load, path, common, small_cfg.model, "--model (and model flags)")
+        return "small", small_root
+    return "start", load
+
+
+def _mark_saved_if_loaded_from_save(trainer: Trainer, loaded: str) -> None:
+    """A checkpoint just loaded from this phase's own --save needs no second copy."""
+    own = ckpt.checkpoint_dir(trainer.cfg.checkpoint.save, trainer.state.iteration)
+    if os.path.realpath(ckpt.resolve_checkpoint(loaded)) == os.path.realpath(own):
+        trainer.last_saved_iteration = trainer.state.iteration
+
+
 def run_growth(cfg: PretrainConfig, args, tokenizer, metrics_file: Optional[str] = None) -> TrainState:
     small_iters = growth_point_iterations(cfg)
     small_cfg, large_cfg = _phase_configs(cfg, small_iters)
     total_samples = cfg.train.train_iters * cfg.train.global_batch_size
+    resume, load = _resume_point(cfg, small_cfg, large_cfg, small_iters)
+
+    def large_trainer() -> _GrownTrainer:
+        return _GrownTrainer(large_cfg, args, metrics_file=metrics_file,
+                             total_train_samples=total_samples, phase_name="large",
+                             grown_at_iteration=small_iters, datasets_cfg=small_cfg)
+
+    if resume == "large":
+        large = large_trainer().setup(tokenizer, load=load, finetune=False)
+        _mark_saved_if_loaded_from_save(large, load)
+        return _train_large(large)
 
     small = Trainer(small_cfg, args, metrics_file=metrics_file, total_train_samples=total_samples,
-                    phase_name="small").setup(tokenizer)
+                    phase_name="small").setup(tokenizer, load=load, finetune=False)
+    start = small.state.iteration
+    if resume == "small":
+        _mark_saved_if_loaded_from_save(small, load)
     small.train()
+    exit_interval = cfg.checkpoint.exit_interval
+    if small.state.iteration < small_iters or (
+            exit_interval and small.state.iteration > start
+            and small.state.iteration % exit_interval == 0):
+        small.close()  # --exit-interval stopped the small phase (it saved): --load resumes it
+        return small.state
     small._log_eval(small.state.iteration, {"growth": "before"})
     if small.last_saved_iteration != small.state.iteration:  # else --save-interval just did
         small.save()
@@ -145,9 +278,7 @@ def run_growth(cfg: PretrainConfig, args, tokenizer, metrics_file: Optional[str]
     if cfg.growth.operator == "learn":
         target_state = _learn_growth(cfg, small, large_cfg)
         # A fresh model, optimizer and LR schedule; the weights come from the learned maps.
-        large = Trainer(large_cfg, args, metrics_file=metrics_file,
-                        total_train_samples=total_samples, phase_name="large"
-                        ).setup(tokenizer, datasets=datasets, start_state=state)
+        large = large_trainer().setup(tokenizer, datasets=datasets, start_state=state)
         from megastack.growth.state import load_global_state
 
         load_global_state(large.chunks, target_state)
@@ -156,12 +287,15 @@ def run_growth(cfg: PretrainConfig, args, tokenizer, metrics_file: Optional[str]
         grown = os.path.join(cfg.checkpoint.save, "grown")
         _grow_on_rank0(cfg, small_cfg.checkpoint.save, grown)
         # A fresh model, optimizer and LR schedule at the target size and layout.
-        large = Trainer(large_cfg, args, metrics_file=metrics_file,
-                        total_train_samples=total_samples, phase_name="large"
-                        ).setup(tokenizer, datasets=datasets, load=grown, finetune=True,
-                                start_state=state)
+        large = large_trainer().setup(tokenizer, datasets=datasets, load=grown, finetune=True,
+                                      start_state=state)
     large._log_eval(large.state.iteration, {"growth": "after"})
+    return _train_large(large)
+
+
+def _train_large(large: _GrownTrainer) -> TrainState:
     large.train()
-    large.save(extra={"grown_at_iteration": small_iters})  # growth requires --save
+    if large.last_saved_iteration != large.state.iteration:  # else an interval or exit save did
+        large.save()  # growth requires --save
     large.close()
     return large.state
