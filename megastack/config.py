@@ -252,6 +252,8 @@ def to_transformer_config(
     bf16: bool = False,
     use_cpu_initialization: bool = False,
     recompute_granularity: Optional[str] = None,
+    recompute_method: Optional[str] = None,
+    recompute_num_layers: Optional[int] = None,
     **extra: Any,
 ):
     """Build megatron-core's TransformerConfig for this architecture and layout."""
@@ -284,6 +286,8 @@ def to_transformer_config(
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_cpu_initialization=use_cpu_initialization,
         recompute_granularity=recompute_granularity,
+        recompute_method=recompute_method,
+        recompute_num_layers=recompute_num_layers,
         persist_layer_norm=False,
         masked_softmax_fusion=False,
         bias_dropout_fusion=False,

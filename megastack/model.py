@@ -35,6 +35,33 @@ def transformer_engine_available() -> bool:
     return torch.cuda.is_available()
 
 
+def resolve_transformer_impl(impl: str = "auto") -> str:
+    """The implementation `impl` stands for here: "auto" is Transformer Engine when usable."""
+    if impl not in LAYER_IMPLS:
+        raise ValueError(f"--transformer-impl must be one of {LAYER_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "transformer_engine" if transformer_engine_available() else "local"
+    return impl
+
+
+def check_sequence_parallel(impl: str, tensor_model_parallel_size: int, sequence_parallel: bool,
+                            tp_flag: str = "--tensor-model-parallel-size") -> None:
+    """Sequence parallelism needs norms that reduce their weight gradients over TP. Without
+    Transformer Engine megatron-core builds torch norms (the local spec, and the final norm of
+    the fused spec), which assert on it once the model is built; say so before that."""
+    if not sequence_parallel or tensor_model_parallel_size <= 1:
+        return
+    resolved = resolve_transformer_impl(impl)
+    if resolved != "transformer_engine":
+        how = "auto resolves to local: Transformer Engine or CUDA is not available" \
+            if impl == "auto" else f"--transformer-impl {impl}"
+        raise ValueError(
+            f"--sequence-parallel with {tp_flag} {tensor_model_parallel_size} "
+            f"needs --transformer-impl transformer_engine ({how}; megatron-core's torch norms do "
+            f"not support sequence parallelism): drop --sequence-parallel or use "
+            f"--transformer-impl transformer_engine with Transformer Engine installed")
+
+
 def select_layer_spec(impl: str = "auto"):
     """Return (impl_name, ModuleSpec) for a transformer layer."""
     from megatron.core.models.gpt.gpt_layer_specs import (
@@ -42,10 +69,7 @@ def select_layer_spec(impl: str = "auto"):
         get_gpt_layer_with_transformer_engine_spec,
     )
 
-    if impl not in LAYER_IMPLS:
-        raise ValueError(f"--transformer-impl must be one of {LAYER_IMPLS}, got {impl!r}")
-    if impl == "auto":
-        impl = "transformer_engine" if transformer_engine_available() else "local"
+    impl = resolve_transformer_impl(impl)
     if impl == "transformer_engine":
         if not transformer_engine_available():
             raise ValueError(
@@ -68,6 +92,8 @@ def build_model_chunks(
     bf16: bool = False,
     transformer_impl: str = "auto",
     recompute_granularity: Optional[str] = None,
+    recompute_method: Optional[str] = None,
+    recompute_num_layers: Optional[int] = None,
 ) -> list[torch.nn.Module]:
     """Build this rank's GPTModel chunks (one per virtual pipeline stage), initialised.
 
@@ -76,6 +102,8 @@ def build_model_chunks(
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 
+    check_sequence_parallel(transformer_impl, parallel.tensor_model_parallel_size,
+                            parallel.sequence_parallel)
     impl, spec = select_layer_spec(transformer_impl)
     config = to_transformer_config(
         model_cfg,
@@ -83,6 +111,8 @@ def build_model_chunks(
         bf16=bf16,
         use_cpu_initialization=not torch.cuda.is_available(),
         recompute_granularity=recompute_granularity,
+        recompute_method=recompute_method,
+        recompute_num_layers=recompute_num_layers,
         # Megatron's own init also tags tensor-parallel parameters (weights built with
         # perform_initialization=False miss the tags and get wrong grad norms under TP);
         # the layout-invariant init below then overwrites the values.

@@ -70,7 +70,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             from megastack.training.trainer import Trainer
 
-            trainer = Trainer(cfg, args, metrics_file=metrics_file).setup(tokenizer)
+            try:
+                trainer = Trainer(cfg, args, metrics_file=metrics_file).setup(tokenizer)
+            except ValueError as e:
+                # Setup's ValueErrors are about the user's input (a --load that holds no
+                # checkpoint, a layer implementation that is not installed, ...).
+                print(f"megastack.pretrain: error: {e}", file=sys.stderr)
+                return 2
             trainer.train()
             if (cfg.checkpoint.save and trainer.state.iteration == cfg.train.train_iters
                     and trainer.last_saved_iteration != trainer.state.iteration):

@@ -34,6 +34,7 @@ Environment (current value in brackets):
              SEQUENCE_PARALLEL [${SEQUENCE_PARALLEL}] DISTRIBUTED_OPTIMIZER [${DISTRIBUTED_OPTIMIZER}]
              BF16 [${BF16}] TRANSFORMER_IMPL [${TRANSFORMER_IMPL}] (USE_TE=0 -> local)
              SMALL_RECOMPUTE [${SMALL_RECOMPUTE}] LARGE_RECOMPUTE [${LARGE_RECOMPUTE}] (selective|full)
+             RECOMPUTE_METHOD [${RECOMPUTE_METHOD}] RECOMPUTE_NUM_LAYERS [${RECOMPUTE_NUM_LAYERS}] (full only)
   batch      SMALL_MICRO_BATCH_SIZE [${SMALL_MICRO_BATCH_SIZE}] LARGE_MICRO_BATCH_SIZE [${LARGE_MICRO_BATCH_SIZE}]
              GLOBAL_BATCH_SIZE [${GLOBAL_BATCH_SIZE}]
   tokens     TRAIN_TOKENS [${TRAIN_TOKENS}] SMALL_TRAIN_TOKENS [${SMALL_TRAIN_TOKENS:-guideline}]
@@ -70,13 +71,22 @@ gstack_defaults() {
     : "${LARGE_TP:=${TP:-1}}"
     : "${LARGE_PP:=${PP:-1}}"
     : "${LARGE_VPP_LAYERS:=${VPP_LAYERS:-}}"
-    : "${SEQUENCE_PARALLEL:=1}"
-    : "${DISTRIBUTED_OPTIMIZER:=1}"
-    : "${BF16:=1}"
     if [[ "${USE_TE:-1}" == 0 ]]; then : "${TRANSFORMER_IMPL:=local}"; fi
     : "${TRANSFORMER_IMPL:=transformer_engine}"
+    # Only Transformer Engine's norms support sequence parallelism; the trainer refuses
+    # --sequence-parallel with the local and fused implementations.
+    if [[ "$TRANSFORMER_IMPL" == transformer_engine ]]; then
+        : "${SEQUENCE_PARALLEL:=1}"
+    else
+        : "${SEQUENCE_PARALLEL:=0}"
+    fi
+    : "${DISTRIBUTED_OPTIMIZER:=1}"
+    : "${BF16:=1}"
     : "${SMALL_RECOMPUTE:=${RECOMPUTE:-}}"
     : "${LARGE_RECOMPUTE:=${RECOMPUTE:-}}"
+    # Full recompute of every layer's input: what tools/plan.py's "full" estimate assumes.
+    : "${RECOMPUTE_METHOD:=uniform}"
+    : "${RECOMPUTE_NUM_LAYERS:=1}"
 
     : "${SMALL_MICRO_BATCH_SIZE:=${MICRO_BATCH_SIZE:-1}}"
     : "${LARGE_MICRO_BATCH_SIZE:=${MICRO_BATCH_SIZE:-1}}"
@@ -177,6 +187,11 @@ gstack_train_args() {
     up="$(echo "$phase" | tr '[:lower:]' '[:upper:]')"
     local iters_var="${up}_TRAIN_ITERS" tokens_var="${up}_TRAIN_TOKENS"
     local lr_var="${up}_LR" min_lr_var="${up}_MIN_LR" warmup_var="${up}_WARMUP_ITERS"
+    local rc_var="${up}_RECOMPUTE"
+    # The trainer's full recompute needs a method; the planner (gstack_phase_args) takes none.
+    if [[ "${!rc_var}" == full ]]; then
+        GSTACK_ARGS+=(--recompute-method "$RECOMPUTE_METHOD" --recompute-num-layers "$RECOMPUTE_NUM_LAYERS")
+    fi
     if [[ -n "${!iters_var:-}" ]]; then
         GSTACK_ARGS+=(--train-iters "${!iters_var}")
     else

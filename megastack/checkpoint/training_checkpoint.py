@@ -17,7 +17,7 @@ import argparse
 import logging
 import os
 import shutil
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -50,6 +50,13 @@ def read_latest_iteration(root: str) -> Optional[int | str]:
     except ValueError:
         raise ValueError(f"{path}: expected an iteration number or {RELEASE!r}, found {text!r}") \
             from None
+
+
+def has_checkpoint(path: str) -> bool:
+    """Whether `path` is a checkpoint directory or a save root with a latest file. A missing or
+    empty directory, or one without either, is a first launch of `--save D --load D`."""
+    return (os.path.exists(os.path.join(path, "metadata.json"))
+            or os.path.exists(os.path.join(path, LATEST_FILE)))
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -200,8 +207,12 @@ def load_checkpoint(
     optimizer=None,
     scheduler=None,
     load_rng: bool = True,
+    check_scheduler: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> dict[str, Any]:
     """Collectively load model (and optionally optimizer, scheduler, RNG) state.
+
+    `check_scheduler` sees the checkpoint's scheduler state before anything is loaded (only when
+    the scheduler is to be loaded) and may raise to refuse it.
 
     A checkpoint saved without optimizer state (e.g. grown without --keep-optimizer-state)
     leaves the given optimizer and scheduler fresh, where Megatron-LM would need
@@ -215,6 +226,8 @@ def load_checkpoint(
     if optimizer is not None and "optimizer" not in common:
         logger.info("%s holds no optimizer state: starting a fresh optimizer and LR schedule", ckpt)
         optimizer = scheduler = None
+    if scheduler is not None and check_scheduler is not None and "opt_param_scheduler" in common:
+        check_scheduler(common["opt_param_scheduler"])
     state: dict[str, Any] = _model_state(chunks)
     if optimizer is not None:
         _materialize_adam_state(optimizer)

@@ -35,6 +35,12 @@ class TrainConfig:
     seed: int = 1234
     transformer_impl: str = "auto"
     recompute_granularity: Optional[str] = None
+    recompute_method: Optional[str] = None  # "uniform" or "block"; needed by "full"
+    recompute_num_layers: Optional[int] = None
+    lr_wsd_decay_style: str = "exponential"
+    lr_wsd_decay_iters: Optional[int] = None
+    override_opt_param_scheduler: bool = False
+    use_checkpoint_opt_param_scheduler: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,19 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-decay-iters", type=int)
     g.add_argument("--lr-decay-style", default="cosine",
                    choices=["constant", "linear", "cosine", "inverse-square-root", "WSD"])
+    g.add_argument("--lr-wsd-decay-style", default="exponential",
+                   choices=["exponential", "linear", "cosine", "minus_sqrt"],
+                   help="WSD: the shape of the final annealing")
+    g.add_argument("--lr-wsd-decay-iters", type=int,
+                   help="WSD: iterations of the final annealing, which ends at --lr-decay-iters "
+                        "(default --train-iters)")
+    g.add_argument("--override-opt_param-scheduler", "--override-opt-param-scheduler",
+                   dest="override_opt_param_scheduler", action="store_true",
+                   help="on resume, take the LR/WD schedule from these flags, not the checkpoint")
+    g.add_argument("--use-checkpoint-opt_param-scheduler", "--use-checkpoint-opt-param-scheduler",
+                   dest="use_checkpoint_opt_param_scheduler", action="store_true",
+                   help="on resume, take the LR/WD schedule from the checkpoint, ignoring these "
+                        "flags")
     g.add_argument("--weight-decay", type=float, default=0.01)
     g.add_argument("--clip-grad", type=float, default=1.0)
     g.add_argument("--adam-beta1", type=float, default=0.9)
@@ -153,6 +172,13 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bf16", action="store_true")
     g.add_argument("--seed", type=int, default=1234)
     g.add_argument("--recompute-granularity", choices=["full", "selective"])
+    g.add_argument("--recompute-method", choices=["uniform", "block"],
+                   help="full recompute: 'uniform' checkpoints the input of every "
+                        "--recompute-num-layers layers, 'block' recomputes the first "
+                        "--recompute-num-layers layers of each pipeline stage")
+    g.add_argument("--recompute-num-layers", type=int,
+                   help="layers per recompute unit (uniform) or recomputed per stage (block); "
+                        "default 1 with --recompute-granularity full")
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -186,7 +212,7 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
 def add_logging_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("logging and evaluation")
     g.add_argument("--log-interval", type=int, default=10)
-    g.add_argument("--eval-interval", type=int, default=1000)
+    g.add_argument("--eval-interval", type=int, default=1000, help="0: no evaluation")
     g.add_argument("--eval-iters", type=int, default=10)
     g.add_argument("--tensorboard-dir")
 
@@ -285,6 +311,38 @@ def _validate_data(args: argparse.Namespace) -> None:
                    f"without the extension (e.g. data/corpus_text_document)")
 
 
+def _validate_schedule(args: argparse.Namespace, train_iters: int) -> None:
+    decay_iters = args.lr_decay_iters or train_iters
+    if args.lr_decay_style == "WSD":
+        wsd = args.lr_wsd_decay_iters
+        _check(wsd is not None,
+               "--lr-decay-style WSD needs --lr-wsd-decay-iters N: the iterations of the final "
+               "annealing (e.g. 10-20% of --train-iters)")
+        _check(1 <= wsd <= decay_iters - args.lr_warmup_iters,
+               f"--lr-wsd-decay-iters {wsd} must be between 1 and the {decay_iters - args.lr_warmup_iters} "
+               f"iterations from the end of warmup (--lr-warmup-iters {args.lr_warmup_iters}) to "
+               f"the end of the decay (--lr-decay-iters, default --train-iters: {decay_iters})")
+    _check(not (args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler),
+           "give only one of --override-opt_param-scheduler (schedule from the flags) and "
+           "--use-checkpoint-opt_param-scheduler (schedule from the checkpoint)")
+
+
+def _validate_recompute(args: argparse.Namespace) -> Optional[int]:
+    """Megatron-LM's recompute flags; returns the --recompute-num-layers to use."""
+    if args.recompute_granularity == "full":
+        _check(args.recompute_method is not None,
+               "--recompute-granularity full needs --recompute-method uniform or block (e.g. "
+               "--recompute-method uniform --recompute-num-layers 1 recomputes every layer), "
+               "or use --recompute-granularity selective")
+        n = 1 if args.recompute_num_layers is None else args.recompute_num_layers
+        _check(n >= 1, f"--recompute-num-layers must be >= 1, got {n}")
+        return n
+    _check(args.recompute_method is None and args.recompute_num_layers is None,
+           "--recompute-method and --recompute-num-layers apply to --recompute-granularity full "
+           "only: drop them or use --recompute-granularity full")
+    return None
+
+
 def _is_number(s: str) -> bool:
     try:
         float(s)
@@ -308,7 +366,9 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     parallel.validate(model, world_size)
     dp = world_size // (parallel.tensor_model_parallel_size * parallel.pipeline_model_parallel_size)
     mbs = args.micro_batch_size
+    _check(mbs >= 1, f"--micro-batch-size must be >= 1, got {mbs}")
     gbs = args.global_batch_size if args.global_batch_size is not None else mbs * dp
+    _check(gbs >= 1, f"--global-batch-size must be >= 1, got {gbs}")
     _check(gbs % (mbs * dp) == 0,
            f"--global-batch-size {gbs} is not divisible by --micro-batch-size {mbs} x data-parallel "
            f"size {dp}: use a global batch that is a multiple of {mbs * dp}")
@@ -329,6 +389,11 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _check(args.lr_warmup_iters <= train_iters or args.lr_decay_style == "constant",
            f"--lr-warmup-iters {args.lr_warmup_iters} exceeds the {train_iters} training iterations")
     _check(args.log_interval >= 1, "--log-interval must be >= 1")
+    _check(args.eval_interval >= 0,
+           f"--eval-interval must be >= 0 (0: no evaluation), got {args.eval_interval}")
+    _check(args.eval_iters >= 0, f"--eval-iters must be >= 0, got {args.eval_iters}")
+    recompute_num_layers = _validate_recompute(args)
+    _validate_schedule(args, train_iters)
     _check(args.save_interval is None or args.save is not None,
            "--save-interval needs --save DIR")
     train = TrainConfig(
@@ -338,6 +403,10 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         weight_decay=args.weight_decay, clip_grad=args.clip_grad, adam_beta1=args.adam_beta1,
         adam_beta2=args.adam_beta2, adam_eps=args.adam_eps, bf16=args.bf16, seed=args.seed,
         transformer_impl=args.transformer_impl, recompute_granularity=args.recompute_granularity,
+        recompute_method=args.recompute_method, recompute_num_layers=recompute_num_layers,
+        lr_wsd_decay_style=args.lr_wsd_decay_style, lr_wsd_decay_iters=args.lr_wsd_decay_iters,
+        override_opt_param_scheduler=args.override_opt_param_scheduler,
+        use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,
     )
     data = DataConfig(
         data_path=tuple(args.data_path), split=args.split, mock_data=args.mock_data,
@@ -354,9 +423,17 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         log_interval=args.log_interval, eval_interval=args.eval_interval,
         eval_iters=args.eval_iters, tensorboard_dir=args.tensorboard_dir,
     )
+    growth = growth_config_from_args(args, model, parallel)
+    if args.sequence_parallel:
+        from megastack.model import check_sequence_parallel
+
+        check_sequence_parallel(args.transformer_impl, parallel.tensor_model_parallel_size, True)
+        if growth is not None:
+            check_sequence_parallel(args.transformer_impl,
+                                    growth.target_parallel.tensor_model_parallel_size, True,
+                                    "--target-tensor-model-parallel-size")
     return PretrainConfig(model=model, parallel=parallel, train=train, data=data,
-                          checkpoint=checkpoint, logging=logging_cfg,
-                          growth=growth_config_from_args(args, model, parallel))
+                          checkpoint=checkpoint, logging=logging_cfg, growth=growth)
 
 
 def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,

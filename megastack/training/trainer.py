@@ -93,6 +93,8 @@ class Trainer:
             cfg.model, cfg.parallel, seed=cfg.train.seed, bf16=cfg.train.bf16,
             transformer_impl=cfg.train.transformer_impl,
             recompute_granularity=cfg.train.recompute_granularity,
+            recompute_method=cfg.train.recompute_method,
+            recompute_num_layers=cfg.train.recompute_num_layers,
         )
         self.ddp_chunks = self._wrap_ddp(self.chunks)
         self.optimizer = self._build_optimizer()
@@ -155,7 +157,10 @@ class Trainer:
             lr_decay_steps=max(decay_iters * gbs, t.lr_warmup_iters * gbs + 1),
             lr_decay_style=t.lr_decay_style, start_wd=t.weight_decay, end_wd=t.weight_decay,
             wd_incr_steps=t.train_iters * gbs, wd_incr_style="constant",
-            use_checkpoint_opt_param_scheduler=True, override_opt_param_scheduler=False,
+            use_checkpoint_opt_param_scheduler=t.use_checkpoint_opt_param_scheduler,
+            override_opt_param_scheduler=t.override_opt_param_scheduler,
+            wsd_decay_steps=t.lr_wsd_decay_iters * gbs if t.lr_wsd_decay_iters else None,
+            lr_wsd_decay_style=t.lr_wsd_decay_style,
         )
 
     def _configure_schedule_hooks(self) -> None:
@@ -172,7 +177,8 @@ class Trainer:
         from megastack.data.datasets import build_gpt_datasets
 
         c, t = self.cfg, self.cfg.train
-        eval_runs = t.train_iters // c.logging.eval_interval + 1
+        eval_interval = c.logging.eval_interval
+        eval_runs = (t.train_iters // eval_interval if eval_interval else 0) + 1
         num_samples = (self.total_train_samples, eval_runs * c.logging.eval_iters * t.global_batch_size,
                        c.logging.eval_iters * t.global_batch_size)
         return build_gpt_datasets(
@@ -194,12 +200,24 @@ class Trainer:
     # ---------------------------------------------------------------- checkpoints
     def _load(self, path: str, finetune: bool) -> None:
         c = self.cfg.checkpoint
+        if not ckpt.has_checkpoint(path):
+            if finetune:
+                # Fine-tuning exists to start from given weights: random ones would be a silent
+                # failure (e.g. a growth step that never wrote its checkpoint).
+                raise ValueError(
+                    f"--load {path} --finetune: no checkpoint there (no metadata.json, no "
+                    f"{ckpt.LATEST_FILE}); point --load at a checkpoint directory or save root")
+            # Megatron-LM: the first launch of `--save D --load D` starts from random init.
+            logger.warning("--load %s: no checkpoint found (no %s): training from scratch",
+                           path, ckpt.LATEST_FILE)
+            return
         load_optim = not (finetune or c.no_load_optim)
         common = ckpt.load_checkpoint(
             path, self.chunks,
             optimizer=self.optimizer if load_optim else None,
             scheduler=self.scheduler if load_optim else None,
             load_rng=not (finetune or c.no_load_rng),
+            check_scheduler=partial(self._check_scheduler_matches, path),
         )
         if not finetune:
             self.state.iteration = int(common.get("iteration", 0))
@@ -213,6 +231,51 @@ class Trainer:
         else:
             logger.info("resuming at iteration %d, %d samples consumed", self.state.iteration,
                         self.state.consumed_train_samples)
+
+    def _check_scheduler_matches(self, path: str, saved: dict[str, Any]) -> None:
+        """Megatron-LM refuses to resume with a schedule other than the checkpoint's unless told
+        which one wins; megatron-core would assert on the first difference. Name them all."""
+        s = self.scheduler
+        if s.override_opt_param_scheduler or s.use_checkpoint_opt_param_scheduler:
+            return
+        t = self.cfg.train
+        gbs = t.global_batch_size
+
+        def steps(v):
+            return f"{v} samples ({v / gbs:g} iterations of {gbs})"
+
+        def first(*keys):
+            return next((saved[k] for k in keys if k in saved), None)
+
+        checks = [  # (flag, checkpoint value, this run's value, format)
+            ("--lr", first("start_lr", "max_lr"), s.max_lr, str),
+            ("--min-lr", saved.get("min_lr"), s.min_lr, str),
+            ("--lr-warmup-iters", first("warmup_iter", "warmup_steps", "lr_warmup_steps"),
+             s.lr_warmup_steps, steps),
+            ("--lr-decay-iters" if t.lr_decay_iters else "--train-iters (sets the LR decay)",
+             first("end_iter", "decay_steps", "lr_decay_steps"), s.lr_decay_steps, steps),
+            ("--lr-decay-style", first("decay_style", "lr_decay_style"), s.lr_decay_style, str),
+        ]
+        if "start_wd" in saved:
+            checks += [
+                ("--weight-decay", saved["start_wd"], s.start_wd, str),
+                ("--weight-decay", saved["end_wd"], s.end_wd, str),
+                ("--train-iters (sets the weight-decay schedule)", saved["wd_incr_steps"],
+                 s.wd_incr_steps, steps),
+                ("weight-decay increment style", saved["wd_incr_style"], s.wd_incr_style, str),
+            ]
+        diffs, seen = [], set()
+        for flag, old, new, fmt in checks:
+            if old is not None and old != new and flag.split()[0] not in seen:
+                seen.add(flag.split()[0])
+                diffs.append(f"{flag}: checkpoint {fmt(old)}, now {fmt(new)}")
+        if diffs:
+            raise ValueError(
+                f"--load {path}: the LR/weight-decay schedule differs from "
+                f"the checkpoint's ({'; '.join(diffs)}). Relaunch with "
+                f"--override-opt_param-scheduler to use the new values (e.g. to extend a run), or "
+                f"--use-checkpoint-opt_param-scheduler to keep the checkpoint's, or with the "
+                f"flags of the run being resumed")
 
     def save(self, root: Optional[str] = None, extra: Optional[dict] = None) -> str:
         root = root or self.cfg.checkpoint.save
@@ -330,10 +393,14 @@ class Trainer:
                 self._log(metrics)
                 loss_sum, loss_count = 0.0, 0
                 last_log_time, last_log_iter = time.perf_counter(), it
+            # Like Megatron-LM, throughput and iteration time count training only: the time
+            # spent evaluating and saving is taken out of the current log interval.
+            paused_at = time.perf_counter()
             if lg.eval_interval and it % lg.eval_interval == 0:
                 self._log_eval(it)
             if cfg.checkpoint.save and cfg.checkpoint.save_interval and it % cfg.checkpoint.save_interval == 0:
                 self.save()
+            last_log_time += time.perf_counter() - paused_at
             if cfg.checkpoint.exit_interval and it % cfg.checkpoint.exit_interval == 0:
                 if cfg.checkpoint.save and self.last_saved_iteration != it:
                     self.save()
@@ -344,8 +411,9 @@ class Trainer:
         return self.state
 
     def _final_eval(self) -> None:
-        """Like Megatron-LM, evaluate once more where training stops, unless just done."""
-        if self.cfg.logging.eval_iters > 0:
+        """Like Megatron-LM, evaluate once more where training stops, unless just done or
+        --eval-interval 0 turned evaluation off."""
+        if self.cfg.logging.eval_iters > 0 and self.cfg.logging.eval_interval > 0:
             self._log_eval(self.state.iteration)
 
     def _log_eval(self, iteration: int, extra: Optional[dict] = None) -> Optional[float]:

@@ -76,3 +76,116 @@ def test_cli_fails_fast_with_exit_code_2(tmp_path):
     assert "--pipeline-model-parallel-size 3" in proc.stderr
     assert "CUDA not available" not in proc.stdout  # the runtime was never initialised
     assert time.monotonic() - start < 60
+
+
+def test_cli_setup_user_error_exits_2_without_traceback(tmp_path):
+    """A --load whose latest file names a missing iteration is reported, not raised."""
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("7")
+    proc = subprocess.run(
+        [sys.executable, "-m", "megastack.pretrain", "--model", "tiny-2l", "--mock-data",
+         "--train-iters", "2", "--load", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+        env={"WORLD_SIZE": "1", "PATH": "", "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error:" in proc.stderr and "names iteration 7" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("impl", ["local", "fused", "auto"])
+def test_sequence_parallel_without_transformer_engine_is_rejected(impl, monkeypatch):
+    import megastack.model
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(megastack.model, "transformer_engine_available", lambda: False)
+    with pytest.raises(ValueError) as e:
+        config(BASE + ["--tensor-model-parallel-size", "2", "--sequence-parallel",
+                       "--transformer-impl", impl])
+    assert "--sequence-parallel" in str(e.value)
+    assert "--transformer-impl transformer_engine" in str(e.value)
+
+
+def test_sequence_parallel_checked_for_the_grown_layout(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="--target-tensor-model-parallel-size 2"):
+        config(BASE + ["--sequence-parallel", "--transformer-impl", "local",
+                       "--grow-at-tokens", "1000", "--stacking-list", "0-3*2",
+                       "--target-num-layers", "8", "--target-tensor-model-parallel-size", "2",
+                       "--save", str(tmp_path)])
+
+
+def test_sequence_parallel_accepted_with_transformer_engine_or_tp1(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = config(BASE + ["--tensor-model-parallel-size", "2", "--sequence-parallel",
+                         "--transformer-impl", "transformer_engine"])
+    assert cfg.parallel.sequence_parallel
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    config(BASE + ["--sequence-parallel", "--transformer-impl", "local"])
+
+
+def test_torch_norms_refuse_sequence_parallel():
+    """Why the check exists: without Transformer Engine the final norm of every spec (the fused
+    spec is a layer spec, so megatron-core picks the block's final norm) is a torch norm."""
+    from megatron.core.transformer import TransformerConfig, transformer_block
+    from megatron.core.transformer.transformer_layer import TransformerLayer
+
+    from megastack.kernels.spec import get_gpt_layer_fused_spec
+    from megastack.model import transformer_engine_available
+
+    if transformer_engine_available():
+        pytest.skip("Transformer Engine present: its norms support sequence parallelism")
+    assert issubclass(get_gpt_layer_fused_spec().module, TransformerLayer)
+    tc = TransformerConfig(num_layers=1, hidden_size=8, num_attention_heads=2,
+                           tensor_model_parallel_size=2, sequence_parallel=True,
+                           normalization="RMSNorm")
+    with pytest.raises(AssertionError, match="sequence parallel"):
+        transformer_block.LayerNormImpl(tc, 8)
+
+
+def test_full_recompute_needs_a_method():
+    with pytest.raises(ValueError) as e:
+        config(BASE + ["--recompute-granularity", "full"])
+    assert "--recompute-granularity full" in str(e.value) and "--recompute-method" in str(e.value)
+    cfg = config(BASE + ["--recompute-granularity", "full", "--recompute-method", "block",
+                         "--recompute-num-layers", "2"])
+    assert (cfg.train.recompute_method, cfg.train.recompute_num_layers) == ("block", 2)
+    cfg = config(BASE + ["--recompute-granularity", "full", "--recompute-method", "uniform"])
+    assert cfg.train.recompute_num_layers == 1  # Megatron-LM's default
+    with pytest.raises(ValueError, match="--recompute-method"):
+        config(BASE + ["--recompute-granularity", "selective", "--recompute-method", "uniform"])
+    with pytest.raises(ValueError, match="--recompute-num-layers must be >= 1"):
+        config(BASE + ["--recompute-granularity", "full", "--recompute-method", "uniform",
+                       "--recompute-num-layers", "0"])
+
+
+def test_wsd_needs_its_decay_iters():
+    with pytest.raises(ValueError, match="--lr-decay-style WSD needs --lr-wsd-decay-iters"):
+        config(BASE + ["--lr-decay-style", "WSD"])
+    with pytest.raises(ValueError, match="--lr-wsd-decay-iters 3"):
+        config(BASE + ["--lr-decay-style", "WSD", "--lr-wsd-decay-iters", "3"])
+    cfg = config(BASE + ["--lr-decay-style", "WSD", "--lr-wsd-decay-iters", "1",
+                         "--lr-wsd-decay-style", "cosine"])
+    assert (cfg.train.lr_wsd_decay_iters, cfg.train.lr_wsd_decay_style) == (1, "cosine")
+
+
+def test_scheduler_resume_flags_use_megatron_names():
+    args = parse_args(BASE + ["--override-opt_param-scheduler"])
+    assert args.override_opt_param_scheduler and not args.use_checkpoint_opt_param_scheduler
+    args = parse_args(BASE + ["--use-checkpoint-opt-param-scheduler"])
+    assert args.use_checkpoint_opt_param_scheduler
+    with pytest.raises(ValueError, match="only one of --override-opt_param-scheduler"):
+        config(BASE + ["--override-opt_param-scheduler", "--use-checkpoint-opt_param-scheduler"])
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--micro-batch-size", "0"], "--micro-batch-size must be >= 1, got 0"),
+    (["--global-batch-size", "0"], "--global-batch-size must be >= 1, got 0"),
+    (["--global-batch-size", "-4"], "--global-batch-size must be >= 1, got -4"),
+    (["--eval-interval", "-1"], "--eval-interval must be >= 0"),
+    (["--eval-iters", "-1"], "--eval-iters must be >= 0"),
+])
+def test_sizes_and_intervals_are_checked(argv, needle, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(ValueError) as e:
+        config(BASE + argv)
+    assert needle in str(e.value)

@@ -1,0 +1,188 @@
+"""Short in-process training runs (one gloo process, tiny-2l, mock data) of Trainer fixes."""
+
+import logging
+import math
+
+import pytest
+
+from megastack.checkpoint import training_checkpoint as ckpt
+from megastack.training.arguments import build_pretrain_config, parse_args
+from megastack.training.trainer import Trainer
+
+BASE = ["--model", "tiny-2l", "--mock-data", "--micro-batch-size", "2", "--global-batch-size",
+        "4", "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "1",
+        "--lr", "1e-3"]
+
+
+@pytest.fixture(autouse=True)
+def _one_rank(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    for var in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def make_trainer(argv, **kwargs):
+    from megastack.pretrain import build_tokenizer_from_args
+
+    args = parse_args(BASE + argv)
+    tokenizer = build_tokenizer_from_args(args)
+    cfg = build_pretrain_config(args, tokenizer.vocab_size)
+    return Trainer(cfg, args, **kwargs), tokenizer
+
+
+def run(argv, **kwargs):
+    trainer, tokenizer = make_trainer(argv, **kwargs)
+    trainer.setup(tokenizer)
+    trainer.train()
+    if trainer.cfg.checkpoint.save and trainer.last_saved_iteration != trainer.state.iteration:
+        trainer.save()
+    trainer.close()
+    return trainer
+
+
+def train_losses(trainer):
+    return {m["iteration"]: m["lm loss"] for m in trainer.state.history if "lm loss" in m}
+
+
+# ---- 1: `--save D --load D` on a first launch ------------------------------------------------
+@pytest.mark.parametrize("make_dir", [False, True])
+def test_first_launch_with_load_equal_to_save_trains_from_scratch(tmp_path, caplog, make_dir):
+    root = tmp_path / "ckpt"
+    if make_dir:
+        root.mkdir()
+    with caplog.at_level(logging.WARNING):
+        trainer = run(["--train-iters", "2", "--save", str(root), "--load", str(root)])
+    assert trainer.state.iteration == 2
+    assert "training from scratch" in caplog.text
+    assert ckpt.read_latest_iteration(str(root)) == 2
+
+
+def test_load_naming_a_missing_iteration_still_fails(tmp_path):
+    root = tmp_path / "ckpt"
+    root.mkdir()
+    (root / ckpt.LATEST_FILE).write_text("7")
+    trainer, tokenizer = make_trainer(["--train-iters", "2", "--load", str(root)])
+    with pytest.raises(ValueError, match="names iteration 7"):
+        trainer.setup(tokenizer)
+
+
+def test_finetune_from_an_empty_load_fails(tmp_path):
+    trainer, tokenizer = make_trainer(["--train-iters", "2", "--load", str(tmp_path),
+                                       "--finetune"])
+    with pytest.raises(ValueError, match="--finetune: no checkpoint"):
+        trainer.setup(tokenizer)
+
+
+# ---- 3: full activation recomputation ------------------------------------------------------
+def test_full_recompute_reaches_the_transformer_config():
+    trainer, tokenizer = make_trainer(["--train-iters", "2", "--recompute-granularity", "full",
+                                       "--recompute-method", "block",
+                                       "--recompute-num-layers", "2"])
+    trainer.datasets = (None, None, None)  # the model is what matters here
+    trainer.setup(datasets=trainer.datasets)
+    tc = trainer.chunks[0].config
+    assert (tc.recompute_granularity, tc.recompute_method, tc.recompute_num_layers) == \
+        ("full", "block", 2)
+
+
+# On CPU the recomputed forward runs inside autograd's backward, outside megastack's
+# CUDA-to-CPU bridge (megastack.runtime.cpu_compat), and megatron-core's causal mask asks CUDA.
+@pytest.mark.gpu
+@pytest.mark.parametrize("method, layers", [("uniform", "1"), ("block", "2")])
+def test_full_recompute_trains_with_the_same_losses(method, layers):
+    plain = train_losses(run(["--train-iters", "2"]))
+    recomputed = train_losses(run(["--train-iters", "2", "--recompute-granularity", "full",
+                                   "--recompute-method", method,
+                                   "--recompute-num-layers", layers]))
+    assert recomputed.keys() == plain.keys() == {1, 2}
+    for it in plain:
+        assert recomputed[it] == pytest.approx(plain[it], rel=1e-5)
+
+
+def learning_rates(trainer):
+    return {m["iteration"]: m["learning-rate"] for m in trainer.state.history
+            if "learning-rate" in m}
+
+
+# ---- 4: WSD (warmup-stable-decay) LR schedule --------------------------------------------
+@pytest.mark.parametrize("style", ["linear", "exponential"])
+def test_wsd_schedule(style):
+    lr, min_lr = 1e-3, 1e-4
+    trainer = run(["--train-iters", "6", "--lr-decay-style", "WSD", "--min-lr", str(min_lr),
+                   "--lr-warmup-iters", "2", "--lr-wsd-decay-iters", "2",
+                   "--lr-wsd-decay-style", style])
+    # warmup to iteration 2, stable to 4, then 2 iterations of annealing to --min-lr
+    half = {"linear": 0.5, "exponential": 2 * 0.5 ** 0.5 - 1}[style]
+    expected = {1: lr / 2, 2: lr, 3: lr, 4: lr, 5: min_lr + half * (lr - min_lr), 6: min_lr}
+    got = learning_rates(trainer)
+    assert got.keys() == expected.keys()
+    for it, value in expected.items():
+        assert got[it] == pytest.approx(value, rel=1e-6), it
+
+
+# ---- 5: a resume with other schedule flags than the checkpoint's ---------------------------
+def test_resume_with_a_changed_schedule_needs_a_choice(tmp_path):
+    root = str(tmp_path / "ckpt")
+    run(["--train-iters", "2", "--save", root])
+    # Same flags: resumes silently.
+    assert run(["--train-iters", "2", "--save", root, "--load", root]).state.iteration == 2
+    longer = ["--train-iters", "4", "--save", root, "--load", root]
+    trainer, tokenizer = make_trainer(longer + ["--lr", "2e-3"])
+    with pytest.raises(ValueError) as e:
+        trainer.setup(tokenizer)
+    msg = str(e.value)
+    for needle in ("--train-iters", "--lr: checkpoint 0.001, now 0.002",
+                   "--override-opt_param-scheduler", "--use-checkpoint-opt_param-scheduler"):
+        assert needle in msg
+    assert ckpt.read_latest_iteration(root) == 2  # nothing lost
+
+    # The checkpoint's schedule: its cosine ended at iteration 2, so the LR stays at --min-lr 0.
+    kept = learning_rates(run(longer + ["--use-checkpoint-opt_param-scheduler"]))
+    assert kept == {3: 0.0, 4: 0.0}
+    ckpt.write_latest(root, 2)
+    # The new schedule, continued from the checkpoint's step: cosine over 4 iterations.
+    extended = learning_rates(run(longer + ["--override-opt-param-scheduler"]))
+    assert extended[3] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
+    assert extended[4] == 0.0
+
+
+def test_finetune_takes_a_fresh_schedule(tmp_path):
+    root = str(tmp_path / "ckpt")
+    run(["--train-iters", "2", "--save", root])
+    trainer = run(["--train-iters", "3", "--lr", "2e-3", "--load", root, "--finetune"])
+    assert trainer.state.iteration == 3
+    assert learning_rates(trainer)[1] == pytest.approx(2e-3 * 0.5 * (1 + math.cos(math.pi / 3)))
+
+
+# ---- 6: throughput excludes evaluation and checkpoint saving -------------------------------
+def test_logged_iteration_time_excludes_eval_and_save(tmp_path):
+    import time
+
+    delay = 1.0  # far above a tiny-2l step on CPU (tens of milliseconds)
+    trainer, tokenizer = make_trainer(["--train-iters", "4", "--eval-interval", "2",
+                                       "--save", str(tmp_path), "--save-interval", "3"])
+    trainer.setup(tokenizer)
+    real_evaluate = trainer.evaluate
+
+    def slow_evaluate():
+        time.sleep(delay)
+        return real_evaluate()
+
+    def slow_save(*args, **kwargs):  # stands in for writing a large checkpoint
+        time.sleep(delay)
+        trainer.last_saved_iteration = trainer.state.iteration
+
+    trainer.evaluate, trainer.save = slow_evaluate, slow_save
+    trainer.train()
+    times = {m["iteration"]: m["iteration-time"] for m in trainer.state.history
+             if "iteration-time" in m}
+    assert set(times) == {1, 2, 3, 4}
+    # Iteration 3 follows the evaluation at 2, iteration 4 the save at 3.
+    assert times[3] < delay / 2 and times[4] < delay / 2, times
+
+
+# ---- 7: --eval-interval 0 turns evaluation off ---------------------------------------------
+def test_eval_interval_zero_means_no_evaluation():
+    trainer = run(["--train-iters", "2", "--eval-interval", "0"])
+    assert trainer.state.iteration == 2
+    assert not any("lm loss validation" in m for m in trainer.state.history)
