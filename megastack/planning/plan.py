@@ -111,7 +111,10 @@ def _memory_warnings(name: str, memory: PhaseMemory, capacity: float) -> list[st
         if rc != memory.recompute_granularity:
             alt = memory.stage_total(worst, recompute_granularity=rc)
             if alt < peak:
-                remedies.append(f"--recompute-granularity {rc}: {alt / GIB:.1f} GiB")
+                # The planner's full recompute keeps each layer's input only (uniform, 1 layer).
+                flags = rc if rc == "selective" else \
+                    "full --recompute-method uniform --recompute-num-layers 1"
+                remedies.append(f"--recompute-granularity {flags}: {alt / GIB:.1f} GiB")
     remedies.append("or a larger --tensor-model-parallel-size / --pipeline-model-parallel-size "
                     "or a smaller --micro-batch-size")
     return [

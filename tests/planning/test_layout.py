@@ -57,7 +57,7 @@ def test_oversized_phase_warns_with_remedies():
     assert not plan.fits
     (warning,) = plan.warnings
     assert "phase 'large' will not fit" in warning
-    assert "--use-distributed-optimizer" in warning and "--recompute-granularity full" in warning
+    assert "--use-distributed-optimizer" in warning and "--recompute-granularity full --recompute-method uniform" in warning
 
 
 def test_fitting_phase_has_no_warning():
