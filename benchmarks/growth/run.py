@@ -199,7 +199,8 @@ def model_flags(m: ModelConfig) -> list[str]:
     return ["--num-layers", str(m.num_layers), "--hidden-size", str(m.hidden_size),
             "--num-attention-heads", str(m.num_attention_heads), "--ffn-hidden-size",
             str(m.ffn_hidden_size), "--seq-length", str(m.seq_length),
-            "--max-position-embeddings", str(m.seq_length)]
+            "--max-position-embeddings", str(m.seq_length), "--normalization", m.normalization,
+            "--position-embedding-type", m.position_embedding_type]
 
 
 def train_phase(args, data, phase: PhasePlan, dataset_iters: int, env: dict) -> str:

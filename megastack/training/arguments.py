@@ -262,8 +262,20 @@ def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
     return int(math.ceil(vocab_size / multiple) * multiple)
 
 
+# Without --model the flags mean what they mean to Megatron-LM, whose defaults are GPT-2's
+# (a Megatron script that passes no --swiglu gets GELU, not megastack's Llama-style presets).
+MEGATRON_MODEL_DEFAULTS = dict(normalization="LayerNorm", position_embedding_type="learned_absolute",
+                               swiglu=False, add_bias_linear=True,
+                               untie_embeddings_and_output_weights=False)
+
+
+def _megatron_ffn_hidden_size(hidden_size: int, swiglu: bool) -> int:
+    """Megatron-LM's --ffn-hidden-size default: 4h, or 2/3 of it rounded down to 64 for SwiGLU."""
+    return int(4 * hidden_size * 2 / 3 / 64) * 64 if swiglu else 4 * hidden_size
+
+
 def model_config_from_args(args: argparse.Namespace, vocab_size: Optional[int]) -> ModelConfig:
-    base = dict(PRESETS[args.model]) if args.model else {}
+    base = dict(PRESETS[args.model]) if args.model else dict(MEGATRON_MODEL_DEFAULTS)
     for name in _MODEL_FLAGS:
         value = getattr(args, name)
         if value is not None:
@@ -282,6 +294,8 @@ def model_config_from_args(args: argparse.Namespace, vocab_size: Optional[int]) 
     if missing:
         raise ValueError(f"missing {', '.join(missing)}: give them or a preset with --model "
                          f"({', '.join(sorted(PRESETS))})")
+    if not args.model and "ffn_hidden_size" not in base:
+        base["ffn_hidden_size"] = _megatron_ffn_hidden_size(base["hidden_size"], base["swiglu"])
     if vocab_size is not None:
         base["vocab_size"] = padded_vocab_size(
             vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size

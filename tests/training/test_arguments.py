@@ -60,6 +60,28 @@ def test_train_iters_from_tokens(monkeypatch):
     assert cfg.train.train_iters == 8  # 4096 tokens / (8 x 64)
 
 
+GPT_FLAGS = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+             "--seq-length", "32", "--mock-data", "--train-iters", "2"]
+
+
+def test_model_flags_without_a_preset_mean_what_they_mean_to_megatron(monkeypatch):
+    """A Megatron-LM GPT script (no --swiglu, no --normalization ...) gets Megatron's GPT model,
+    not megastack's Llama-style preset defaults; the flags switch each part on."""
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    gpt = config(GPT_FLAGS).model
+    assert (gpt.normalization, gpt.position_embedding_type) == ("LayerNorm", "learned_absolute")
+    assert not gpt.swiglu and gpt.add_bias_linear and not gpt.untie_embeddings_and_output_weights
+    assert gpt.ffn_hidden_size == 4 * 64
+    llama = config(GPT_FLAGS + ["--swiglu", "--disable-bias-linear", "--normalization", "RMSNorm",
+                                "--position-embedding-type", "rope",
+                                "--untie-embeddings-and-output-weights"]).model
+    assert (llama.normalization, llama.position_embedding_type) == ("RMSNorm", "rope")
+    assert llama.swiglu and not llama.add_bias_linear and llama.untie_embeddings_and_output_weights
+    assert llama.ffn_hidden_size == 128  # Megatron: int(4h * 2/3 / 64) * 64
+    preset = config(["--model", "tiny-4l", "--mock-data", "--train-iters", "2"]).model
+    assert preset.swiglu and preset.normalization == "RMSNorm"  # presets keep their own
+
+
 def test_vocab_padding_does_not_depend_on_tp():
     assert padded_vocab_size(50257, 128, 1) == padded_vocab_size(50257, 128, 8) == 50304
 
