@@ -4,6 +4,7 @@ import logging
 import math
 
 import pytest
+import torch
 
 from megastack.checkpoint import training_checkpoint as ckpt
 from megastack.training.arguments import build_pretrain_config, parse_args
@@ -75,14 +76,27 @@ def test_finetune_from_an_empty_load_fails(tmp_path):
 
 # ---- 3: full activation recomputation ------------------------------------------------------
 def test_full_recompute_reaches_the_transformer_config():
-    trainer, tokenizer = make_trainer(["--train-iters", "2", "--recompute-granularity", "full",
-                                       "--recompute-method", "block",
-                                       "--recompute-num-layers", "2"])
-    trainer.datasets = (None, None, None)  # the model is what matters here
-    trainer.setup(datasets=trainer.datasets)
-    tc = trainer.chunks[0].config
+    from megastack.config import to_transformer_config
+
+    cfg = build_pretrain_config(parse_args(BASE + ["--train-iters", "2",
+                                                   "--recompute-granularity", "full",
+                                                   "--recompute-method", "block",
+                                                   "--recompute-num-layers", "2"]),
+                                vocab_size=None)
+    t = cfg.train
+    tc = to_transformer_config(cfg.model, cfg.parallel, recompute_granularity=t.recompute_granularity,
+                               recompute_method=t.recompute_method,
+                               recompute_num_layers=t.recompute_num_layers)
     assert (tc.recompute_granularity, tc.recompute_method, tc.recompute_num_layers) == \
         ("full", "block", 2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+def test_full_recompute_without_cuda_is_named_before_training():
+    trainer, _ = make_trainer(["--train-iters", "2", "--recompute-granularity", "full",
+                               "--recompute-method", "uniform"])
+    with pytest.raises(ValueError, match="--recompute-granularity full needs a CUDA device"):
+        trainer.setup(datasets=(None, None, None))
 
 
 # On CPU the recomputed forward runs inside autograd's backward, outside megastack's
