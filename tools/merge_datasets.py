@@ -24,13 +24,19 @@ def get_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = get_args(argv)
     from megastack.data.merge import find_prefixes_in_dir, merge_datasets
+    from megastack.data.termination import interruption_report, sigterm_raises
 
     if len(args.input) == 1 and os.path.isdir(args.input[0]):
         prefixes = find_prefixes_in_dir(args.input[0])
     else:
         prefixes = args.input
     try:
-        merge_datasets(prefixes, args.output_prefix)
+        with sigterm_raises():
+            merge_datasets(prefixes, args.output_prefix)
+    except KeyboardInterrupt as err:
+        what, status = interruption_report(err)
+        print(f"error: {what}; incomplete output files were removed", file=sys.stderr)
+        return status
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -49,7 +49,12 @@ def get_args(argv=None) -> argparse.Namespace:
     group.add_argument("--workers", type=int, default=1, help="encoding processes")
     group.add_argument("--log-interval", type=int, default=1000,
                        help="print progress every this many documents (0: only the summary)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    duplicates = sorted({k for k in args.json_keys if args.json_keys.count(k) > 1})
+    if duplicates:
+        # Each key becomes one output dataset; a repeated key would write the same files twice.
+        parser.error(f"--json-keys names {', '.join(duplicates)} more than once")
+    return args
 
 
 def main(argv=None) -> int:
@@ -57,6 +62,7 @@ def main(argv=None) -> int:
     # Imported after parsing so --help and argument errors are instant.
     from megastack.data.jsonl_reader import BadInputError
     from megastack.data.preprocessing import PreprocessConfig, preprocess
+    from megastack.data.termination import interruption_report, sigterm_raises
     from megastack.data.tokenizers import TokenizerSpec
 
     config = PreprocessConfig(
@@ -69,7 +75,13 @@ def main(argv=None) -> int:
         lang=args.lang, workers=args.workers, log_interval=args.log_interval,
         skip_bad_lines=args.skip_bad_lines)
     try:
-        result = preprocess(config, report=lambda line: print(line, file=sys.stderr, flush=True))
+        with sigterm_raises():
+            result = preprocess(config,
+                                report=lambda line: print(line, file=sys.stderr, flush=True))
+    except KeyboardInterrupt as err:
+        what, status = interruption_report(err)
+        print(f"error: {what}; incomplete output files were removed", file=sys.stderr)
+        return status
     except BadInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -23,8 +23,10 @@ def get_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
     parser.add_argument("--character-coverage", type=float, default=0.9995)
     parser.add_argument("--input-sentence-size", type=int, default=10_000_000,
-                        help="train on a random sample of at most this many lines")
-    parser.add_argument("--seed", type=int, default=1234)
+                        help="train on a random sample of at most this many lines (lines over "
+                             "16 KiB count as several pieces; 0: every line)")
+    parser.add_argument("--seed", type=int, default=1234,
+                        help="seed of that sample: same input and seed, same model")
     parser.add_argument("--skip-bad-lines", action="store_true")
     parser.add_argument("--workers", type=int, default=None,
                         help="training threads (default: all cores)")

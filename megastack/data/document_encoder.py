@@ -2,8 +2,11 @@
 
 The per-document steps follow Megatron-LM's preprocess_data.py ``Encoder.encode``: optional
 sentence split, tokenize each sentence, drop sentences with no tokens, optionally append eod to
-the last sentence. Unlike Megatron, a line that cannot become a document (bad JSON, missing key,
-invalid UTF-8, empty text) is reported with its file:line instead of crashing a worker.
+the last sentence. A document with no tokens at all (empty text, or whitespace the tokenizer
+drops) gets no eod and is counted as empty; Megatron's builder would add it to the index as a
+document of no sequences, here it is left out, which writes the same tokens. Unlike Megatron, a
+line that cannot become a document (bad JSON, missing key, invalid UTF-8) is reported with its
+file:line instead of crashing a worker.
 """
 
 import json
@@ -56,6 +59,7 @@ class EncodedBatch:
     num_tokens: int
     text_bytes: int
     blank_lines: int = 0
+    empty_documents: int = 0  # (line, key) pairs whose text has no tokens: not written
     bad_lines: List[BadLine] = field(default_factory=list)
 
 
@@ -81,10 +85,8 @@ def parse_fields(data: bytes, json_keys: Sequence[str]) -> List[Union[str, List[
             raise LineError(f"missing key {key!r} (keys: {sorted(document)[:10]}); "
                             "choose keys with --json-keys")
         value = document[key]
-        if isinstance(value, str):
-            if not value.strip():
-                raise LineError(f"empty text in key {key!r}")
-        elif not (isinstance(value, list) and all(isinstance(s, str) for s in value)):
+        if not (isinstance(value, str)
+                or (isinstance(value, list) and all(isinstance(s, str) for s in value))):
             raise LineError(f"key {key!r} holds {type(value).__name__}, not text")
         fields.append(value)
     return fields
@@ -116,12 +118,17 @@ class DocumentEncoder:
             except LineError as err:
                 batch.bad_lines.append(BadLine(lines.path, line_number, str(err)))
                 continue
+            written = False
             for k, (doc_tokens, sentence_lengths) in enumerate(encoded):
+                if not doc_tokens:
+                    batch.empty_documents += 1
+                    continue
                 tokens[k].extend(doc_tokens)
                 lengths[k].extend(sentence_lengths)
                 per_doc[k].append(len(sentence_lengths))
                 batch.num_tokens += len(doc_tokens)
-            batch.num_documents += 1
+                written = True
+            batch.num_documents += written
         batch.keys = [EncodedKey(np.array(tokens[k], dtype=self.token_dtype),
                                  np.array(lengths[k], dtype=np.int32),
                                  np.array(per_doc[k], dtype=np.int64)) for k in range(n_keys)]
@@ -147,9 +154,7 @@ class DocumentEncoder:
             if ids:
                 doc_tokens.extend(ids)
                 sentence_lengths.append(len(ids))
-        if not doc_tokens:
-            raise LineError(f"empty text in key {key!r} (encodes to no tokens)")
-        if self.options.append_eod:
+        if doc_tokens and self.options.append_eod:
             doc_tokens.append(self.tokenizer.eod)
             sentence_lengths[-1] += 1
         return doc_tokens, sentence_lengths

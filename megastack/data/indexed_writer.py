@@ -99,6 +99,13 @@ class IndexedDatasetWriter:
             raise ValueError(f"{idx_path(prefix)} holds {index.dtype} tokens but the merged "
                              f"dataset uses {self.dtype}: datasets from different vocabulary "
                              "sizes cannot be merged")
+        # A .bin cut short (full disk, interrupted copy) would shift every later document.
+        expected = int(index.sequence_lengths.sum(dtype=np.int64)) * index.dtype.itemsize
+        actual = os.path.getsize(bin_path(prefix))
+        if actual != expected:
+            raise ValueError(f"{bin_path(prefix)} has {actual:,} bytes but {idx_path(prefix)} "
+                             f"describes {expected:,}: the pair is truncated or mismatched; "
+                             "recreate it with tools/preprocess_data.py")
         offset = len(self._sequence_lengths)
         self._sequence_lengths.frombytes(index.sequence_lengths.tobytes())
         self._document_indices.frombytes((index.document_indices[1:] + offset).tobytes())

@@ -37,12 +37,19 @@ def expand_inputs(patterns: Sequence[str]) -> List[str]:
     files: List[str] = []
     for pattern in patterns:
         if glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern))
+            # Directories (and other non-files) a pattern happens to match are not input.
+            found = glob.glob(pattern)
+            matches = sorted(p for p in found if os.path.isfile(p))
             if not matches:
-                raise ValueError(f"--input {pattern!r} matches no file")
+                raise ValueError(f"--input {pattern!r} matches no file"
+                                 + (" (only directories)" if found else ""))
             files.extend(matches)
         elif os.path.isfile(pattern):
             files.append(pattern)
+        elif os.path.isdir(pattern):
+            inside = os.path.join(pattern, "*.jsonl*")
+            raise ValueError(f"--input {pattern!r} is a directory; name its files, e.g. "
+                             f"--input '{inside}'")
         else:
             raise ValueError(f"--input {pattern!r}: no such file")
     return files

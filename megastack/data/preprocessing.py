@@ -150,6 +150,9 @@ def preprocess(config: PreprocessConfig,
     report = report or logger.info
     if config.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {config.workers}")
+    if len(set(config.json_keys)) != len(config.json_keys):
+        raise ValueError(f"--json-keys {' '.join(config.json_keys)}: each key may appear once "
+                         "(one output dataset per key)")
     if config.keep_newlines and not config.split_sentences:
         logger.warning("--keep-newlines only matters with --split-sentences; ignored")
     files = expand_inputs(config.inputs)
@@ -190,13 +193,16 @@ def preprocess(config: PreprocessConfig,
             progress.text_bytes += batch.text_bytes
             progress.bad_lines += len(batch.bad_lines)
             progress.blank_lines += batch.blank_lines
+            progress.empty_documents += batch.empty_documents
             progress.input_bytes_read = reader.bytes_read
             if config.log_interval > 0 and progress.documents >= next_report:
                 report(format_progress(progress))
                 next_report = (progress.documents // config.log_interval + 1) \
                     * config.log_interval
         if progress.documents == 0:
-            raise BadInputError(f"no documents in {', '.join(files)}; nothing written")
+            empty = (f" ({progress.empty_documents:,} documents have no tokens)"
+                     if progress.empty_documents else "")
+            raise BadInputError(f"no documents in {', '.join(files)}{empty}; nothing written")
         for writer in writers:
             writer.finalize()
     report(format_summary(progress))

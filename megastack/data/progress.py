@@ -14,6 +14,7 @@ class Progress:
     input_bytes_total: Optional[int] = None
     bad_lines: int = 0
     blank_lines: int = 0
+    empty_documents: int = 0
     started: float = 0.0
 
     def elapsed(self) -> float:
@@ -53,6 +54,8 @@ def format_summary(p: Progress) -> str:
             f"({p.tokens / elapsed:,.0f} tokens/s, {p.text_bytes / elapsed / 2**20:.2f} MB/s)")
     if p.bad_lines:
         line += f"; skipped {p.bad_lines:,} bad lines"
+    if p.empty_documents:
+        line += f"; skipped {p.empty_documents:,} empty documents"
     if p.blank_lines:
         line += f"; ignored {p.blank_lines:,} blank lines"
     return line

@@ -10,7 +10,8 @@ same ``--tokenizer-type`` (megatron-core 0.16 tokenizer system, default flags):
 - ``SentencePieceTokenizer``: plain ``encode_as_ids``; eod is the model's ``eos_id``.
 - ``HuggingFaceTokenizer``: a local ``tokenizer.json`` through the ``tokenizers`` package,
   ``add_special_tokens=False``; eod is the eos token from ``tokenizer_config.json`` when present.
-- ``NullTokenizer``: space-separated integers; eod is ``vocab_size`` (vocabulary is one larger).
+- ``NullTokenizer``: space-separated integers (blank text: no tokens); eod is ``vocab_size``
+  (vocabulary is one larger).
 
 Nothing here touches the network. Importing megatron-core takes seconds (it pulls in torch), so
 the classes here stand alone and ``tools/preprocess_data.py`` builds them with
@@ -85,14 +86,29 @@ class GPT2BPETokenizer(TextTokenizer):
             if not path or not os.path.isfile(path):
                 raise ValueError(f"GPT2BPETokenizer needs {flag}: no file at {path!r}")
         super().__init__(vocab_file, merge_file)
-        with open(vocab_file, encoding="utf-8") as f:
-            self._encoder = json.load(f)
+        # Swapped files are the usual mistake; the hint says which goes where.
+        expected = "(--vocab-file takes GPT-2's encoder.json, --merge-file its vocab.bpe)"
+        try:
+            with open(vocab_file, encoding="utf-8") as f:
+                self._encoder = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"--vocab-file {vocab_file}: not a JSON token -> id table ({err}) "
+                             f"{expected}") from None
+        if not isinstance(self._encoder, dict) \
+                or not all(isinstance(i, int) for i in self._encoder.values()):
+            raise ValueError(f"--vocab-file {vocab_file}: not a JSON object mapping tokens to "
+                             f"ids {expected}")
         self._decoder = {i: t for t, i in self._encoder.items()}
         self._byte_decoder = {c: b for b, c in _bytes_to_unicode().items()}
         if "<|endoftext|>" not in self._encoder:
             raise ValueError(f"{vocab_file} has no '<|endoftext|>' entry: not a GPT-2 encoder.json")
         self._eod = self._encoder["<|endoftext|>"]
-        self._tokenizer = Tokenizer(models.BPE.from_file(vocab_file, merge_file))
+        try:
+            bpe = models.BPE.from_file(vocab_file, merge_file)
+        except Exception as err:  # the Rust side raises plain Exception
+            raise ValueError(f"--merge-file {merge_file}: not a GPT-2 merges file, one \"a b\" "
+                             f"pair per line ({err}) {expected}") from None
+        self._tokenizer = Tokenizer(bpe)
         self._tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False,
                                                                  use_regex=True)
         self._tokenizer.decoder = decoders.ByteLevel()
@@ -132,7 +148,11 @@ class SentencePieceTokenizer(TextTokenizer):
             raise ValueError("SentencePieceTokenizer needs --tokenizer-model: no file at "
                              f"{tokenizer_model!r}")
         super().__init__(tokenizer_model)
-        self._sp = sentencepiece.SentencePieceProcessor(model_file=tokenizer_model)
+        try:
+            self._sp = sentencepiece.SentencePieceProcessor(model_file=tokenizer_model)
+        except (RuntimeError, OSError) as err:
+            raise ValueError(f"--tokenizer-model {tokenizer_model}: not a SentencePiece .model "
+                             f"file ({err})") from None
         if self._sp.eos_id() < 0:
             raise ValueError(f"{tokenizer_model} has no eos piece (trained with eos_id=-1); "
                              "megastack uses eos as the end-of-document token. Retrain it with "
@@ -174,8 +194,13 @@ def _configured_eos_token(tokenizer_json: str) -> Optional[str]:
     config_path = os.path.join(os.path.dirname(tokenizer_json), "tokenizer_config.json")
     if not os.path.isfile(config_path):
         return None
-    with open(config_path, encoding="utf-8") as f:
-        eos = json.load(f).get("eos_token")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"--tokenizer-model: {config_path} is not valid JSON ({err}); fix or "
+                         "remove it") from None
+    eos = config.get("eos_token") if isinstance(config, dict) else None
     return eos.get("content") if isinstance(eos, dict) else eos
 
 
@@ -187,7 +212,11 @@ class HuggingFaceTokenizer(TextTokenizer):
 
         tokenizer_json = _find_tokenizer_json(tokenizer_model)
         super().__init__(tokenizer_json)
-        self._tokenizer = Tokenizer.from_file(tokenizer_json)
+        try:
+            self._tokenizer = Tokenizer.from_file(tokenizer_json)
+        except Exception as err:  # the Rust side raises plain Exception
+            raise ValueError(f"--tokenizer-model {tokenizer_json}: not a Hugging Face "
+                             f"tokenizer.json ({err})") from None
         eos = _configured_eos_token(tokenizer_json)
         candidates = (eos,) if eos else _COMMON_EOS_TOKENS
         eod = next((self._tokenizer.token_to_id(t) for t in candidates
@@ -231,6 +260,8 @@ class NullTokenizer(TextTokenizer):
         self._vocab_size_without_eod = int(vocab_size)
 
     def tokenize(self, text: str) -> List[int]:
+        if not text.strip():
+            return []  # an empty document, not a malformed id
         ids = [int(x) for x in text.split(" ")]
         out_of_range = [i for i in ids if not 0 <= i < self.vocab_size]
         if out_of_range:

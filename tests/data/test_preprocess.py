@@ -1,4 +1,3 @@
-import gzip
 import json
 import os
 
@@ -144,12 +143,40 @@ def test_blank_lines_are_ignored_and_counted(tmp_path, tokenizer_spec_for):
     assert result.progress.blank_lines == 2
 
 
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_documents_without_tokens_are_skipped_and_counted(tmp_path, tokenizer_spec_for, kind,
+                                                          workers):
+    """Megatron's rule: no tokens, no eod. Whitespace the tokenizer keeps is a document."""
+    spec = tokenizer_spec_for(kind)
+    tok = spec.build()
+    real = null_texts(2) if kind == "null" else sample_docs(2)
+    docs = [real[0], "", "   ", " \n\t", [], ["", ""], real[1], ""]
+    src = write_jsonl(tmp_path / "in.jsonl", docs)
+    result = run(tmp_path, spec, [src], append_eod=True, workers=workers)
+    kept = [d for d in docs if any(tok.tokenize(s) for s in ([d] if isinstance(d, str) else d))]
+    written = read_documents(result.output_prefixes[0])
+    assert [t for t, _ in written] == [tok.tokenize(d) + [tok.eod] for d in kept]
+    if kind in ("gpt2", "huggingface"):
+        assert "   " in kept  # byte-level BPE has tokens for spaces, as in Megatron
+    empty = len(docs) - len(kept)
+    assert empty >= 4  # "", [], ["", ""] and the last "" have no tokens with any tokenizer
+    assert result.progress.documents == len(kept)
+    assert result.progress.empty_documents == empty
+    assert f"skipped {empty} empty documents" in result.summary
+
+
+def test_only_empty_documents_is_an_error_naming_them(tmp_path, tokenizer_spec_for):
+    src = write_jsonl(tmp_path / "in.jsonl", ["", " "])
+    with pytest.raises(BadInputError, match="2 documents have no tokens"):
+        run(tmp_path, tokenizer_spec_for("null"), [src])
+    assert files_in(tmp_path / "out") == []
+
+
 BAD_LINES = {
     "malformed JSON": (b'{"text": "1 2"\n', "malformed JSON"),
     "missing key": (b'{"body": "1 2"}\n', "missing key 'text'"),
     "invalid UTF-8": (b'{"text": "1 \xff 2"}\n', "invalid UTF-8"),
-    "empty text": (b'{"text": ""}\n', "empty text in key 'text'"),
-    "whitespace-only text": (b'{"text": " \\n "}\n', "empty text in key 'text'"),
     "not an object": (b'[1, 2]\n', "expected a JSON object"),
     "not text": (b'{"text": 12}\n', "holds int, not text"),
     "tokenizer rejects": (b'{"text": "1 x"}\n', "tokenizer failed"),
@@ -199,6 +226,25 @@ def test_missing_input_and_no_documents(tmp_path, tokenizer_spec_for):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(BadInputError, match="no documents"):
         run(tmp_path, tokenizer_spec_for("null"), [tmp_path / "empty.jsonl"])
+    assert files_in(tmp_path / "out") == []
+
+
+def test_directories_are_not_inputs(tmp_path, tokenizer_spec_for):
+    write_jsonl(tmp_path / "a.jsonl", ["1 2"])
+    (tmp_path / "b.jsonl").mkdir()  # a directory the glob matches
+    result = run(tmp_path, tokenizer_spec_for("null"), [tmp_path / "*.jsonl"])
+    assert [t for t, _ in read_documents(result.output_prefixes[0])] == [[1, 2]]
+    with pytest.raises(ValueError, match="matches no file \\(only directories\\)"):
+        run(tmp_path, tokenizer_spec_for("null"), [tmp_path / "b.*"])
+    with pytest.raises(ValueError, match=f"--input '{tmp_path}/' is a directory; name its "
+                                         f"files, e.g. --input '{tmp_path}/\\*.jsonl\\*'"):
+        run(tmp_path, tokenizer_spec_for("null"), [f"{tmp_path}/"])
+
+
+def test_duplicate_json_keys_are_refused(tmp_path, tokenizer_spec_for):
+    src = write_jsonl(tmp_path / "in.jsonl", ["1 2"])
+    with pytest.raises(ValueError, match="--json-keys text text: each key may appear once"):
+        run(tmp_path, tokenizer_spec_for("null"), [src], json_keys=("text", "text"))
     assert files_in(tmp_path / "out") == []
 
 

@@ -1,4 +1,6 @@
 import json
+import os
+import shutil
 
 import pytest
 
@@ -114,3 +116,32 @@ def test_null_tokenizer_like_megatron():
 def test_bad_tokenizer_arguments_name_the_flag(kwargs, flag):
     with pytest.raises(ValueError, match=flag):
         TokenizerSpec(**kwargs).build()
+
+
+def test_unreadable_tokenizer_files_name_the_flag_and_path(tmp_path, tiny_gpt2_files,
+                                                           hf_tokenizer_dir):
+    vocab, merges = tiny_gpt2_files
+    text = tmp_path / "notes.txt"
+    text.write_text("not a tokenizer\n")
+    cases = [
+        # Swapped GPT-2 files: the vocab is read first.
+        (dict(tokenizer_type="GPT2BPETokenizer", vocab_file=merges, merge_file=vocab),
+         f"--vocab-file {merges}: not a JSON token -> id table"),
+        (dict(tokenizer_type="GPT2BPETokenizer", vocab_file=vocab, merge_file=vocab),
+         f"--merge-file {vocab}: not a GPT-2 merges file"),
+        (dict(tokenizer_type="SentencePieceTokenizer", tokenizer_model=str(text)),
+         f"--tokenizer-model {text}: not a SentencePiece .model file"),
+        (dict(tokenizer_type="HuggingFaceTokenizer", tokenizer_model=str(text)),
+         f"--tokenizer-model {text}: not a Hugging Face tokenizer.json"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError) as err:
+            TokenizerSpec(**kwargs).build()
+        assert message in str(err.value)
+    # A broken tokenizer_config.json beside a good tokenizer.json.
+    broken = tmp_path / "hf"
+    broken.mkdir()
+    shutil.copy(os.path.join(hf_tokenizer_dir, "tokenizer.json"), broken)
+    (broken / "tokenizer_config.json").write_text("{eos")
+    with pytest.raises(ValueError, match="tokenizer_config.json is not valid JSON"):
+        TokenizerSpec("HuggingFaceTokenizer", tokenizer_model=str(broken)).build()

@@ -47,6 +47,8 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
                       "--split-sentences", "--nltk-data", NLTK_DATA, "--log-interval", 100)
         assert result.returncode == 0, result.stderr
         assert "tokens/s" in result.stderr and "done: " in result.stderr
+        # Pool workers inherit the SIGTERM handler; Pool.terminate must still stop them quietly.
+        assert "Traceback" not in result.stderr
     merged = tmp_path / "merged"
     result = tool("merge_datasets.py", "--input", tmp_path / "sample_text_sentence",
                   tmp_path / "part_text_sentence", "--output-prefix", merged)
@@ -90,3 +92,142 @@ def test_usage_errors_name_the_flag(tmp_path, args, message):
     src = write_jsonl(tmp_path / "in.jsonl", ["1"])
     result = tool("preprocess_data.py", "--input", src, "--output-prefix", tmp_path / "o", *args)
     assert result.returncode == 2 and message in result.stderr
+
+
+# Runs a tool with one of its steps slowed down and announced on stderr, so a test can signal
+# it mid-run: python -c SLOWED module:Class.method tools/x.py args...
+SLOWED = """
+import importlib, runpy, sys, time
+import megastack.data.preprocessing
+megastack.data.preprocessing.BATCH_LINES = 1
+module, _, attr = sys.argv[1].partition(":")
+owner_name, method = attr.split(".")
+owner = getattr(importlib.import_module(module), owner_name)
+step = getattr(owner, method)
+def slowed(*args, **kwargs):
+    print("slow step", file=sys.stderr, flush=True)
+    time.sleep(0.1)
+    return step(*args, **kwargs)
+setattr(owner, method, slowed)
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def sigterm_mid_run(target, name, *args):
+    """Start the tool, send SIGTERM once the slowed step has run, return (exit status, stderr)."""
+    import select
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", SLOWED, target, str(REPO / "tools" / name),
+                             *map(str, args)], stderr=subprocess.PIPE, text=True, cwd=REPO)
+    seen = ""
+    deadline = time.monotonic() + 120
+    try:
+        while "slow step" not in seen:
+            assert time.monotonic() < deadline and proc.poll() is None, seen
+            if select.select([proc.stderr], [], [], 1)[0]:
+                seen += proc.stderr.readline()
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode, seen + rest
+
+
+def test_sigterm_raises_in_the_block_only():
+    import os
+    import signal
+    import time
+
+    from megastack.data.termination import Terminated, sigterm_raises
+
+    def previous(signum, frame):
+        pass
+
+    saved = signal.signal(signal.SIGTERM, previous)
+    try:
+        with pytest.raises(Terminated):
+            with sigterm_raises():
+                # A forked child (a pool worker) keeps the handler from before the block: a
+                # Python handler can miss a SIGTERM that lands just before a blocking call,
+                # and Pool.terminate would then wait for that worker forever.
+                child = os.fork()
+                if child == 0:
+                    os._exit(0 if signal.getsignal(signal.SIGTERM) is previous else 1)
+                assert os.waitpid(child, 0)[1] == 0
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(10)  # the handler raises at once; this is never waited out
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_during_preprocess_leaves_no_files(tmp_path, workers):
+    src = write_jsonl(tmp_path / "in.jsonl", null_texts(200))
+    out = tmp_path / "out"
+    status, stderr = sigterm_mid_run(
+        "megastack.data.document_encoder:DocumentEncoder.encode_lines", "preprocess_data.py",
+        "--input", src, "--output-prefix", out / "ds", "--tokenizer-type", "NullTokenizer",
+        "--vocab-size", 70000, "--workers", workers, "--log-interval", 1)
+    assert status == 143, stderr
+    assert "error: terminated (SIGTERM)" in stderr and "Traceback" not in stderr
+    assert list(out.iterdir()) == []
+
+
+def test_sigterm_during_merge_leaves_no_files(tmp_path):
+    from megastack.data.indexed_writer import IndexedDatasetWriter
+
+    parts = []
+    for i in range(5):
+        with IndexedDatasetWriter(str(tmp_path / f"part{i}"), np.uint16) as writer:
+            writer.add_document([1, 2, 3], [3])
+            writer.finalize()
+        parts.append(tmp_path / f"part{i}")
+    out = tmp_path / "out"
+    status, stderr = sigterm_mid_run(
+        "megastack.data.indexed_writer:IndexedDatasetWriter.add_index", "merge_datasets.py",
+        "--input", *parts, "--output-prefix", out / "merged")
+    assert status == 143, stderr
+    assert "error: terminated (SIGTERM)" in stderr and "Traceback" not in stderr
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_swapped_gpt2_files_are_a_usage_error(tmp_path, tiny_gpt2_files):
+    vocab, merges = tiny_gpt2_files
+    src = write_jsonl(tmp_path / "in.jsonl", ["hello"])
+    result = tool("preprocess_data.py", "--input", src, "--output-prefix", tmp_path / "o",
+                  "--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", merges,
+                  "--merge-file", vocab)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: --vocab-file {merges}: not a JSON token -> id table" in result.stderr
+
+
+def test_merge_refuses_a_truncated_bin(tmp_path):
+    from megastack.data.indexed_writer import IndexedDatasetWriter
+
+    for name in ("a", "b"):
+        with IndexedDatasetWriter(str(tmp_path / name), np.uint16) as writer:
+            writer.add_document(list(range(100)), [100])
+            writer.finalize()
+    bin_b = tmp_path / "b.bin"
+    bin_b.write_bytes(bin_b.read_bytes()[:150])
+    result = tool("merge_datasets.py", "--input", tmp_path / "a", tmp_path / "b",
+                  "--output-prefix", tmp_path / "m")
+    assert result.returncode == 2
+    assert f"error: {bin_b} has 150 bytes but {tmp_path / 'b.idx'} describes 200" \
+        in result.stderr
+    assert not list(tmp_path.glob("m.*"))
+
+
+def test_duplicate_json_keys_are_refused_before_any_work(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"text": "1 2"}) + "\n")
+    result = tool("preprocess_data.py", "--input", src, "--output-prefix", tmp_path / "o",
+                  "--tokenizer-type", "NullTokenizer", "--vocab-size", 10,
+                  "--json-keys", "text", "text")
+    assert result.returncode == 2
+    assert "--json-keys names text more than once" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
