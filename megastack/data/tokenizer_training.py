@@ -149,8 +149,15 @@ def train_sentencepiece(config: TokenizerTrainingConfig) -> str:
     logger.info("training on %d of %d lines", len(lines), seen)
     parent = os.path.dirname(os.path.abspath(config.model_prefix))
     os.makedirs(parent, exist_ok=True)
+    # SentencePiece writes PREFIX.model and PREFIX.vocab itself: it writes them under a
+    # temporary prefix, renamed once both exist, so a failed or killed run leaves an earlier
+    # tokenizer at PREFIX whole and no partial one.
+    tmp_prefix = f"{config.model_prefix}.tmp-{os.getpid()}"
     try:
-        _train(sentencepiece, _drain(lines), config)
+        _train(sentencepiece, _drain(lines), config, tmp_prefix)
+        _record_prefix(tmp_prefix + ".model", config.model_prefix)
+        for suffix in (".vocab", ".model"):
+            os.replace(tmp_prefix + suffix, config.model_prefix + suffix)
     except RuntimeError as err:
         # SentencePiece reports user errors as failed internal checks; keep only the sentence
         # meant for people ("Vocabulary size too high (4000). Please set it to ...").
@@ -161,7 +168,24 @@ def train_sentencepiece(config: TokenizerTrainingConfig) -> str:
                              "more text.") from None
         raise ValueError(f"SentencePiece could not train on {', '.join(files)}: "
                          f"{message}") from None
+    finally:
+        for suffix in (".model", ".vocab"):
+            if os.path.exists(tmp_prefix + suffix):
+                os.remove(tmp_prefix + suffix)
     return config.model_prefix + ".model"
+
+
+def _record_prefix(model_file: str, prefix: str) -> None:
+    """The model records the prefix it was trained for: the final one, not the temporary one,
+    so that the bytes are those SentencePiece writes for PREFIX (and a seed fixes them)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    model = sentencepiece_model_pb2.ModelProto()
+    with open(model_file, "rb") as f:
+        model.ParseFromString(f.read())
+    model.trainer_spec.model_prefix = prefix
+    with open(model_file, "wb") as f:
+        f.write(model.SerializeToString())
 
 
 def _drain(lines: List[str]) -> Iterator[str]:
@@ -171,10 +195,11 @@ def _drain(lines: List[str]) -> Iterator[str]:
         yield lines.pop()
 
 
-def _train(sentencepiece, lines: Iterator[str], config: TokenizerTrainingConfig) -> None:
+def _train(sentencepiece, lines: Iterator[str], config: TokenizerTrainingConfig,
+           model_prefix: str) -> None:
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=lines,
-        model_prefix=config.model_prefix,
+        model_prefix=model_prefix,
         vocab_size=config.vocab_size,
         model_type=config.model_type,
         character_coverage=config.character_coverage,

@@ -75,6 +75,31 @@ def test_same_seed_gives_the_same_model_when_input_is_sampled(tmp_path):
     assert models[0] != models[2]
 
 
+def test_a_failed_training_keeps_the_earlier_tokenizer_and_leaves_no_files(tmp_path, monkeypatch):
+    src = write_jsonl(tmp_path / "in.jsonl", sample_docs(20))
+    args = ("--input", src, "--model-prefix", tmp_path / "tok", "--input-sentence-size", 0)
+    assert train_tool(*args, "--vocab-size", 400).returncode == 0
+    before = {n: (tmp_path / n).read_bytes() for n in ("tok.model", "tok.vocab")}
+    assert train_tool(*args, "--vocab-size", 50000).returncode == 2  # too large for the text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "tok.model", "tok.vocab"]
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before
+    # killed once SentencePiece has written its files: still the earlier tokenizer, whole
+    from megastack.data import tokenizer_training as module
+
+    def train_then_die(*a, **kw):
+        real_train(*a, **kw)
+        raise KeyboardInterrupt
+
+    real_train = module._train
+    monkeypatch.setattr(module, "_train", train_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        module.train_sentencepiece(module.TokenizerTrainingConfig(
+            inputs=[str(src)], model_prefix=str(tmp_path / "tok"), vocab_size=500,
+            input_sentence_size=0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "tok.model", "tok.vocab"]
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before
+
+
 def test_vocab_size_too_large_for_the_text_is_a_usage_error(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", ["hello world", "foo bar baz"])
     result = train_tool("--input", src, "--model-prefix", tmp_path / "t", "--vocab-size", 4000)
