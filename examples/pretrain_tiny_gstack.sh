@@ -55,6 +55,11 @@ fi
 die() { echo "pretrain_tiny_gstack: error: $*" >&2; exit 2; }
 step() { echo; echo "=== $* ($(date +%T))"; }
 
+for var in TRAIN_ITERS SMALL_ITERS EVAL_INTERVAL EVAL_ITERS MICRO_BATCH_SIZE GLOBAL_BATCH_SIZE VOCAB_SIZE; do
+    [[ "${!var}" =~ ^[0-9]+$ ]] && (( ${!var} >= 1 )) || die "$var=${!var} must be a whole number >= 1"
+done
+(( SMALL_ITERS < TRAIN_ITERS )) \
+    || die "SMALL_ITERS=$SMALL_ITERS must be below TRAIN_ITERS=$TRAIN_ITERS (the small model trains first, the grown one for the rest)"
 (( VOCAB_SIZE % 128 == 0 )) || die "VOCAB_SIZE=$VOCAB_SIZE must be a multiple of 128 (the trainer pads the vocabulary to one; FLOPs are counted on it)"
 (( SMALL_ITERS % EVAL_INTERVAL == 0 && TRAIN_ITERS % EVAL_INTERVAL == 0 )) \
     || die "SMALL_ITERS=$SMALL_ITERS and TRAIN_ITERS=$TRAIN_ITERS must be multiples of EVAL_INTERVAL=$EVAL_INTERVAL (each phase is evaluated at its last iteration)"
