@@ -168,8 +168,19 @@ class DistCheckpointReader:
         """common.pt: iteration, args, megastack configs, optimizer param groups, ..."""
         # It holds an argparse Namespace and plain Python objects that the checkpoint's own code
         # wrote, which is what megatron-core's load_common_state_dict trusts as well.
-        return torch.load(os.path.join(self.path, COMMON_FILE), map_location="cpu",
-                          weights_only=False)
+        common_path = os.path.join(self.path, COMMON_FILE)
+        try:
+            return torch.load(common_path, map_location="cpu", weights_only=False)
+        except FileNotFoundError:
+            raise ValueError(f"{self.path} is incomplete: {COMMON_FILE} is missing") from None
+        except Exception as e:  # torch.load raises RuntimeError, UnpicklingError, EOFError, ...
+            raise _unreadable(common_path, e) from e
+
+
+def _unreadable(path: str, e: BaseException) -> ValueError:
+    """The error for a checkpoint file that exists but cannot be parsed (truncated, corrupt)."""
+    return ValueError(f"{path}: unreadable or truncated ({type(e).__name__}: {e}); the "
+                      f"checkpoint is damaged, point --load at an intact checkpoint")
 
 
 def check_complete(path: str) -> Metadata:
@@ -182,15 +193,27 @@ def check_complete(path: str) -> Metadata:
     if not os.path.exists(config_path):
         raise ValueError(f"{path} is not a megatron-core distributed checkpoint: {CONFIG_FILE} "
                          f"is missing (an interrupted save leaves this state)")
-    with open(config_path) as f:
-        backend = json.load(f).get("sharded_backend")
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+        if not isinstance(config, dict):
+            raise TypeError(f"expected a JSON object, found {type(config).__name__}")
+    except Exception as e:  # empty, truncated, not JSON, not an object, a directory, ...
+        raise _unreadable(config_path, e) from e
+    backend = config.get("sharded_backend")
     if backend != "torch_dist":
         raise ValueError(f"{config_path}: sharded_backend is {backend!r}; only torch_dist "
                          f"checkpoints can be read without a model")
     for name in (DCP_METADATA_FILE, COMMON_FILE):
         if not os.path.exists(os.path.join(path, name)):
             raise ValueError(f"{path} is incomplete: {name} is missing")
-    metadata = FileSystemReader(path).read_metadata()
+    dcp_metadata_path = os.path.join(path, DCP_METADATA_FILE)
+    try:
+        metadata = FileSystemReader(path).read_metadata()
+        if not isinstance(metadata, Metadata):
+            raise TypeError(f"expected DCP Metadata, found {type(metadata).__name__}")
+    except Exception as e:  # UnpicklingError, EOFError, IsADirectoryError, ...
+        raise _unreadable(dcp_metadata_path, e) from e
     needed: dict[str, int] = {}
     for info in (metadata.storage_data or {}).values():
         end = info.offset + info.length
