@@ -73,14 +73,40 @@ def read_metrics(path: str) -> list[dict]:
     return records
 
 
+def _latest_records(records: Iterable[dict]) -> list[dict]:
+    """The records that count, when a resumed run appended to the same metrics file.
+
+    A run resumed from a checkpoint redoes the iterations after it and logs them again, so a
+    training (or validation) record whose token count is not past the previous one of its kind
+    marks a restart: the later records win, and every earlier record from that token count on
+    is dropped (a resumed run overwrites what it redid)."""
+    kept: list[dict] = []
+    last: dict[str, int] = {}  # kind -> token count of its latest kept record
+    for r in records:
+        if not isinstance(r, dict) or TOKENS_KEY not in r:
+            continue
+        tokens = int(r[TOKENS_KEY])
+        kind = "valid" if VALID_KEY in r else "train" if "lm loss" in r else None
+        if kind is not None and kind in last and tokens <= last[kind]:
+            kept = [k for k in kept if int(k[TOKENS_KEY]) < tokens]
+            last = {}
+            for k in kept:
+                k_kind = "valid" if VALID_KEY in k else "train" if "lm loss" in k else None
+                if k_kind is not None:
+                    last[k_kind] = int(k[TOKENS_KEY])
+        kept.append(r)
+        if kind is not None:
+            last[kind] = tokens
+    return kept
+
+
 def _phase_records(records: Iterable[dict]) -> tuple[list[tuple[int, float]], Optional[int]]:
     """(validation points, tokens consumed at the phase's end) of one phase, or None for the
     end when it logged no training step. The end is the largest token count of any record: a
-    phase stopped by --exit-interval may log its last evaluation but no training line there."""
+    phase stopped by --exit-interval may log its last evaluation but no training line there.
+    Records a resumed run logged again replace the earlier ones (see `_latest_records`)."""
     evals, trained, end = [], False, None
-    for r in records:
-        if TOKENS_KEY not in r:
-            continue
+    for r in _latest_records(records):
         tokens = int(r[TOKENS_KEY])
         end = tokens if end is None else max(end, tokens)
         if VALID_KEY in r:

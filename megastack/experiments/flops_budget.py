@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from megastack.config import ModelConfig
 
 
@@ -9,8 +11,9 @@ def large_phase_iters(budget_iters: int, small_iters: int, small: ModelConfig,
                       large: ModelConfig, multiple_of: int = 1) -> int:
     """Iterations left for the large model after `small_iters` of the small one, when the run
     may spend what `budget_iters` of the large model from scratch would (same tokens per
-    iteration). Rounded to the nearest multiple of `multiple_of` (evaluations land on the last
-    iteration only when the phase length is a multiple of --eval-interval)."""
+    iteration). Rounded down to a multiple of `multiple_of` (evaluations land on the last
+    iteration only when the phase length is a multiple of --eval-interval), so that the grown
+    run never spends more than the scratch run; at least one multiple."""
     if multiple_of < 1:
         raise ValueError(f"multiple_of must be >= 1, got {multiple_of}")
     ratio = small.flops_per_token() / large.flops_per_token()
@@ -20,7 +23,8 @@ def large_phase_iters(budget_iters: int, small_iters: int, small: ModelConfig,
             f"the small model's {small_iters} iterations already spend the whole budget of "
             f"{budget_iters} large-model iterations (FLOPs ratio {ratio:.3f}): grow earlier or "
             f"raise the budget")
-    rounded = int(multiple_of * round(exact / multiple_of))
+    # The small tolerance keeps a budget that is a whole multiple up to float error whole.
+    rounded = multiple_of * math.floor(exact / multiple_of + 1e-9)
     return max(multiple_of, rounded)
 
 

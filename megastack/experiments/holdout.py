@@ -54,7 +54,17 @@ def read_documents(files: Sequence[str], text_key: str = "text") -> list[str]:
         except ValueError as e:  # not JSON, or not UTF-8
             raise ValueError(f"{line.path}:{line.line_number}: not JSON ({e}); fix or remove "
                              f"the line") from None
-        if str(doc.get(text_key, "")).strip():
+        where = f"{line.path}:{line.line_number}"
+        if not isinstance(doc, dict):
+            raise ValueError(f"{where}: expected a JSON object with a {text_key!r} field, got "
+                             f"{type(doc).__name__}; fix or remove the line")
+        text = doc.get(text_key)
+        if text is None:
+            continue
+        if not isinstance(text, str):
+            raise ValueError(f"{where}: {text_key!r} must be a string, got "
+                             f"{type(text).__name__}; fix or remove the line")
+        if text.strip():
             lines.append(json.dumps(doc, ensure_ascii=False))
     return lines
 

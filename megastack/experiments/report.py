@@ -51,6 +51,16 @@ def parse_run_spec(text: str) -> RunSpec:
     return RunSpec(name, label, phases)
 
 
+def check_unique_names(runs: Sequence[RunSpec]) -> None:
+    """Runs are keyed by NAME in the results: a repeated one would silently replace the other."""
+    seen = set()
+    for r in runs:
+        if r.name in seen:
+            raise ValueError(f"--run name {r.name!r} is given more than once: every --run needs "
+                             "its own NAME")
+        seen.add(r.name)
+
+
 def _finite(x: Optional[float]) -> Optional[float]:
     return x if x is not None and math.isfinite(x) else None
 
@@ -60,6 +70,7 @@ def compare(runs: Sequence[RunSpec], baseline: str,
     """Every number of the comparison: curves, totals, final losses and speedups vs baseline.
 
     `curves` (run name -> curve) saves reading the metrics files again when already built."""
+    check_unique_names(runs)
     names = [r.name for r in runs]
     if baseline not in names:
         raise ValueError(f"baseline run {baseline!r} is not among the runs {names}")
@@ -126,6 +137,7 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 def write_report(runs: Sequence[RunSpec], output_dir: str, baseline: str, title: str = "",
                  extra: Optional[dict] = None) -> dict[str, Any]:
+    check_unique_names(runs)
     os.makedirs(output_dir, exist_ok=True)
     by_name = {r.name: build_curve(r.label, r.phases) for r in runs}
     results = compare(runs, baseline, by_name)
