@@ -4,7 +4,8 @@
 One training phase:
     python tools/plan.py --model llama2-7b --nnodes 8 --tensor-model-parallel-size 2 \
         --pipeline-model-parallel-size 2 --num-layers-per-virtual-pipeline-stage 4 \
-        --sequence-parallel --use-distributed-optimizer --bf16 --global-batch-size 1024
+        --sequence-parallel --transformer-impl transformer_engine --use-distributed-optimizer \
+        --bf16 --global-batch-size 1024
 
 A G_stack recipe (train --model, grow to --grow-to, train that), all three phases:
     python tools/plan.py --model 8L4096H --grow-to llama2-7b --stacking-list "0-7*4" \
@@ -21,6 +22,7 @@ import logging
 import sys
 
 from megastack.config import ModelConfig, ParallelConfig
+from megastack.growth.plans import parse_stacking_list
 from megastack.planning import (
     GIB, PhaseLayout, format_growth, format_phase, plan_growth, plan_phase,
 )
@@ -86,6 +88,47 @@ def shared_overrides(args, tensor_parallel_size: int) -> dict:
     return {k: v for k, v in {"vocab_size": vocab, "seq_length": args.seq_length}.items() if v is not None}
 
 
+def check_flags(args) -> None:
+    """Raise ValueError naming the flag for sizes that must be positive (before any division)."""
+    positive = {
+        "--nnodes": args.nnodes,
+        "--nproc-per-node": args.nproc_per_node,
+        "--tensor-model-parallel-size": args.tensor_model_parallel_size,
+        "--pipeline-model-parallel-size": args.pipeline_model_parallel_size,
+        "--num-layers-per-virtual-pipeline-stage": args.num_layers_per_virtual_pipeline_stage,
+        "--micro-batch-size": args.micro_batch_size,
+        "--global-batch-size": args.global_batch_size,
+        "--vocab-size": args.vocab_size,
+        "--seq-length": args.seq_length,
+        "--target-tensor-parallel-size": args.target_tensor_parallel_size,
+        "--target-pipeline-parallel-size": args.target_pipeline_parallel_size,
+        "--target-num-layers-per-virtual-pipeline-stage": args.target_num_layers_per_virtual_pipeline_stage,
+        "--target-micro-batch-size": args.target_micro_batch_size,
+        "--target-global-batch-size": args.target_global_batch_size,
+    }
+    for flag, value in positive.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if not args.gpu_memory_gib > 0:
+        raise ValueError(f"--gpu-memory-gib must be > 0, got {args.gpu_memory_gib}")
+    if not args.reserve_gib >= 0:
+        raise ValueError(f"--reserve-gib must be >= 0, got {args.reserve_gib}")
+
+
+def check_sequence_parallel_impl(args, tp: int, tp_flag: str) -> None:
+    """The trainer refuses --sequence-parallel with TP > 1 unless the layers are Transformer
+    Engine's. "auto" resolves on the GPU machine, so the planner cannot tell and lets it pass."""
+    if not args.sequence_parallel or tp <= 1 or args.transformer_impl == "auto":
+        return
+    from megastack.model import check_sequence_parallel
+
+    check_sequence_parallel(args.transformer_impl, tp, True, tp_flag=tp_flag)
+
+
+def default(value, fallback):
+    return value if value is not None else fallback
+
+
 def phase_layout(args, model, *, tp, pp, vpp, mbs, gbs, recompute) -> PhaseLayout:
     world = args.nnodes * args.nproc_per_node
     parallel = ParallelConfig(
@@ -109,6 +152,8 @@ def main(argv=None) -> int:
     logging.getLogger("megastack.planning").setLevel(logging.ERROR)
     options = dict(device_memory_bytes=args.gpu_memory_gib * GIB, reserve_bytes=args.reserve_gib * GIB)
     try:
+        check_flags(args)
+        check_sequence_parallel_impl(args, args.tensor_model_parallel_size, "--tensor-model-parallel-size")
         small = phase_layout(
             args, model_config_from_args(args, args.vocab_size),
             tp=args.tensor_model_parallel_size, pp=args.pipeline_model_parallel_size,
@@ -118,17 +163,21 @@ def main(argv=None) -> int:
         if args.grow_to is None:
             print(format_phase(plan_phase("train", small, **options)))
             return 0
-        target_recompute = args.target_recompute_granularity or args.recompute_granularity
-        target_tp = args.target_tensor_parallel_size or args.tensor_model_parallel_size
+        target_recompute = default(args.target_recompute_granularity, args.recompute_granularity)
+        target_tp = default(args.target_tensor_parallel_size, args.tensor_model_parallel_size)
+        check_sequence_parallel_impl(args, target_tp, "--target-tensor-parallel-size")
         large = phase_layout(
             args, ModelConfig.from_name(args.grow_to, **shared_overrides(args, target_tp)),
             tp=target_tp,
-            pp=args.target_pipeline_parallel_size or args.pipeline_model_parallel_size,
+            pp=default(args.target_pipeline_parallel_size, args.pipeline_model_parallel_size),
             vpp=args.target_num_layers_per_virtual_pipeline_stage,
-            mbs=args.target_micro_batch_size or args.micro_batch_size,
-            gbs=args.target_global_batch_size or args.global_batch_size,
+            mbs=default(args.target_micro_batch_size, args.micro_batch_size),
+            gbs=default(args.target_global_batch_size, args.global_batch_size),
             recompute=None if target_recompute == "none" else target_recompute,
         )
+        if args.stacking_list is not None:
+            parse_stacking_list(args.stacking_list).validate(small.model.num_layers,
+                                                             large.model.num_layers)
         plan = plan_growth(small, large, **options)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -81,6 +81,9 @@ def validate_layout(layout: PhaseLayout) -> None:
     model, tp, pp = layout.model, layout.tensor_parallel_size, layout.pipeline_parallel_size
     if layout.world_size < 1:
         raise ValueError(f"world size must be >= 1 (--nnodes x --nproc-per-node), got {layout.world_size}")
+    for flag, size in (("--tensor-model-parallel-size", tp), ("--pipeline-model-parallel-size", pp)):
+        if size < 1:
+            raise ValueError(f"{flag} must be >= 1, got {size}")
     layout.parallel.validate(model, layout.world_size)
     if model.vocab_size % tp != 0:
         raise ValueError(
@@ -121,3 +124,9 @@ def validate_layout(layout: PhaseLayout) -> None:
             f"--transformer-impl must be one of {', '.join(TRANSFORMER_IMPLS)}, got "
             f"{layout.transformer_impl!r}"
         )
+    # The trainer refuses sequence parallelism on torch norms (megastack.model). "auto" resolves
+    # on the machine that trains, so only an explicit local or fused layout is known to fail.
+    if layout.sequence_parallel and layout.transformer_impl in ("local", "fused"):
+        from megastack.model import check_sequence_parallel
+
+        check_sequence_parallel(layout.transformer_impl, tp, True)
