@@ -102,6 +102,22 @@ __global__ void __launch_bounds__(kMaxThreads)
   }
 }
 
+// Writes a register-path block's weight-gradient partial (thread t's columns, as owned by
+// reg_vec_index) to its row of `partial`, which the column reduction then sums.
+template <int VEC>
+__device__ __forceinline__ void store_partial_row(const float (&dw_acc)[kRegVecs][VEC],
+                                                  float* __restrict__ partial, int64_t hidden,
+                                                  int nvec) {
+  float* part = partial + static_cast<int64_t>(blockIdx.x) * hidden;
+#pragma unroll
+  for (int k = 0; k < kRegVecs; ++k) {
+    const int v = reg_vec_index(k);
+    if (v >= nvec) continue;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) part[v * VEC + i] = dw_acc[k][i];
+  }
+}
+
 template <typename T, typename W, int VEC, bool DSUM>
 __global__ void __launch_bounds__(kBwdMaxThreads)
     rmsnorm_bwd_reg_kernel(const T* __restrict__ dy, const T* __restrict__ xin,
@@ -114,11 +130,7 @@ __global__ void __launch_bounds__(kBwdMaxThreads)
 
   // Each thread owns the same columns in every row: its weight-gradient partial stays in
   // registers, with no atomics and no barrier.
-  float dw_acc[kRegVecs][VEC];
-#pragma unroll
-  for (int k = 0; k < kRegVecs; ++k)
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) dw_acc[k][i] = 0.f;
+  float dw_acc[kRegVecs][VEC] = {};
 
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t base = row * hidden;
@@ -179,14 +191,7 @@ __global__ void __launch_bounds__(kBwdMaxThreads)
     }
   }
 
-  float* part = partial + static_cast<int64_t>(blockIdx.x) * hidden;
-#pragma unroll
-  for (int k = 0; k < kRegVecs; ++k) {
-    const int v = reg_vec_index(k);
-    if (v >= nvec) continue;
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) part[v * VEC + i] = dw_acc[k][i];
-  }
+  store_partial_row(dw_acc, partial, hidden, nvec);
 }
 
 // Staged backward (experimental, selected with set_rmsnorm_bwd_path(kStaged) until a GPU run
@@ -230,11 +235,7 @@ __global__ void __launch_bounds__(kBwdMaxThreads)
     cp_async_commit();
   };
 
-  float dw_acc[kRegVecs][VEC];
-#pragma unroll
-  for (int k = 0; k < kRegVecs; ++k)
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) dw_acc[k][i] = 0.f;
+  float dw_acc[kRegVecs][VEC] = {};
 
   const int64_t stride = gridDim.x;
 #pragma unroll
@@ -290,14 +291,7 @@ __global__ void __launch_bounds__(kBwdMaxThreads)
   }
   cp_async_wait<0>();  // only empty groups remain; leave none outstanding at exit
 
-  float* part = partial + static_cast<int64_t>(blockIdx.x) * hidden;
-#pragma unroll
-  for (int k = 0; k < kRegVecs; ++k) {
-    const int v = reg_vec_index(k);
-    if (v >= nvec) continue;
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) part[v * VEC + i] = dw_acc[k][i];
-  }
+  store_partial_row(dw_acc, partial, hidden, nvec);
 }
 
 // Loop path, for rows longer than the register path holds.

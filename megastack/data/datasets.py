@@ -112,17 +112,18 @@ def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_le
     if len(train_valid_test_num_samples) != 3 or any(n < 0 for n in train_valid_test_num_samples):
         raise ValueError("train_valid_test_num_samples must be three non-negative counts, got "
                          f"{train_valid_test_num_samples}")
+    split = _validate_split(split)
     blend = None
     if not mock:
         prefixes, weights = parse_data_path(data_path or [])
         check_prefixes_exist(prefixes)
-        check_splits_have_tokens(prefixes, _validate_split(split))
+        check_splits_have_tokens(prefixes, split)
         blend = (prefixes, weights)
     config = GPTDatasetConfig(
         random_seed=seed,
         sequence_length=seq_length,
         blend=blend,
-        split=_validate_split(split),
+        split=split,
         path_to_cache=path_to_cache,
         tokenizer=tokenizer,
         reset_position_ids=reset_position_ids,

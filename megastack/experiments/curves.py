@@ -80,23 +80,20 @@ def _latest_records(records: Iterable[dict]) -> list[dict]:
     training (or validation) record whose token count is not past the previous one of its kind
     marks a restart: the later records win, and every earlier record from that token count on
     is dropped (a resumed run overwrites what it redid)."""
+    def kind(r: dict) -> Optional[str]:
+        return "valid" if VALID_KEY in r else "train" if "lm loss" in r else None
+
+    def last_tokens(of_kind: str) -> Optional[int]:
+        return next((int(k[TOKENS_KEY]) for k in reversed(kept) if kind(k) == of_kind), None)
+
     kept: list[dict] = []
-    last: dict[str, int] = {}  # kind -> token count of its latest kept record
     for r in records:
         if not isinstance(r, dict) or TOKENS_KEY not in r:
             continue
-        tokens = int(r[TOKENS_KEY])
-        kind = "valid" if VALID_KEY in r else "train" if "lm loss" in r else None
-        if kind is not None and kind in last and tokens <= last[kind]:
+        tokens, previous = int(r[TOKENS_KEY]), None if kind(r) is None else last_tokens(kind(r))
+        if previous is not None and tokens <= previous:
             kept = [k for k in kept if int(k[TOKENS_KEY]) < tokens]
-            last = {}
-            for k in kept:
-                k_kind = "valid" if VALID_KEY in k else "train" if "lm loss" in k else None
-                if k_kind is not None:
-                    last[k_kind] = int(k[TOKENS_KEY])
         kept.append(r)
-        if kind is not None:
-            last[kind] = tokens
     return kept
 
 

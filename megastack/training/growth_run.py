@@ -28,7 +28,7 @@ import torch.distributed as dist
 from megastack.checkpoint import training_checkpoint as ckpt
 from megastack.config import ModelConfig
 from megastack.training.arguments import PretrainConfig
-from megastack.training.trainer import Trainer, TrainState
+from megastack.training.trainer import Trainer, TrainState, build_phase_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +153,7 @@ class _GrownTrainer(Trainer):
         # Only a resumed large phase builds datasets. The uninterrupted run uses the small
         # phase's, whose validation split is sized for the small phase's evaluations; build
         # those so that a resumed run evaluates on the same samples.
-        return Trainer(self.datasets_cfg, self.args,
-                       total_train_samples=self.total_train_samples)._build_datasets(tokenizer)
+        return build_phase_datasets(self.datasets_cfg, self.total_train_samples, tokenizer)
 
 
 def _find_checkpoint(path: str) -> Optional[tuple[str, dict]]:
@@ -162,8 +161,7 @@ def _find_checkpoint(path: str) -> Optional[tuple[str, dict]]:
     state, or None when it names none. A latest file naming a missing checkpoint raises."""
     from megatron.core import dist_checkpointing
 
-    if not (os.path.exists(os.path.join(path, "metadata.json"))
-            or ckpt.read_latest_iteration(path) is not None):
+    if not ckpt.has_checkpoint(path):
         return None
     found = ckpt.resolve_checkpoint(path)
     return found, dist_checkpointing.load_common_state_dict(found)

@@ -59,6 +59,22 @@ def _forward_step(data_iterator, model):
     return output, partial(_loss_func, loss_mask)
 
 
+def build_phase_datasets(cfg: PretrainConfig, total_train_samples: int, tokenizer):
+    """(train, valid, test) for a phase: `total_train_samples` training samples, and validation
+    samples for every evaluation cfg's --eval-interval and --train-iters schedule."""
+    from megastack.data.datasets import build_gpt_datasets
+
+    t, lg = cfg.train, cfg.logging
+    eval_runs = (t.train_iters // lg.eval_interval if lg.eval_interval else 0) + 1
+    num_samples = (total_train_samples, eval_runs * lg.eval_iters * t.global_batch_size,
+                   lg.eval_iters * t.global_batch_size)
+    return build_gpt_datasets(
+        data_path=list(cfg.data.data_path), split=cfg.data.split, seq_length=cfg.model.seq_length,
+        seed=t.seed, train_valid_test_num_samples=num_samples, tokenizer=tokenizer,
+        mock=cfg.data.mock_data, path_to_cache=cfg.data.data_cache_path,
+    )
+
+
 class Trainer:
     """Builds model, optimizer and data for one phase and trains it.
 
@@ -174,18 +190,7 @@ class Trainer:
             config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
 
     def _build_datasets(self, tokenizer):
-        from megastack.data.datasets import build_gpt_datasets
-
-        c, t = self.cfg, self.cfg.train
-        eval_interval = c.logging.eval_interval
-        eval_runs = (t.train_iters // eval_interval if eval_interval else 0) + 1
-        num_samples = (self.total_train_samples, eval_runs * c.logging.eval_iters * t.global_batch_size,
-                       c.logging.eval_iters * t.global_batch_size)
-        return build_gpt_datasets(
-            data_path=list(c.data.data_path), split=c.data.split, seq_length=c.model.seq_length,
-            seed=t.seed, train_valid_test_num_samples=num_samples, tokenizer=tokenizer,
-            mock=c.data.mock_data, path_to_cache=c.data.data_cache_path,
-        )
+        return build_phase_datasets(self.cfg, self.total_train_samples, tokenizer)
 
     def _iterators(self, dataset, consumed: int):
         """One iterator per model chunk: the interleaved schedule feeds each chunk its own."""
