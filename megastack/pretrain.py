@@ -63,25 +63,26 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     metrics_file = os.environ.get("MEGASTACK_METRICS_FILE")
     try:
-        if cfg.growth is not None:
-            from megastack.training.growth_run import run_growth
+        try:
+            # Setup's ValueErrors are about the user's input (a --load that holds no
+            # checkpoint, a layer implementation that is not installed, ...).
+            if cfg.growth is not None:
+                from megastack.training.growth_run import GrowthRun
 
-            run_growth(cfg, args, tokenizer, metrics_file=metrics_file)
-        else:
-            from megastack.training.trainer import Trainer
+                run = GrowthRun(cfg, args, tokenizer, metrics_file=metrics_file).setup()
+            else:
+                from megastack.training.trainer import Trainer
 
-            try:
-                trainer = Trainer(cfg, args, metrics_file=metrics_file).setup(tokenizer)
-            except ValueError as e:
-                # Setup's ValueErrors are about the user's input (a --load that holds no
-                # checkpoint, a layer implementation that is not installed, ...).
-                print(f"megastack.pretrain: error: {e}", file=sys.stderr)
-                return 2
-            trainer.train()
-            if (cfg.checkpoint.save and trainer.state.iteration == cfg.train.train_iters
-                    and trainer.last_saved_iteration != trainer.state.iteration):
-                trainer.save()
-            trainer.close()
+                run = Trainer(cfg, args, metrics_file=metrics_file).setup(tokenizer)
+        except ValueError as e:
+            print(f"megastack.pretrain: error: {e}", file=sys.stderr)
+            return 2
+        run.train()
+        if cfg.growth is None:  # a growth run saves and closes each phase itself
+            if (cfg.checkpoint.save and run.state.iteration == cfg.train.train_iters
+                    and run.last_saved_iteration != run.state.iteration):
+                run.save()
+            run.close()
     finally:
         runtime.shutdown()
     return 0

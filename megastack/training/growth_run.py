@@ -239,56 +239,75 @@ def _mark_saved_if_loaded_from_save(trainer: Trainer, loaded: str) -> None:
         trainer.last_saved_iteration = trainer.state.iteration
 
 
-def run_growth(cfg: PretrainConfig, args, tokenizer, metrics_file: Optional[str] = None) -> TrainState:
-    small_iters = growth_point_iterations(cfg)
-    small_cfg, large_cfg = _phase_configs(cfg, small_iters)
-    total_samples = cfg.train.train_iters * cfg.train.global_batch_size
-    resume, load = _resume_point(cfg, small_cfg, large_cfg, small_iters)
+class GrowthRun:
+    """`GrowthRun(cfg, ...).setup()` checks the run against --load and builds the first phase's
+    trainer (the ValueErrors of bad input come from here, before any training); `.train()`
+    then trains, grows and trains on."""
 
-    def large_trainer() -> _GrownTrainer:
-        return _GrownTrainer(large_cfg, args, metrics_file=metrics_file,
-                             total_train_samples=total_samples, phase_name="large",
-                             grown_at_iteration=small_iters, datasets_cfg=small_cfg)
+    def __init__(self, cfg: PretrainConfig, args, tokenizer, metrics_file: Optional[str] = None):
+        self.cfg, self.args, self.tokenizer, self.metrics_file = cfg, args, tokenizer, metrics_file
+        self.small_iters = 0
+        self.small: Optional[Trainer] = None
+        self.large: Optional[_GrownTrainer] = None
 
-    if resume == "large":
-        large = large_trainer().setup(tokenizer, load=load, finetune=False)
-        _mark_saved_if_loaded_from_save(large, load)
+    def _large_trainer(self) -> _GrownTrainer:
+        return _GrownTrainer(self.large_cfg, self.args, metrics_file=self.metrics_file,
+                             total_train_samples=self.total_samples, phase_name="large",
+                             grown_at_iteration=self.small_iters, datasets_cfg=self.small_cfg)
+
+    def setup(self) -> "GrowthRun":
+        cfg = self.cfg
+        self.small_iters = growth_point_iterations(cfg)
+        self.small_cfg, self.large_cfg = _phase_configs(cfg, self.small_iters)
+        self.total_samples = cfg.train.train_iters * cfg.train.global_batch_size
+        resume, load = _resume_point(cfg, self.small_cfg, self.large_cfg, self.small_iters)
+        if resume == "large":
+            self.large = self._large_trainer().setup(self.tokenizer, load=load, finetune=False)
+            _mark_saved_if_loaded_from_save(self.large, load)
+            return self
+        self.small = Trainer(self.small_cfg, self.args, metrics_file=self.metrics_file,
+                             total_train_samples=self.total_samples,
+                             phase_name="small").setup(self.tokenizer, load=load, finetune=False)
+        if resume == "small":
+            _mark_saved_if_loaded_from_save(self.small, load)
+        return self
+
+    def train(self) -> TrainState:
+        assert self.small is not None or self.large is not None, "call setup() first"
+        if self.large is not None:  # resumed in the large phase
+            return _train_large(self.large)
+        cfg, small = self.cfg, self.small
+        start = small.state.iteration
+        small.train()
+        exit_interval = cfg.checkpoint.exit_interval
+        if small.state.iteration < self.small_iters or (
+                exit_interval and small.state.iteration > start
+                and small.state.iteration % exit_interval == 0):
+            small.close()  # --exit-interval stopped the small phase (it saved): --load resumes it
+            return small.state
+        small._log_eval(small.state.iteration, {"growth": "before"})
+        if small.last_saved_iteration != small.state.iteration:  # else --save-interval just did
+            small.save()
+        datasets, state = small.datasets, small.state
+        small.close()
+
+        if cfg.growth.operator == "learn":
+            target_state = _learn_growth(cfg, small, self.large_cfg)
+            # A fresh model, optimizer and LR schedule; the weights come from the learned maps.
+            large = self._large_trainer().setup(self.tokenizer, datasets=datasets,
+                                                start_state=state)
+            from megastack.growth.state import load_global_state
+
+            load_global_state(large.chunks, target_state)
+            large.optimizer.reload_model_params()  # fp32 main copies of bf16 weights
+        else:
+            grown = os.path.join(cfg.checkpoint.save, "grown")
+            _grow_on_rank0(cfg, self.small_cfg.checkpoint.save, grown)
+            # A fresh model, optimizer and LR schedule at the target size and layout.
+            large = self._large_trainer().setup(self.tokenizer, datasets=datasets, load=grown,
+                                                finetune=True, start_state=state)
+        large._log_eval(large.state.iteration, {"growth": "after"})
         return _train_large(large)
-
-    small = Trainer(small_cfg, args, metrics_file=metrics_file, total_train_samples=total_samples,
-                    phase_name="small").setup(tokenizer, load=load, finetune=False)
-    start = small.state.iteration
-    if resume == "small":
-        _mark_saved_if_loaded_from_save(small, load)
-    small.train()
-    exit_interval = cfg.checkpoint.exit_interval
-    if small.state.iteration < small_iters or (
-            exit_interval and small.state.iteration > start
-            and small.state.iteration % exit_interval == 0):
-        small.close()  # --exit-interval stopped the small phase (it saved): --load resumes it
-        return small.state
-    small._log_eval(small.state.iteration, {"growth": "before"})
-    if small.last_saved_iteration != small.state.iteration:  # else --save-interval just did
-        small.save()
-    datasets, state = small.datasets, small.state
-    small.close()
-
-    if cfg.growth.operator == "learn":
-        target_state = _learn_growth(cfg, small, large_cfg)
-        # A fresh model, optimizer and LR schedule; the weights come from the learned maps.
-        large = large_trainer().setup(tokenizer, datasets=datasets, start_state=state)
-        from megastack.growth.state import load_global_state
-
-        load_global_state(large.chunks, target_state)
-        large.optimizer.reload_model_params()  # fp32 main copies of bf16 weights
-    else:
-        grown = os.path.join(cfg.checkpoint.save, "grown")
-        _grow_on_rank0(cfg, small_cfg.checkpoint.save, grown)
-        # A fresh model, optimizer and LR schedule at the target size and layout.
-        large = large_trainer().setup(tokenizer, datasets=datasets, load=grown, finetune=True,
-                                      start_state=state)
-    large._log_eval(large.state.iteration, {"growth": "after"})
-    return _train_large(large)
 
 
 def _train_large(large: _GrownTrainer) -> TrainState:

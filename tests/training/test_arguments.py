@@ -114,6 +114,22 @@ def test_cli_setup_user_error_exits_2_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+def test_cli_growth_run_setup_user_error_exits_2_without_traceback(tmp_path):
+    """The same for growth in one run: --finetune with --load is refused before training."""
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("7")
+    proc = subprocess.run(
+        [sys.executable, "-m", "megastack.pretrain", "--model", "tiny-2l", "--mock-data",
+         "--micro-batch-size", "2", "--global-batch-size", "2", "--train-iters", "4",
+         "--grow-at-tokens", "256", "--stacking-list", "0-1*2", "--target-num-layers", "4",
+         "--save", str(tmp_path / "save"), "--load", str(tmp_path), "--finetune"],
+        capture_output=True, text=True, timeout=120,
+        env={"WORLD_SIZE": "1", "PATH": "", "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error:" in proc.stderr and "--finetune does not apply" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
 @pytest.mark.parametrize("impl", ["local", "fused", "auto"])
 def test_sequence_parallel_without_transformer_engine_is_rejected(impl, monkeypatch):
     import megastack.model
