@@ -94,6 +94,24 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def weight_differences(self, other: "ModelConfig") -> list[str]:
+        """How `other` differs from this config in what shapes the weights, one
+        "--flag: this value, other value" per flag; empty when a checkpoint of one loads into
+        the other. Sequence length, RoPE base, epsilon and init are free to change."""
+        fields = [("--num-layers", "num_layers"), ("--hidden-size", "hidden_size"),
+                  ("--ffn-hidden-size", "ffn_hidden_size"),
+                  ("--num-attention-heads", "num_attention_heads"),
+                  ("--num-query-groups", "num_query_groups"),
+                  ("padded vocabulary (--vocab-size or the tokenizer)", "vocab_size"),
+                  ("--normalization", "normalization"), ("--swiglu", "swiglu"),
+                  ("--disable-bias-linear (add_bias_linear)", "add_bias_linear"),
+                  ("--position-embedding-type", "position_embedding_type"),
+                  ("--untie-embeddings-and-output-weights", "untie_embeddings_and_output_weights")]
+        if self.position_embedding_type == other.position_embedding_type == "learned_absolute":
+            fields.append(("--max-position-embeddings", "max_position_embeddings"))
+        return [f"{flag}: {getattr(self, name)!r} vs {getattr(other, name)!r}"
+                for flag, name in fields if getattr(self, name) != getattr(other, name)]
+
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         names = {f.name for f in dataclasses.fields(cls)}

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from megastack import runtime
 from megastack.checkpoint import training_checkpoint as ckpt
+from megastack.config import ModelConfig
 from megastack.model import build_model_chunks
 from megastack.training.arguments import PretrainConfig
 from megastack.training.data_iterators import build_iterator
@@ -216,6 +217,7 @@ class Trainer:
             logger.warning("--load %s: no checkpoint found (no %s): training from scratch",
                            path, ckpt.LATEST_FILE)
             return
+        self._check_model_matches(path)
         load_optim = not (finetune or c.no_load_optim)
         common = ckpt.load_checkpoint(
             path, self.chunks,
@@ -236,6 +238,27 @@ class Trainer:
         else:
             logger.info("resuming at iteration %d, %d samples consumed", self.state.iteration,
                         self.state.consumed_train_samples)
+
+    def _check_model_matches(self, path: str) -> None:
+        """A checkpoint of another architecture would fail deep in megatron-core's loader with a
+        tensor-shape error; name the flags that differ instead (as Megatron-LM's
+        check_checkpoint_args does)."""
+        from megatron.core import dist_checkpointing
+
+        found = ckpt.resolve_checkpoint(path)
+        common = dist_checkpointing.load_common_state_dict(found)
+        recorded = (common.get("megastack") or {}).get("model")
+        if not recorded:
+            # A Megatron-LM checkpoint: its args may predate some model flags, so only
+            # megatron-core's shape checks judge it.
+            return
+        diffs = ModelConfig.from_dict(recorded).weight_differences(self.cfg.model)
+        if diffs:
+            raise ValueError(
+                f"--load {path}: {found} holds another model (checkpoint vs this run: "
+                f"{'; '.join(diffs)}). Relaunch with the model flags (--model ...) of the run "
+                f"that saved it; to change the architecture, grow or shrink the checkpoint with "
+                f"tools/grow_checkpoint.py first")
 
     def _check_scheduler_matches(self, path: str, saved: dict[str, Any]) -> None:
         """Megatron-LM refuses to resume with a schedule other than the checkpoint's unless told

@@ -168,6 +168,27 @@ def test_finetune_takes_a_fresh_schedule(tmp_path):
     assert learning_rates(trainer)[1] == pytest.approx(2e-3 * 0.5 * (1 + math.cos(math.pi / 3)))
 
 
+@pytest.mark.parametrize("finetune", [False, True])
+def test_load_of_another_architecture_names_the_flags(tmp_path, finetune):
+    """Before the check, megatron-core failed with a CheckpointingException about one tensor."""
+    root = str(tmp_path / "ckpt")
+    run(["--train-iters", "1", "--save", root])  # tiny-2l
+    other = ["--train-iters", "1", "--load", root, "--num-layers", "3", "--swiglu",
+             "--disable-bias-linear", "--normalization", "LayerNorm"] + (
+        ["--finetune"] if finetune else [])
+    trainer, tokenizer = make_trainer(other)
+    with pytest.raises(ValueError) as e:
+        trainer.setup(tokenizer)
+    msg = str(e.value)
+    assert f"--load {root}" in msg and "--num-layers: 2 vs 3" in msg
+    assert "--normalization: 'RMSNorm' vs 'LayerNorm'" in msg
+    assert "--swiglu" not in msg  # the same in both
+    # Sequence length and RoPE base may change (context extension): those load.
+    trainer = run(["--train-iters", "1", "--load", root, "--finetune", "--seq-length", "32",
+                   "--rotary-base", "500000"])
+    assert trainer.state.iteration == 1
+
+
 # ---- 6: throughput excludes evaluation and checkpoint saving -------------------------------
 def test_logged_iteration_time_excludes_eval_and_save(tmp_path):
     import time
