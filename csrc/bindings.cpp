@@ -7,6 +7,7 @@
 #include <torch/extension.h>
 
 #include <string>
+#include <utility>
 #include <tuple>
 
 #include "kernels.h"
@@ -115,18 +116,28 @@ std::tuple<at::Tensor, at::Tensor> rmsnorm_bwd_py(const at::Tensor& dy, const at
   return {dx, dw};
 }
 
+// Python names of the RMSNorm backward paths (kernels.h).
+constexpr std::pair<const char*, RmsNormBwdPath> kRmsNormBwdPaths[] = {
+    {"register", RmsNormBwdPath::kRegister},
+    {"staged-2", RmsNormBwdPath::kStaged2},
+    {"staged-3", RmsNormBwdPath::kStaged3},
+    {"staged-4", RmsNormBwdPath::kStaged4},
+};
+
 void set_rmsnorm_bwd_path_py(const std::string& name) {
-  if (name == "register") {
-    set_rmsnorm_bwd_path(RmsNormBwdPath::kRegister);
-  } else if (name == "staged") {
-    set_rmsnorm_bwd_path(RmsNormBwdPath::kStaged);
-  } else {
-    TORCH_CHECK(false, "the RMSNorm backward path is 'register' or 'staged', got '", name, "'");
+  for (const auto& [known, path] : kRmsNormBwdPaths) {
+    if (name == known) return set_rmsnorm_bwd_path(path);
   }
+  TORCH_CHECK(false, "the RMSNorm backward path is 'register', 'staged-2', 'staged-3' or "
+              "'staged-4', got '", name, "'");
 }
 
 std::string rmsnorm_bwd_path_py() {
-  return rmsnorm_bwd_path() == RmsNormBwdPath::kStaged ? "staged" : "register";
+  const RmsNormBwdPath current = rmsnorm_bwd_path();
+  for (const auto& [known, path] : kRmsNormBwdPaths) {
+    if (path == current) return known;
+  }
+  TORCH_CHECK(false, "unnamed RMSNorm backward path ", static_cast<int>(current));
 }
 
 // ---- SwiGLU --------------------------------------------------------------------------------
@@ -286,7 +297,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rmsnorm_bwd", &rmsnorm_bwd_py, "RMSNorm backward -> (dx, dweight)", py::arg("dy"),
         py::arg("xin"), py::arg("rstd"), py::arg("weight"), py::arg("dsum"));
   m.def("set_rmsnorm_bwd_path", &set_rmsnorm_bwd_path_py,
-        "'register' (default) or 'staged' (cp.async): the RMSNorm backward kernel, process-wide",
+        "the RMSNorm backward kernel, process-wide: 'register' (default) or 'staged-2/3/4' "
+        "(cp.async through 2-4 shared-memory slots)",
         py::arg("name"));
   m.def("rmsnorm_bwd_path", &rmsnorm_bwd_path_py, "the RMSNorm backward kernel in use");
   m.def("swiglu_fwd", &swiglu_fwd_py, "silu(gate) * up on [rows, 2*ffn]", py::arg("x"));

@@ -32,11 +32,11 @@ cudaError_t rmsnorm_bwd(DType x_dtype, DType w_dtype, const void* dy, const void
                         int64_t hidden, cudaStream_t stream);
 
 // Which kernel the backward runs for rows the register path holds (hidden <= 8192 in bf16):
-// kRegister keeps each row's loads in registers (the default, measured on H200); kStaged streams
-// rows through shared memory with cp.async (16-byte-aligned rows only; others, and rows whose
-// slots exceed the block's shared memory, keep the register path). Process-wide; for
-// benchmarks and tests comparing the two.
-enum class RmsNormBwdPath : int { kRegister = 0, kStaged = 1 };
+// kRegister keeps each row's loads in registers (the default, measured on H200); kStagedN
+// streams rows through a ring of N shared-memory slots with cp.async (16-byte-aligned rows
+// only; others, and rows whose slots exceed the block's shared memory, keep the register path).
+// Process-wide; for benchmarks and tests comparing them. A value is the staged slot count.
+enum class RmsNormBwdPath : int { kRegister = 0, kStaged2 = 2, kStaged3 = 3, kStaged4 = 4 };
 void set_rmsnorm_bwd_path(RmsNormBwdPath path);
 RmsNormBwdPath rmsnorm_bwd_path();
 

@@ -194,24 +194,25 @@ __global__ void __launch_bounds__(kBwdMaxThreads)
   store_partial_row(dw_acc, partial, hidden, nvec);
 }
 
-// Staged backward (experimental, selected with set_rmsnorm_bwd_path(kStaged) until a GPU run
+// Staged backward (experimental, selected with set_rmsnorm_bwd_path(kStaged*) until a GPU run
 // measures it against the register path): the register path holds a row's loads in registers,
 // so ~4 blocks per SM keep only one row each in flight. Here each block streams its rows through
-// a ring of kStages shared-memory slots with cp.async: while it reduces one row, the next
-// kStages - 1 rows are loading, and no register waits on them. Each thread copies exactly the
+// a ring of STAGES shared-memory slots with cp.async: while it reduces one row, the next
+// STAGES - 1 rows are loading, and no register waits on them. More slots mean more rows in
+// flight per block but fewer blocks per SM (at hidden 4096 in bf16: 2 slots -> 6 blocks of 1
+// row in flight, 3 -> 4 blocks of 2, 4 -> 3 blocks of 3). Each thread copies exactly the
 // vectors it later reads, so a slot needs no barrier between its copy and its use.
-constexpr int kStages = 3;
-
-template <typename T, typename W, int VEC, bool DSUM>
+template <typename T, typename W, int VEC, bool DSUM, int STAGES>
 __global__ void __launch_bounds__(kBwdMaxThreads)
     rmsnorm_bwd_staged_kernel(const T* __restrict__ dy, const T* __restrict__ xin,
                               const float* __restrict__ rstd, const W* __restrict__ weight,
                               const T* __restrict__ dsum, T* __restrict__ dx,
                               float* __restrict__ partial, int64_t rows, int64_t hidden) {
   static_assert(VEC * sizeof(T) == 16, "cp.async moves 16-byte vectors");
+  static_assert(STAGES >= 2, "a ring of one slot cannot load ahead");
   constexpr int kInputs = DSUM ? 3 : 2;  // dy, xin[, dsum] rows per slot
   extern __shared__ __align__(16) unsigned char slot_bytes[];
-  T* slots = reinterpret_cast<T*>(slot_bytes);  // [kStages][kInputs][hidden]
+  T* slots = reinterpret_cast<T*>(slot_bytes);  // [STAGES][kInputs][hidden]
   __shared__ float scratch[32];
   const int nvec = static_cast<int>(hidden / VEC);
   const float inv_h = 1.f / static_cast<float>(hidden);
@@ -239,14 +240,14 @@ __global__ void __launch_bounds__(kBwdMaxThreads)
 
   const int64_t stride = gridDim.x;
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) stage_row(blockIdx.x + s * stride, s);
+  for (int s = 0; s < STAGES - 1; ++s) stage_row(blockIdx.x + s * stride, s);
 
   int slot = 0;
   for (int64_t row = blockIdx.x; row < rows; row += stride) {
     // The slot refilled here held the previous row, which this thread has finished reading.
-    stage_row(row + (kStages - 1) * stride, (slot + kStages - 1) % kStages);
+    stage_row(row + (STAGES - 1) * stride, (slot + STAGES - 1) % STAGES);
     const float r = rstd[row];
-    cp_async_wait<kStages - 1>();
+    cp_async_wait<STAGES - 1>();
     const T* g_row = slots + slot * slot_elems;
     const T* x_row = g_row + hidden;
 
@@ -287,7 +288,7 @@ __global__ void __launch_bounds__(kBwdMaxThreads)
       }
       store_vec<T, VEC>(dx + row * hidden + v * VEC, out);
     }
-    slot = (slot + 1) % kStages;
+    slot = (slot + 1) % STAGES;
   }
   cp_async_wait<0>();  // only empty groups remain; leave none outstanding at exit
 
@@ -482,8 +483,8 @@ std::atomic<int> g_bwd_path{static_cast<int>(RmsNormBwdPath::kRegister)};
 // Dynamic shared memory the staged backward needs, or 0 when its slots do not fit in a block
 // beside its static block_sum scratch.
 template <typename T, bool DSUM>
-size_t staged_smem_bytes(int64_t hidden) {
-  const size_t bytes = static_cast<size_t>(kStages) * (DSUM ? 3 : 2) * hidden * sizeof(T);
+size_t staged_smem_bytes(int64_t hidden, int stages) {
+  const size_t bytes = static_cast<size_t>(stages) * (DSUM ? 3 : 2) * hidden * sizeof(T);
   const auto limit =
       static_cast<size_t>(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
   return bytes + 32 * sizeof(float) <= limit ? bytes : 0;
@@ -497,11 +498,18 @@ BwdKernel bwd_kernel(int64_t hidden) {
   int threads = 0;
   size_t smem = 0;
   if constexpr (VEC * sizeof(T) == 16) {
-    const bool staged = g_bwd_path.load(std::memory_order_relaxed) ==
-                        static_cast<int>(RmsNormBwdPath::kStaged);
-    if (staged && reg_threads > 0) smem = staged_smem_bytes<T, DSUM>(hidden);
+    // The enum's value is the staged kernel's slot count (0 for the register path).
+    const int stages = g_bwd_path.load(std::memory_order_relaxed);
+    if (stages > 0 && reg_threads > 0) smem = staged_smem_bytes<T, DSUM>(hidden, stages);
     if (smem > 0) {
-      kernel = reinterpret_cast<const void*>(rmsnorm_bwd_staged_kernel<T, W, VEC, DSUM>);
+      switch (stages) {
+        case 2: kernel = reinterpret_cast<const void*>(
+                    rmsnorm_bwd_staged_kernel<T, W, VEC, DSUM, 2>); break;
+        case 3: kernel = reinterpret_cast<const void*>(
+                    rmsnorm_bwd_staged_kernel<T, W, VEC, DSUM, 3>); break;
+        default: kernel = reinterpret_cast<const void*>(
+                     rmsnorm_bwd_staged_kernel<T, W, VEC, DSUM, 4>); break;
+      }
       threads = reg_threads;
     }
   }

@@ -161,6 +161,9 @@ def cases(tokens: int, dtype: torch.dtype):
     )
 
 
+STAGED_BWD_PATHS = ("staged-2", "staged-3", "staged-4")
+
+
 @contextlib.contextmanager
 def rmsnorm_bwd_path(name: str):
     """Runs the block with the extension's RMSNorm backward kernel set to `name`."""
@@ -224,11 +227,14 @@ def run(args) -> list[dict]:
         if args.profile:
             log_kernel_times(name, fwd_bwd(fused, inputs, grad))
         if name.startswith("rmsnorm"):
-            # The candidate backward (cp.async staging), timed beside the default in one run.
-            with rmsnorm_bwd_path("staged"):
-                times["fused-staged"] = time_call(fwd_bwd(fused, inputs, grad), args.repeats)
-                if args.profile:
-                    log_kernel_times(f"{name} [staged bwd]", fwd_bwd(fused, inputs, grad))
+            # The candidate backwards (cp.async through 2-4 slots), timed beside the default in
+            # one run.
+            for path in STAGED_BWD_PATHS:
+                with rmsnorm_bwd_path(path):
+                    times[f"fused-{path}"] = time_call(fwd_bwd(fused, inputs, grad),
+                                                       args.repeats)
+                    if args.profile:
+                        log_kernel_times(f"{name} [{path} bwd]", fwd_bwd(fused, inputs, grad))
         for impl, timing in times.items():
             ms = timing.gpu_ms
             bps = nbytes / (ms * 1e-3)

@@ -3,6 +3,7 @@ training comparison. Needs a CUDA device and the built extension (benchmarks/ker
 run_on_device.sh builds it); skipped without CUDA by tests/conftest.py."""
 
 import os
+import re
 import socket
 
 import pytest
@@ -94,16 +95,16 @@ def bwd_path():
     ext.set_rmsnorm_bwd_path(before)
 
 
-@pytest.mark.parametrize("path", ["register", "staged"])
+@pytest.mark.parametrize("path", ["register", "staged-2", "staged-3", "staged-4"])
 @pytest.mark.parametrize("dtype,wdtype", [(torch.float32, torch.float32),
                                           (torch.bfloat16, torch.bfloat16),
                                           (torch.bfloat16, torch.float32)])
 @pytest.mark.parametrize("hidden", [4096, 1000, 8192])
 @pytest.mark.parametrize("residual", [False, True])
 def test_rmsnorm_backward_paths_over_many_rows(bwd_path, path, dtype, wdtype, hidden, residual):
-    """Both backward kernels for register-path rows, with several rows per block (each block
-    loops over rows: 4011 rows against at most a few hundred blocks), so the staged kernel's
-    ring of shared-memory slots wraps around many times."""
+    """Every backward kernel for register-path rows, with several rows per block (each block
+    loops over rows: 4011 rows against at most a few hundred blocks), so the staged kernels'
+    rings of shared-memory slots wrap around many times."""
     bwd_path(path)
     torch.manual_seed(0)
     x = torch.randn(3, 1337, hidden, device="cuda").to(dtype)
@@ -120,10 +121,15 @@ def test_rmsnorm_backward_paths_over_many_rows(bwd_path, path, dtype, wdtype, hi
 
     result = {}
     names = _bwd_kernel_names(lambda: result.update(got=_grads(fused, args, gy)))
-    # fp32 rows of 8192 are past the register path (the loop kernel runs for both settings).
-    expected = ("rmsnorm_bwd_kernel" if dtype == torch.float32 and hidden == 8192
-                else f"rmsnorm_bwd_{'staged' if path == 'staged' else 'reg'}_kernel")
-    assert any(expected in n for n in names), names
+    # fp32 rows of 8192 are past the register path (the loop kernel runs for every setting).
+    # A staged kernel's last template argument is its slot count.
+    if dtype == torch.float32 and hidden == 8192:
+        expected = r"rmsnorm_bwd_kernel<"
+    elif path == "register":
+        expected = r"rmsnorm_bwd_reg_kernel<"
+    else:
+        expected = rf"rmsnorm_bwd_staged_kernel<[^>]*, {path[-1]}>"
+    assert any(re.search(expected, n) for n in names), names
     outs, grads = result["got"]
     want_outs, want_grads = _grads(ref, [a.double() for a in args], [g.double() for g in gy])
     _close(grads[0], want_grads[0], dtype)
@@ -136,8 +142,11 @@ def test_rmsnorm_backward_paths_over_many_rows(bwd_path, path, dtype, wdtype, hi
 
 
 def test_rmsnorm_bwd_path_rejects_unknown_names(bwd_path):
-    with pytest.raises(RuntimeError, match="'register' or 'staged'"):
-        bwd_path("shared")
+    with pytest.raises(RuntimeError, match="'register', 'staged-2', 'staged-3' or 'staged-4'"):
+        bwd_path("staged")
+    for name in ("register", "staged-2", "staged-3", "staged-4"):
+        bwd_path(name)
+        assert extension().rmsnorm_bwd_path() == name
 
 
 # ---- SwiGLU ----------------------------------------------------------------------------------

@@ -1,39 +1,28 @@
-"""Every csrc/*.cu compiles for sm_80 and sm_90 with the flags torch extensions use.
+"""Every csrc/*.cu compiles for sm_80 and sm_90 with the flags torch extensions use (the
+command comes from benchmarks/kernels/ptxas_registers.py).
 
 The .cu files include no torch headers (kernels.h explains why), so each compile takes seconds.
 """
 
+import importlib.util
 import os
-import shutil
 import subprocess
-import sysconfig
 from pathlib import Path
 
 import pytest
-from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 CU_FILES = sorted(CSRC.glob("*.cu"))
-
-# What torch.utils.cpp_extension passes to nvcc: its COMMON_NVCC_FLAGS (among them
-# -D__CUDA_NO_BFLOAT16_CONVERSIONS__, which forbids implicit bf16 <-> float conversions), plus
-# setup.py's options and the extension defines.
-TORCH_NVCC_FLAGS = [
-    "-std=c++17",
-    "-O3",
-    "--use_fast_math",
-    "-Xcompiler",
-    "-fPIC",
-    *COMMON_NVCC_FLAGS,
-    "-DTORCH_EXTENSION_NAME=_kernels",
-    "-DTORCH_API_INCLUDE_EXTENSION_H",
-]
+PTXAS_SCRIPT = CSRC.parent / "benchmarks" / "kernels" / "ptxas_registers.py"
 
 
-def _include_flags():
-    from torch.utils.cpp_extension import include_paths
-
-    return [f"-I{p}" for p in include_paths() + [sysconfig.get_paths()["include"], str(CSRC)]]
+@pytest.fixture(scope="module")
+def ptxas_registers():
+    """The script that owns the nvcc command (the one torch.utils.cpp_extension would run)."""
+    spec = importlib.util.spec_from_file_location("ptxas_registers", PTXAS_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_there_are_kernels_to_compile():
@@ -43,22 +32,25 @@ def test_there_are_kernels_to_compile():
 
 @pytest.mark.nvcc
 @pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: p.name)
-def test_cu_compiles_for_sm80_and_sm90(cu, tmp_path):
-    nvcc = shutil.which("nvcc")
+def test_cu_compiles_for_sm80_and_sm90(cu, tmp_path, ptxas_registers):
     # One invocation per file with a -gencode per architecture: the device code is compiled
     # for each (as -arch=sm_80 and -arch=sm_90 would), the host code once.
-    cmd = [
-        nvcc,
-        "-c",
-        str(cu),
-        "-o",
-        str(tmp_path / (cu.stem + ".o")),
-        "-gencode=arch=compute_80,code=sm_80",
-        "-gencode=arch=compute_90,code=sm_90",
-        "-Werror=all-warnings",
-        *TORCH_NVCC_FLAGS,
-        *_include_flags(),
-    ]
+    out = tmp_path / (cu.stem + ".o")
+    cmd = ptxas_registers.torch_nvcc_command(cu, out, ["80", "90"]) + ["-Werror=all-warnings"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=os.environ)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
-    assert (tmp_path / (cu.stem + ".o")).stat().st_size > 0
+    assert out.stat().st_size > 0
+
+
+def test_ptxas_log_is_parsed_per_kernel(ptxas_registers):
+    log = """ptxas info    : Compiling entry function '_Z3fooPf' for 'sm_90'
+ptxas info    : Function properties for _Z3fooPf
+    16 bytes stack frame, 16 bytes spill stores, 16 bytes spill loads
+ptxas info    : Used 64 registers, used 1 barriers, 400 bytes cmem[0]
+ptxas info    : Compiling entry function '_Z3barv' for 'sm_90'
+ptxas info    : Function properties for _Z3barv
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 12 registers, 352 bytes cmem[0]
+"""
+    assert ptxas_registers.parse_ptxas(log) == [("_Z3fooPf", "sm_90", 64, 16),
+                                                ("_Z3barv", "sm_90", 12, 0)]
