@@ -14,8 +14,9 @@ Runs: scratch (target from scratch), G_stack at several d, G_zero and G_random d
 interleaved stacking (0,0,1,1,...), and G_direct width growth (hidden 64 -> 128 at the target
 depth). Writes benchmarks/growth/results.json (every number, the command, the settings),
 results.md (table) and loss-vs-FLOPs / loss-vs-tokens PNGs. Data and checkpoints go to
---work-dir (default runs/bench_growth, git-ignored). Finished runs are skipped on a rerun
-(delete --work-dir/done/NAME or pass --fresh to redo them).
+--work-dir (default runs/bench_growth, git-ignored). A finished phase is skipped on a rerun
+only if its command is unchanged (its --work-dir/phases/NAME/done records the command and its
+wall time); --fresh redoes every phase.
 """
 
 from __future__ import annotations
@@ -159,7 +160,8 @@ def plan_runs(args) -> list[RunPlan]:
     return runs
 
 
-def run_logged(cmd: list[str], log_path: str, env: dict) -> None:
+def run_logged(cmd: list[str], log_path: str, env: dict) -> float:
+    """Runs cmd with its output in log_path; returns its wall time in seconds."""
     print(f"$ {shlex.join(cmd)}", flush=True)
     start = time.time()
     with open(log_path, "w") as log:
@@ -168,7 +170,25 @@ def run_logged(cmd: list[str], log_path: str, env: dict) -> None:
         with open(log_path) as f:
             tail = f.read()[-3000:]
         raise RuntimeError(f"command failed (exit {proc.returncode}), log {log_path}:\n{tail}")
-    print(f"  ok in {time.time() - start:.0f}s", flush=True)
+    seconds = time.time() - start
+    print(f"  ok in {seconds:.0f}s", flush=True)
+    return seconds
+
+
+def finished_phase(done: str, cmd: list[str], source: Optional[float]) -> Optional[dict]:
+    """`done`'s record when it finished this exact command after the same run of the phase it
+    starts from (`source`: that phase's finish time), else None: the phase must run. A marker
+    of another command (changed settings, or code that plans the runs differently), one whose
+    source phase has rerun since, or one from before markers held records all mean a rerun."""
+    try:
+        with open(done) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(record, dict) or record.get("command") != cmd
+            or record.get("source_finished_at") != source):
+        return None
+    return record
 
 
 def prepare_data(args, env) -> dict:
@@ -203,14 +223,8 @@ def model_flags(m: ModelConfig) -> list[str]:
             "--position-embedding-type", m.position_embedding_type]
 
 
-def train_phase(args, data, phase: PhasePlan, dataset_iters: int, env: dict) -> str:
+def phase_command(args, data, phase: PhasePlan, dataset_iters: int) -> list[str]:
     phase_dir = os.path.join(args.work_dir, "phases", phase.name)
-    done = os.path.join(phase_dir, "done")
-    metrics = os.path.join(phase_dir, "metrics.jsonl")
-    if os.path.exists(done):
-        return metrics
-    shutil.rmtree(phase_dir, ignore_errors=True)
-    os.makedirs(phase_dir)
     cmd = [PYTHON, "-m", "megastack.pretrain", *model_flags(phase.model),
            "--swiglu", "--disable-bias-linear", "--untie-embeddings-and-output-weights",
            "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", data["tokenizer_model"],
@@ -230,16 +244,39 @@ def train_phase(args, data, phase: PhasePlan, dataset_iters: int, env: dict) -> 
         cmd += ["--exit-interval", str(phase.iters)]
     if phase.load:
         cmd += ["--load", phase.load, "--no-load-optim", "--no-load-rng"]
-    run_logged(cmd, os.path.join(phase_dir, "train.log"), {**env, "MEGASTACK_METRICS_FILE": metrics})
-    open(done, "w").close()
-    return metrics
+    return cmd
 
 
-def grow(args, phase: PhasePlan, env: dict) -> None:
+def run_phase(args, phase: PhasePlan, cmd: list[str], source: Optional[float],
+              env: dict) -> dict:
+    """Grows the phase's starting checkpoint (if it has one) and trains it, unless `cmd`
+    already finished after the same source; returns the phase's done record."""
+    phase_dir = os.path.join(args.work_dir, "phases", phase.name)
+    done = os.path.join(phase_dir, "done")
+    record = finished_phase(done, cmd, source)
+    if record is not None:
+        print(f"== phase {phase.name}: finished earlier with this command "
+              f"({record['wall_seconds']:.0f}s)", flush=True)
+        return record
+    shutil.rmtree(phase_dir, ignore_errors=True)
+    os.makedirs(phase_dir)
+    seconds = grow(args, phase, env) if phase.grow is not None else 0.0
+    seconds += run_logged(cmd, os.path.join(phase_dir, "train.log"),
+                          {**env, "MEGASTACK_METRICS_FILE": os.path.join(phase_dir,
+                                                                         "metrics.jsonl")})
+    record = {"command": cmd, "source_finished_at": source, "finished_at": time.time(),
+              "wall_seconds": seconds}
+    with open(done + ".tmp", "w") as f:
+        json.dump(record, f)
+    os.replace(done + ".tmp", done)
+    return record
+
+
+def grow(args, phase: PhasePlan, env: dict) -> float:
     src = os.path.join(args.work_dir, "phases", phase.grow["src"], "ckpt")
     flags = [x for k, v in phase.grow.items() if k != "src" for x in (k, v)]
     os.makedirs(os.path.dirname(phase.load), exist_ok=True)
-    run_logged([PYTHON, "tools/grow_checkpoint.py", "--load", src, "--save", phase.load, "--force",
+    return run_logged([PYTHON, "tools/grow_checkpoint.py", "--load", src, "--save", phase.load, "--force",
                 "--seed", str(args.seed), *flags], phase.load + ".log", env)
 
 
@@ -278,20 +315,24 @@ def main(argv=None) -> int:
     data = prepare_data(args, env)
     dataset_iters = max(sum(p.iters for p in r.phases) for r in runs)
     timings = {}
+    phase_seconds = {}  # every phase once, however many runs share it
     finished = []
     for run in runs:
-        t0 = time.time()
         print(f"== run {run.name}: {run.label}", flush=True)
+        # A run's time is that of its phases (a small phase shared by several runs counts in
+        # each, as it would alone), measured when each ran, this time or an earlier one.
+        seconds, source = 0.0, None
         try:
             for phase in run.phases:
-                if phase.grow is not None and not os.path.exists(
-                        os.path.join(args.work_dir, "phases", phase.name, "done")):
-                    grow(args, phase, env)
-                train_phase(args, data, phase, dataset_iters, env)
+                record = run_phase(args, phase, phase_command(args, data, phase, dataset_iters),
+                                   source, env)
+                seconds += record["wall_seconds"]
+                phase_seconds[phase.name] = record["wall_seconds"]
+                source = record["finished_at"]
         except RuntimeError as e:
             print(f"run {run.name} failed: {e}", flush=True)
             continue
-        timings[run.name] = time.time() - t0
+        timings[run.name] = seconds
         finished.append(run)
         # Rewrite the report after every run so an interrupted benchmark still leaves results.
         settings = {k: v for k, v in vars(args).items() if k != "report_only"}
@@ -301,7 +342,7 @@ def main(argv=None) -> int:
                             "settings": settings, "data": data, "dataset_iters": dataset_iters,
                             "tokens_per_iteration": args.global_batch_size * args.seq_length,
                             "wall_seconds_per_run": timings,
-                            "wall_seconds_total": time.time() - started,
+                            "wall_seconds_total": sum(phase_seconds.values()),
                             "device": "cpu (2 shared cores, OMP_NUM_THREADS=%s)" % env["OMP_NUM_THREADS"],
                             "planned_runs": [r.name for r in runs]})
     print(f"done in {time.time() - started:.0f}s: {len(finished)}/{len(runs)} runs; "
