@@ -169,12 +169,15 @@ def _find_checkpoint(path: str) -> Optional[tuple[str, dict]]:
 
 def _check_model(load: str, found: str, common: dict, expected: ModelConfig, flags: str) -> None:
     saved = common.get("megastack", {}).get("model")
-    if saved is None or ModelConfig.from_dict(saved) != expected:
-        what = f"a {saved.get('num_layers')}-layer model" if saved else "no megastack model record"
+    if saved is None:
         raise ValueError(
-            f"--load {load}: {found} holds {what}, not this run's {expected.num_layers}-layer "
-            f"model (or one that differs in another model flag): relaunch with the {flags} of "
-            f"the run being resumed")
+            f"--load {load}: {found} holds no megastack model record, so it is not a checkpoint "
+            f"of a growth run: point --load at the --save directory of the growth run to resume")
+    diffs = ModelConfig.from_dict(saved).weight_differences(expected)
+    if diffs:
+        raise ValueError(
+            f"--load {load}: {found} holds another model than this run's (checkpoint vs this "
+            f"run: {'; '.join(diffs)}): relaunch with the {flags} of the run being resumed")
 
 
 def _resume_point(cfg: PretrainConfig, small_cfg: PretrainConfig, large_cfg: PretrainConfig,
@@ -199,7 +202,7 @@ def _resume_point(cfg: PretrainConfig, small_cfg: PretrainConfig, large_cfg: Pre
             # interrupted run's interval saves lack it: the grown model past the growth point
             # can only be one of those.
             saved = common.get("megastack", {}).get("model")
-            if not (saved and ModelConfig.from_dict(saved) == large_cfg.model
+            if not (saved and not ModelConfig.from_dict(saved).weight_differences(large_cfg.model)
                     and iteration > small_iters):
                 raise ValueError(
                     f"--load {load}: {path} is not a checkpoint of a growth run's large phase "

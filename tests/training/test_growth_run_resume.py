@@ -133,7 +133,7 @@ def test_load_finds_the_phase_to_resume(tmp_path):
 @pytest.mark.parametrize("case, match", [
     ("plain small checkpoint", r"--load .* not a checkpoint of a growth run's large phase"),
     ("grown elsewhere", r"grew after 1 iterations.*--grow-at-tokens"),
-    ("other target", r"--load .*a 4-layer model, not this run.s 8-layer.*--target-num-layers"),
+    ("other target", r"--load .*another model .*--num-layers: 4 vs 8.*--target-num-layers"),
     ("small past growth", r"--load .*iteration 3, past this run's growth point.*--grow-at-tokens"),
     ("latest names nothing", r"names iteration 5 but .* is missing"),
     ("finetune", r"--finetune does not apply to a growth run"),
