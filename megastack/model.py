@@ -1,9 +1,6 @@
-"""Build megatron-core GPTModel chunks for this rank. The layer implementation is chosen here.
-
-Three implementations, chosen in `select_layer_spec` and nowhere else:
-- ``transformer_engine``: megatron-core's TE spec, when Transformer Engine imports and CUDA is up;
-- ``fused``: megatron-core's local spec with megastack's fused CUDA kernels (csrc/);
-- ``local``: megatron-core's local (pure PyTorch) spec; the CPU path.
+"""Build megatron-core GPTModel chunks for this rank, with the layer spec of the implementation
+megastack.layer_impl resolves (Transformer Engine, fused kernels or local), chosen in
+`select_layer_spec` and nowhere else.
 
 Weights are initialised *layout-invariantly*: every parameter's global tensor is drawn from a
 generator seeded by (seed, checkpoint key, layer number), and each rank keeps its shard. A model
@@ -20,46 +17,11 @@ from typing import Optional
 
 import torch
 
+from megastack import layer_impl
 from megastack.config import ModelConfig, ParallelConfig, to_transformer_config
+from megastack.layer_impl import check_sequence_parallel, resolve_transformer_impl
 
 logger = logging.getLogger(__name__)
-
-LAYER_IMPLS = ("auto", "local", "transformer_engine", "fused")
-
-
-def transformer_engine_available() -> bool:
-    try:
-        import transformer_engine  # noqa: F401
-    except Exception:
-        return False
-    return torch.cuda.is_available()
-
-
-def resolve_transformer_impl(impl: str = "auto") -> str:
-    """The implementation `impl` stands for here: "auto" is Transformer Engine when usable."""
-    if impl not in LAYER_IMPLS:
-        raise ValueError(f"--transformer-impl must be one of {LAYER_IMPLS}, got {impl!r}")
-    if impl == "auto":
-        return "transformer_engine" if transformer_engine_available() else "local"
-    return impl
-
-
-def check_sequence_parallel(impl: str, tensor_model_parallel_size: int, sequence_parallel: bool,
-                            tp_flag: str = "--tensor-model-parallel-size") -> None:
-    """Sequence parallelism needs norms that reduce their weight gradients over TP. Without
-    Transformer Engine megatron-core builds torch norms (the local spec, and the final norm of
-    the fused spec), which assert on it once the model is built; say so before that."""
-    if not sequence_parallel or tensor_model_parallel_size <= 1:
-        return
-    resolved = resolve_transformer_impl(impl)
-    if resolved != "transformer_engine":
-        how = "auto resolves to local: Transformer Engine or CUDA is not available" \
-            if impl == "auto" else f"--transformer-impl {impl}"
-        raise ValueError(
-            f"--sequence-parallel with {tp_flag} {tensor_model_parallel_size} "
-            f"needs --transformer-impl transformer_engine ({how}; megatron-core's torch norms do "
-            f"not support sequence parallelism): drop --sequence-parallel or use "
-            f"--transformer-impl transformer_engine with Transformer Engine installed")
 
 
 def select_layer_spec(impl: str = "auto"):
@@ -71,7 +33,7 @@ def select_layer_spec(impl: str = "auto"):
 
     impl = resolve_transformer_impl(impl)
     if impl == "transformer_engine":
-        if not transformer_engine_available():
+        if not layer_impl.transformer_engine_available():
             raise ValueError(
                 "--transformer-impl transformer_engine needs Transformer Engine and a CUDA device; "
                 "install transformer-engine[pytorch] or use --transformer-impl local"

@@ -120,7 +120,7 @@ def check_sequence_parallel_impl(args, tp: int, tp_flag: str) -> None:
     Engine's. "auto" resolves on the GPU machine, so the planner cannot tell and lets it pass."""
     if not args.sequence_parallel or tp <= 1 or args.transformer_impl == "auto":
         return
-    from megastack.model import check_sequence_parallel
+    from megastack.layer_impl import check_sequence_parallel
 
     check_sequence_parallel(args.transformer_impl, tp, True, tp_flag=tp_flag)
 

@@ -6,7 +6,10 @@
 #   2. grow it offline with tools/grow_checkpoint.py (node 0 only) into MODEL_LARGE's depth,
 #      re-sharded for the large phase's TP/PP/virtual PP;
 #   3. train MODEL_LARGE from the grown weights with a fresh optimizer and LR schedule
-#      (--finetune: iteration 0, LR re-warm-up) for the rest of the budget.
+#      (iteration 0, LR re-warm-up) for the rest of the budget, on the rest of the data stream:
+#      both phases read one GPTDataset sample order, the large phase from where the small one
+#      stopped (--no-load-optim --no-load-rng keep the consumed-sample count; --finetune would
+#      start the stream over, training the grown model again on the small model's tokens).
 # `--dry-run` prints tools/plan.py's plan for all three phases and exits: no GPU, no
 # torch.distributed. Every setting comes from the environment; `--help` lists them.
 #
@@ -158,6 +161,29 @@ SMALL_TRAIN_ITERS and LARGE_TRAIN_ITERS"
     fi
 }
 
+gstack_seq_length() {
+    gstack_python -c "from megastack.config import ModelConfig; print(ModelConfig.from_name('$1').seq_length)"
+}
+
+# Iterations of each phase (SMALL_TRAIN_ITERS, LARGE_TRAIN_ITERS, from their tokens unless
+# given) and of the whole data stream (STREAM_ITERS) both phases' datasets are built for.
+gstack_resolve_iters() {
+    local small_seq large_seq
+    small_seq="$(gstack_seq_length "$MODEL_SMALL")"
+    large_seq="$(gstack_seq_length "$MODEL_LARGE")"
+    ((small_seq == large_seq)) || gstack_die "MODEL_SMALL=$MODEL_SMALL has sequence length $small_seq, \
+MODEL_LARGE=$MODEL_LARGE $large_seq: the grown model continues the small model's data stream, which \
+needs one sequence length"
+    GSTACK_ITERS_FROM_TOKENS=0
+    if [[ -z "${SMALL_TRAIN_ITERS:-}" ]]; then
+        GSTACK_ITERS_FROM_TOKENS=1
+        local per_iter=$((GLOBAL_BATCH_SIZE * small_seq))
+        SMALL_TRAIN_ITERS="$(gstack_python -c "import math; print(math.ceil(float('$SMALL_TRAIN_TOKENS') / $per_iter))")"
+        LARGE_TRAIN_ITERS="$(gstack_python -c "import math; print(math.ceil(float('$LARGE_TRAIN_TOKENS') / $per_iter))")"
+    fi
+    STREAM_ITERS=$((SMALL_TRAIN_ITERS + LARGE_TRAIN_ITERS))
+}
+
 # Flags of one training phase ("small" or "large") into the array GSTACK_ARGS.
 gstack_phase_args() {
     local phase="$1" up
@@ -185,18 +211,18 @@ gstack_phase_args() {
 gstack_train_args() {
     local phase="$1" up
     up="$(echo "$phase" | tr '[:lower:]' '[:upper:]')"
-    local iters_var="${up}_TRAIN_ITERS" tokens_var="${up}_TRAIN_TOKENS"
+    local iters_var="${up}_TRAIN_ITERS"
     local lr_var="${up}_LR" min_lr_var="${up}_MIN_LR" warmup_var="${up}_WARMUP_ITERS"
     local rc_var="${up}_RECOMPUTE"
     # The trainer's full recompute needs a method; the planner (gstack_phase_args) takes none.
     if [[ "${!rc_var}" == full ]]; then
         GSTACK_ARGS+=(--recompute-method "$RECOMPUTE_METHOD" --recompute-num-layers "$RECOMPUTE_NUM_LAYERS")
     fi
-    if [[ -n "${!iters_var:-}" ]]; then
-        GSTACK_ARGS+=(--train-iters "${!iters_var}")
-    else
-        GSTACK_ARGS+=(--train-tokens "${!tokens_var}")
-    fi
+    # One data stream: both phases build GPTDataset for the whole run's samples (its sample
+    # order depends on the count), each stops after its own iterations and decays its LR over
+    # them.
+    GSTACK_ARGS+=(--train-iters "$STREAM_ITERS" --exit-interval "${!iters_var}"
+                  --lr-decay-iters "${!iters_var}")
     GSTACK_ARGS+=(
         --lr "${!lr_var}" --min-lr "${!min_lr_var}" --lr-warmup-iters "${!warmup_var}"
         --lr-decay-style "$LR_DECAY_STYLE" --weight-decay "$WEIGHT_DECAY" --clip-grad "$CLIP_GRAD"
@@ -281,8 +307,9 @@ gstack_train_large() {
     if gstack_has_checkpoint "$LARGE_CKPT"; then
         GSTACK_ARGS+=(--load "$LARGE_CKPT")  # resume the large phase itself
     else
-        # Grown weights, fresh optimizer and LR schedule from iteration 0 (LR re-warm-up).
-        GSTACK_ARGS+=(--load "$GROWN_CKPT" --finetune)
+        # Grown weights, fresh optimizer and LR schedule from iteration 0 (LR re-warm-up); the
+        # consumed-sample count carried over continues the data stream.
+        GSTACK_ARGS+=(--load "$GROWN_CKPT" --no-load-optim --no-load-rng)
     fi
     gstack_torchrun "$((MASTER_PORT + 1))" "${GSTACK_ARGS[@]}"
     gstack_mark_done large
@@ -301,7 +328,7 @@ gstack_dry_run() {
            --target-micro-batch-size "$LARGE_MICRO_BATCH_SIZE"
            --target-recompute-granularity "${LARGE_RECOMPUTE:-none}")
     [[ -n "$LARGE_VPP_LAYERS" ]] && plan+=(--target-num-layers-per-virtual-pipeline-stage "$LARGE_VPP_LAYERS")
-    if [[ -z "${SMALL_TRAIN_ITERS:-}${LARGE_TRAIN_ITERS:-}" ]]; then
+    if ((GSTACK_ITERS_FROM_TOKENS)); then
         plan+=(--small-train-tokens "$SMALL_TRAIN_TOKENS" --train-tokens "$TRAIN_TOKENS")
     fi
     gstack_python "${plan[@]}"
@@ -324,6 +351,7 @@ gstack_main() {
     else
         gstack_die "set both SMALL_TRAIN_ITERS and LARGE_TRAIN_ITERS, or neither (tokens then)"
     fi
+    gstack_resolve_iters
     if ((dry_run)); then
         gstack_dry_run
         exit $?

@@ -127,6 +127,6 @@ def validate_layout(layout: PhaseLayout) -> None:
     # The trainer refuses sequence parallelism on torch norms (megastack.model). "auto" resolves
     # on the machine that trains, so only an explicit local or fused layout is known to fail.
     if layout.sequence_parallel and layout.transformer_impl in ("local", "fused"):
-        from megastack.model import check_sequence_parallel
+        from megastack.layer_impl import check_sequence_parallel
 
         check_sequence_parallel(layout.transformer_impl, tp, True)

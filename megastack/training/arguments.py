@@ -439,7 +439,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     )
     growth = growth_config_from_args(args, model, parallel)
     if args.sequence_parallel:
-        from megastack.model import check_sequence_parallel
+        from megastack.layer_impl import check_sequence_parallel
 
         check_sequence_parallel(args.transformer_impl, parallel.tensor_model_parallel_size, True)
         if growth is not None:

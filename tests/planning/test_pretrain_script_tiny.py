@@ -4,8 +4,8 @@ Runs the real recipe script, overriding its models and sizes from the environmen
   phase 1  torchrun, 8 CPU ranks (TP 2 x PP 2 x DP 2, gloo): tiny-2l for 3 iterations, saved;
   phase 2  tools/grow_checkpoint.py --stacking-list "0-1*4": 2 -> 8 layers, re-sharded for
            TP 2 x PP 2 with 2 interleaved chunks of 2 layers;
-  phase 3  torchrun, same ranks: tiny-8l from the grown weights (--finetune: fresh optimizer,
-           LR re-warm-up) for 3 iterations, saved.
+  phase 3  torchrun, same ranks: tiny-8l from the grown weights (fresh optimizer, LR
+           re-warm-up) for 3 iterations on the rest of the small model's data stream, saved.
 It needs the trainer (megastack.pretrain) and the grow tool (tools/grow_checkpoint.py).
 """
 
@@ -58,6 +58,15 @@ def test_7b_script_runs_three_tiny_phases_on_8_cpu_ranks(repo_root, tmp_path):
     assert (ckpts / "small" / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
     assert (ckpts / "grown").is_dir()
     assert (ckpts / "large" / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    # One data stream: the grown model goes on from the small model's 3 x 8 samples (with
+    # --finetune it would start over at sample 0 and see them again).
+    from megatron.core import dist_checkpointing
+
+    def consumed(phase):
+        common = dist_checkpointing.load_common_state_dict(str(ckpts / phase / "iter_0000003"))
+        return common["consumed_train_samples"]
+
+    assert (consumed("small"), consumed("large")) == (24, 48)
 
     # Rerunning skips every finished phase.
     again = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=120)

@@ -132,10 +132,10 @@ def test_cli_growth_run_setup_user_error_exits_2_without_traceback(tmp_path):
 
 @pytest.mark.parametrize("impl", ["local", "fused", "auto"])
 def test_sequence_parallel_without_transformer_engine_is_rejected(impl, monkeypatch):
-    import megastack.model
+    import megastack.layer_impl
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(megastack.model, "transformer_engine_available", lambda: False)
+    monkeypatch.setattr(megastack.layer_impl, "transformer_engine_available", lambda: False)
     with pytest.raises(ValueError) as e:
         config(BASE + ["--tensor-model-parallel-size", "2", "--sequence-parallel",
                        "--transformer-impl", impl])
@@ -168,7 +168,7 @@ def test_torch_norms_refuse_sequence_parallel():
     from megatron.core.transformer.transformer_layer import TransformerLayer
 
     from megastack.kernels.spec import get_gpt_layer_fused_spec
-    from megastack.model import transformer_engine_available
+    from megastack.layer_impl import transformer_engine_available
 
     if transformer_engine_available():
         pytest.skip("Transformer Engine present: its norms support sequence parallelism")
