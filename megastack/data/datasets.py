@@ -24,6 +24,18 @@ def parse_data_path(data_path: Sequence[str]) -> Tuple[List[str], Optional[List[
     if not words:
         raise ValueError("--data-path is empty: give dataset prefixes (PATH for PATH.bin/.idx) "
                          "or 'weight prefix' pairs")
+    def is_number(word: str) -> bool:
+        try:
+            float(word)
+        except ValueError:
+            return False
+        return True
+
+    if len(words) % 2 == 1 and any(is_number(w) for w in words[::2]):
+        # megatron-core would take the odd list as plain prefixes and look for "0.3.bin".
+        raise ValueError(f"--data-path {' '.join(words)}: {len(words)} words, but a weighted "
+                         f"blend takes 'weight prefix' pairs (e.g. --data-path 0.3 a_text_document "
+                         f"0.7 b_text_document); give every prefix its weight, or no weights")
     prefixes, weights = get_blend_from_list(words)
     if weights is not None and any(w <= 0 for w in weights):
         raise ValueError(f"--data-path weights must be positive, got {weights}")
