@@ -15,6 +15,14 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 logger = logging.getLogger(__name__)
 
 
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_data_path(data_path: Sequence[str]) -> Tuple[List[str], Optional[List[float]]]:
     """Megatron's --data-path: ``[p1, p2, ...]`` or ``[w1, p1, w2, p2, ...]``; entries may
     also hold several space-separated words (as when the flag value was one quoted string)."""
@@ -24,14 +32,7 @@ def parse_data_path(data_path: Sequence[str]) -> Tuple[List[str], Optional[List[
     if not words:
         raise ValueError("--data-path is empty: give dataset prefixes (PATH for PATH.bin/.idx) "
                          "or 'weight prefix' pairs")
-    def is_number(word: str) -> bool:
-        try:
-            float(word)
-        except ValueError:
-            return False
-        return True
-
-    if len(words) % 2 == 1 and any(is_number(w) for w in words[::2]):
+    if len(words) % 2 == 1 and any(_is_number(w) for w in words[::2]):
         # megatron-core would take the odd list as plain prefixes and look for "0.3.bin".
         raise ValueError(f"--data-path {' '.join(words)}: {len(words)} words, but a weighted "
                          f"blend takes 'weight prefix' pairs (e.g. --data-path 0.3 a_text_document "
