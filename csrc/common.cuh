@@ -6,6 +6,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <utility>
 
 #include "kernels.h"
 
@@ -178,11 +182,38 @@ inline int row_block_size(int64_t units, int max_threads) {
   return static_cast<int>(t);
 }
 
+// Launch-time queries answered once per device (and kernel configuration), then from a cache:
+// they are driver calls, and the host issues an op's kernels while the GPU runs the previous
+// ones, so every microsecond the host spends per launch can become GPU idle time.
 inline int device_attribute(cudaDeviceAttr attr) {
-  int dev = 0, value = 0;
+  int dev = 0;
   cudaGetDevice(&dev);
+  static std::mutex mu;
+  static std::map<std::pair<int, int>, int> cache;
+  const std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(dev, static_cast<int>(attr));
+  const auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  int value = 0;
   cudaDeviceGetAttribute(&value, attr, dev);
+  cache.emplace(key, value);
   return value;
+}
+
+// Resident blocks per SM of `kernel` at this launch configuration on the current device.
+inline int blocks_per_sm(const void* kernel, int threads, size_t smem) {
+  int dev = 0;
+  cudaGetDevice(&dev);
+  static std::mutex mu;
+  static std::map<std::tuple<int, const void*, int, size_t>, int> cache;
+  const std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_tuple(dev, kernel, threads, smem);
+  const auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  int per_sm = 0;
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
+  cache.emplace(key, per_sm);
+  return per_sm;
 }
 
 // Grid for a grid-stride elementwise kernel over `n` items.

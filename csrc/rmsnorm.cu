@@ -591,8 +591,7 @@ int64_t rmsnorm_bwd_partial_rows(DType x_dtype, DType w_dtype, const void* dy, c
   const void* ptrs[] = {dy, xin, dsum, dx};
   with_bwd_kernel(x_dtype, w_dtype, ptrs, 4, weight, dsum != nullptr, hidden,
                   [&](const BwdKernel& k, auto*) {
-    int per_sm = 0;
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k.kernel, k.threads, k.smem);
+    const int per_sm = blocks_per_sm(k.kernel, k.threads, k.smem);
     blocks = static_cast<int64_t>(device_attribute(cudaDevAttrMultiProcessorCount)) *
              (per_sm > 0 ? per_sm : 1);
   });
