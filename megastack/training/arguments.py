@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -139,12 +140,22 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--use-distributed-optimizer", action="store_true")
 
 
+def _token_count(text: str) -> float:
+    from megastack.growth.timing import parse_count
+
+    try:
+        return parse_count(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--micro-batch-size", type=int, default=1)
     g.add_argument("--global-batch-size", type=int)
     g.add_argument("--train-iters", type=int)
-    g.add_argument("--train-tokens", type=float, help="alternative to --train-iters")
+    g.add_argument("--train-tokens", type=_token_count,
+                   help="alternative to --train-iters: a count such as 3e11 or 300B")
     g.add_argument("--lr", type=float, default=3e-4)
     g.add_argument("--min-lr", type=float, default=0.0)
     g.add_argument("--lr-warmup-iters", type=int, default=0)
@@ -222,7 +233,8 @@ def add_growth_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grow-at-tokens",
                    help="tokens to train the small model before growing, or 'auto' (guideline)")
     g.add_argument("--stacking-list", help="source layer per target layer, e.g. '0-5*4'")
-    g.add_argument("--target-num-layers", type=int)
+    g.add_argument("--target-num-layers", type=int,
+                   help="default: the --stacking-list's length (given, it must equal it)")
     g.add_argument("--growth-operator", default="stack", choices=["stack", "zero", "random", "learn"],
                    help="depth operator; 'learn' is G_learn (LiGO-style maps trained first)")
     g.add_argument("--learn-steps", type=int, default=100,
@@ -450,16 +462,48 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
                           checkpoint=checkpoint, logging=logging_cfg, growth=growth)
 
 
+# Flags that only growth in one run reads, by attribute.
+_GROWTH_ONLY_FLAGS = {
+    "stacking_list": "--stacking-list", "target_num_layers": "--target-num-layers",
+    "target_tensor_model_parallel_size": "--target-tensor-model-parallel-size",
+    "target_pipeline_model_parallel_size": "--target-pipeline-model-parallel-size",
+    "target_num_layers_per_virtual_pipeline_stage":
+        "--target-num-layers-per-virtual-pipeline-stage",
+    "lr_after_growth": "--lr-after-growth",
+    "lr_warmup_iters_after_growth": "--lr-warmup-iters-after-growth",
+}
+# The layout flags of ParallelConfig.validate's messages, longest first, and their growth names.
+_LAYOUT_FLAG = re.compile(r"(?<![\w-])--(num-layers-per-virtual-pipeline-stage|"
+                          r"tensor-model-parallel-size|pipeline-model-parallel-size|num-layers)\b")
+
+
 def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
                             parallel: ParallelConfig) -> Optional[GrowthConfig]:
     if args.grow_at_tokens is None:
+        given = [flag for attr, flag in _GROWTH_ONLY_FLAGS.items()
+                 if getattr(args, attr) is not None]
+        _check(not given, f"{', '.join(given)} only apply to growth in one run: add "
+                          f"--grow-at-tokens N (or auto), or grow a saved checkpoint with "
+                          f"tools/grow_checkpoint.py")
         return None
-    _check(args.stacking_list is not None and args.target_num_layers is not None,
-           "--grow-at-tokens needs --stacking-list and --target-num-layers")
+    _check(args.stacking_list is not None, "--grow-at-tokens needs --stacking-list")
     _check(args.save is not None, "--grow-at-tokens needs --save DIR (the small model is saved "
                                   "there before growing)")
-    grow_at = None if args.grow_at_tokens == "auto" else int(float(args.grow_at_tokens))
-    target_model = model.replace(num_layers=args.target_num_layers)
+    from megastack.growth.plans import parse_stacking_list
+    from megastack.growth.timing import parse_count
+
+    plan = parse_stacking_list(args.stacking_list)
+    target_layers = len(plan) if args.target_num_layers is None else args.target_num_layers
+    # Checked now, not after the small phase has trained.
+    plan.validate(model.num_layers, target_layers)
+    if args.grow_at_tokens == "auto":
+        grow_at = None
+    else:
+        try:
+            grow_at = int(parse_count(args.grow_at_tokens))
+        except ValueError as e:
+            raise ValueError(f"--grow-at-tokens: {e}, or auto") from None
+    target_model = model.replace(num_layers=target_layers)
     target_parallel = ParallelConfig(
         tensor_model_parallel_size=args.target_tensor_model_parallel_size
         or parallel.tensor_model_parallel_size,
@@ -470,7 +514,11 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
         use_distributed_optimizer=parallel.use_distributed_optimizer,
     )
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    target_parallel.validate(target_model, world_size)
+    try:
+        target_parallel.validate(target_model, world_size)
+    except ValueError as e:
+        named = _LAYOUT_FLAG.sub(r"--target-\1", str(e))
+        raise ValueError(f"the grown model's layout: {named}") from None
     if args.growth_operator == "learn":
         _check(world_size == 1 and target_parallel.tensor_model_parallel_size == 1
                and target_parallel.pipeline_model_parallel_size == 1,
@@ -479,7 +527,7 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
         _check(args.learn_steps >= 1, f"--learn-steps must be >= 1, got {args.learn_steps}")
     return GrowthConfig(
         grow_at_tokens=grow_at, stacking_list=args.stacking_list,
-        target_num_layers=args.target_num_layers, operator=args.growth_operator,
+        target_num_layers=target_layers, operator=args.growth_operator,
         target_parallel=target_parallel, lr_after_growth=args.lr_after_growth,
         lr_warmup_iters_after_growth=args.lr_warmup_iters_after_growth,
         learn_steps=args.learn_steps, learn_lr=args.learn_lr,

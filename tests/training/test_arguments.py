@@ -82,6 +82,37 @@ def test_model_flags_without_a_preset_mean_what_they_mean_to_megatron(monkeypatc
     assert preset.swiglu and preset.normalization == "RMSNorm"  # presets keep their own
 
 
+GROW = ["--save", "unused", "--grow-at-tokens", "256"]
+
+
+@pytest.mark.parametrize("argv, needles", [
+    # A plan that does not fit is refused before the small phase trains (it failed at growth).
+    (GROW + ["--stacking-list", "0-3*4", "--target-num-layers", "12"],
+     ["--stacking-list", "16 entries", "12 layers"]),
+    (GROW + ["--stacking-list", "0-5*2"], ["source layer(s) [4, 5]", "4 layers"]),
+    (GROW + ["--stacking-list", "0-3*2", "--target-tensor-model-parallel-size", "3"],
+     ["grown model", "--target-tensor-model-parallel-size 3 x --target-pipeline-model-parallel"]),
+    (["--save", "unused", "--grow-at-tokens", "1X", "--stacking-list", "0-3*2"],
+     ["--grow-at-tokens", "'1X'", "or auto"]),
+    # Growth flags without --grow-at-tokens were ignored: a plain run of the small model.
+    (["--stacking-list", "0-3*2", "--lr-after-growth", "3e-4"],
+     ["--stacking-list, --lr-after-growth only apply to growth in one run", "--grow-at-tokens"]),
+])
+def test_growth_flags_are_checked_before_training(argv, needles):
+    with pytest.raises(ValueError) as e:
+        config(BASE + argv)
+    for needle in needles:
+        assert needle in str(e.value)
+
+
+def test_growth_target_depth_and_token_counts():
+    cfg = config(BASE + GROW[:2] + ["--grow-at-tokens", "0.5K", "--stacking-list", "0-3*2"])
+    assert (cfg.growth.target_num_layers, cfg.growth.grow_at_tokens) == (8, 500)
+    args = parse_args(["--model", "tiny-4l", "--mock-data", "--train-tokens", "2K",
+                       "--global-batch-size", "2"])
+    assert args.train_tokens == 2000.0
+
+
 def test_vocab_padding_does_not_depend_on_tp():
     assert padded_vocab_size(50257, 128, 1) == padded_vocab_size(50257, 128, 8) == 50304
 
