@@ -23,6 +23,7 @@ import sys
 
 from megastack.config import ModelConfig, ParallelConfig
 from megastack.growth.plans import parse_stacking_list
+from megastack.growth.timing import parse_count
 from megastack.planning import (
     GIB, PhaseLayout, format_growth, format_phase, plan_growth, plan_phase,
 )
@@ -70,14 +71,23 @@ def get_args(argv=None) -> argparse.Namespace:
     group.add_argument("--target-global-batch-size", type=int, help="default: the small phase's")
     group.add_argument("--target-recompute-granularity", choices=["none", "selective", "full"],
                        help="default: the small phase's")
-    group.add_argument("--small-train-tokens", type=float, help="tokens before growth, for the summary")
-    group.add_argument("--train-tokens", type=float, help="total token budget, for the summary")
+    group.add_argument("--small-train-tokens", type=token_count,
+                       help="tokens before growth (e.g. 20e9 or 20B), for the summary")
+    group.add_argument("--train-tokens", type=token_count,
+                       help="total token budget (e.g. 300B), for the summary")
 
     group = parser.add_argument_group("device")
     group.add_argument("--gpu-memory-gib", type=float, default=80.0)
     group.add_argument("--reserve-gib", type=float, default=2.0,
                        help="CUDA context, NCCL buffers and fragmentation, added to every GPU")
     return parser.parse_args(argv)
+
+
+def token_count(text: str) -> float:
+    try:
+        return parse_count(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def shared_overrides(args, tensor_parallel_size: int) -> dict:
@@ -109,6 +119,11 @@ def check_flags(args) -> None:
     for flag, value in positive.items():
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
+    if (args.small_train_tokens is not None and args.train_tokens is not None
+            and args.small_train_tokens >= args.train_tokens):
+        raise ValueError(f"--small-train-tokens {args.small_train_tokens:g} leaves nothing of "
+                         f"--train-tokens {args.train_tokens:g} for the grown model: it must be "
+                         f"smaller")
     if not args.gpu_memory_gib > 0:
         raise ValueError(f"--gpu-memory-gib must be > 0, got {args.gpu_memory_gib}")
     if not args.reserve_gib >= 0:
@@ -172,9 +187,17 @@ def main(argv=None) -> int:
             pp=default(args.target_pipeline_parallel_size, args.pipeline_model_parallel_size),
             vpp=args.target_num_layers_per_virtual_pipeline_stage,
             mbs=default(args.target_micro_batch_size, args.micro_batch_size),
-            gbs=default(args.target_global_batch_size, args.global_batch_size),
+            gbs=default(args.target_global_batch_size, small.global_batch_size),
             recompute=None if target_recompute == "none" else target_recompute,
         )
+        beyond_depth = small.model.replace(num_layers=large.model.num_layers).weight_differences(
+            large.model)
+        if beyond_depth:
+            raise ValueError(
+                f"--grow-to {args.grow_to} differs from the small model beyond depth (small vs "
+                f"grown: {'; '.join(beyond_depth)}): the planner plans depth growth, the recipes' "
+                f"G_stack; pick a preset of the small model's width, or grow width with "
+                f"tools/grow_checkpoint.py --target-hidden-size ... and plan each phase alone")
         if args.stacking_list is not None:
             parse_stacking_list(args.stacking_list).validate(small.model.num_layers,
                                                              large.model.num_layers)

@@ -87,3 +87,29 @@ def test_non_positive_sizes_name_the_flag(plan_tool, capsys, flag, value, grow):
     code, err = run(plan_tool, capsys, *argv)
     assert code == 2
     assert flag in err
+
+
+def test_grow_to_a_preset_of_another_width_is_refused(plan_tool, capsys):
+    """grow_checkpoint cannot stack 8L4096H into llama3-8b (other FFN, fewer query groups,
+    another vocabulary); the plan printed it as a depth growth."""
+    code, err = run(plan_tool, capsys, "--model", "8L4096H", "--grow-to", "llama3-8b",
+                    "--stacking-list", "0-7*4")
+    assert code == 2
+    assert "--grow-to llama3-8b differs from the small model beyond depth" in err
+    assert "--num-query-groups: 32 vs 8" in err and "--ffn-hidden-size: 11008 vs 14336" in err
+
+
+def test_small_tokens_must_leave_tokens_for_the_grown_model(plan_tool, capsys):
+    code, err = run(plan_tool, capsys, "--model", "tiny-2l", "--grow-to", "tiny-8l",
+                    "--small-train-tokens", "400B", "--train-tokens", "300e9")
+    assert code == 2 and "--small-train-tokens 4e+11 leaves nothing of --train-tokens" in err
+
+
+def test_grown_phase_keeps_the_global_batch_by_default(plan_tool, capsys):
+    code = plan_tool.main(["--model", "tiny-2l", "--grow-to", "tiny-8l", "--nproc-per-node", "8",
+                           "--target-tensor-parallel-size", "2", "--target-pipeline-parallel-size",
+                           "2"])
+    out = capsys.readouterr().out
+    assert code == 0
+    # Phase 1: DP 8 x 1 micro-batch; phase 3: DP 2 x 4 micro-batches, the same 8 sequences.
+    assert out.count("= global 8 sequences") == 2, out
