@@ -9,6 +9,7 @@ the writers' compact index arrays. Output appears only when complete (see indexe
 
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from contextlib import ExitStack
@@ -24,6 +25,7 @@ from megastack.data.jsonl_reader import (BadInputError, LineBatch, LineReader, R
 from megastack.data.progress import Progress, format_progress, format_summary
 from megastack.data.sentence_splitter import find_nltk_data_root
 from megastack.data.tokenizers import TokenizerSpec
+from megastack.paths import check_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +152,8 @@ def preprocess(config: PreprocessConfig,
     report = report or logger.info
     if config.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {config.workers}")
+    check_output_dir(f"--output-prefix {config.output_prefix}",
+                     os.path.dirname(os.path.abspath(config.output_prefix)))
     if len(set(config.json_keys)) != len(config.json_keys):
         raise ValueError(f"--json-keys {' '.join(config.json_keys)}: each key may appear once "
                          "(one output dataset per key)")

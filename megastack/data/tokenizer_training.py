@@ -17,6 +17,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 from megastack.data.document_encoder import LineError, parse_fields
 from megastack.data.jsonl_reader import BadInputError, LineReader, expand_inputs
+from megastack.paths import check_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +137,8 @@ def train_sentencepiece(config: TokenizerTrainingConfig) -> str:
     if config.vocab_size < 300:
         raise ValueError(f"--vocab-size {config.vocab_size} is too small: byte fallback alone "
                          "takes 259 ids")
+    check_output_dir(f"--model-prefix {config.model_prefix}",
+                     os.path.dirname(os.path.abspath(config.model_prefix)))
     if config.input_sentence_size < 0:
         raise ValueError(f"--input-sentence-size must be >= 0 (0: every line), got "
                          f"{config.input_sentence_size}")

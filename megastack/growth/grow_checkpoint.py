@@ -40,6 +40,7 @@ from megastack.config import ModelConfig, ParallelConfig
 from megastack.growth.depth import DEPTH_OPERATORS, DepthGrowth, is_layer_key
 from megastack.growth.plans import StackingPlan, parse_stacking_list
 from megastack.growth.width import WIDTH_OPERATORS, WidthGrowth
+from megastack.paths import check_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ def grow_checkpoint(
     layer_map = growth_layer_map(plan.layers, dst_parallel.pipeline_model_parallel_size,
                                  dst_parallel.num_layers_per_virtual_pipeline_stage)
     _check_destination(dst, ckpt, force)
+    check_output_dir(f"--save {dst}", os.path.dirname(os.path.abspath(dst)))
 
     def grow_weight(key: str, tensor: torch.Tensor) -> torch.Tensor:
         out = depth.transform(key, tensor)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from megastack.config import PRESETS, ModelConfig, ParallelConfig
+from megastack.paths import check_output_dir
 
 
 @dataclass(frozen=True)
@@ -422,6 +423,11 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _validate_schedule(args, train_iters)
     _check(args.save_interval is None or args.save is not None,
            "--save-interval needs --save DIR")
+    for flag, path in (("--save", args.save), ("--tensorboard-dir", args.tensorboard_dir),
+                       ("--data-cache-path", args.data_cache_path)):
+        if path is not None:
+            # Refused now, not at the first checkpoint after hours of training.
+            check_output_dir(f"{flag} {path}", path)
     train = TrainConfig(
         micro_batch_size=mbs, global_batch_size=gbs, train_iters=train_iters, lr=args.lr,
         min_lr=args.min_lr, lr_warmup_iters=args.lr_warmup_iters,

@@ -94,6 +94,21 @@ def test_usage_errors_name_the_flag(tmp_path, args, message):
     assert result.returncode == 2 and message in result.stderr
 
 
+def test_output_under_a_file_is_a_usage_error(tmp_path):
+    """Was a FileExistsError traceback from makedirs."""
+    src = write_jsonl(tmp_path / "in.jsonl", ["some text to read"])
+    (tmp_path / "afile").write_text("")
+    for name, flags in (("preprocess_data.py", ["--output-prefix", tmp_path / "afile" / "o",
+                                                "--tokenizer-type", "NullTokenizer",
+                                                "--vocab-size", "300"]),
+                        ("train_tokenizer.py", ["--model-prefix", tmp_path / "afile" / "t",
+                                                "--vocab-size", "300"])):
+        result = tool(name, "--input", src, *flags)
+        assert result.returncode == 2, (name, result.stderr)
+        assert "afile is a file, not a directory" in result.stderr, (name, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
 # Runs a tool with one of its steps slowed down and announced on stderr, so a test can signal
 # it mid-run: python -c SLOWED module:Class.method tools/x.py args...
 SLOWED = """

@@ -261,6 +261,9 @@ def test_destination_rules(src, tmp_path):
             grow_checkpoint(src, inside, stacking_list="0-3*2", fsync=False)
     (tmp_path / "empty").mkdir()
     grow_checkpoint(src, str(tmp_path / "empty"), stacking_list="0-3*2", fsync=False)
+    (tmp_path / "afile").write_text("")  # --save under a file: named, not a FileExistsError
+    with pytest.raises(ValueError, match="afile is a file, not a directory"):
+        grow_checkpoint(src, str(tmp_path / "afile" / "g"), stacking_list="0-3*2", fsync=False)
 
 
 def test_data_beside_the_destination_is_never_touched(src, tmp_path):

@@ -258,3 +258,14 @@ def test_sizes_and_intervals_are_checked(argv, needle, monkeypatch):
     with pytest.raises(ValueError) as e:
         config(BASE + argv)
     assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("flag", ["--save", "--tensorboard-dir", "--data-cache-path"])
+def test_output_dir_under_a_file_is_refused_before_training(flag, tmp_path):
+    """--save under a file failed with NotADirectoryError at the first checkpoint."""
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError) as e:
+        config(BASE + [flag, str(tmp_path / "afile" / "out")])
+    assert f"{flag} {tmp_path / 'afile' / 'out'}" in str(e.value) and "is a file" in str(e.value)
+    assert not (tmp_path / "afile" / "out").exists()
+    config(BASE + [flag, str(tmp_path / "new" / "out")])  # a path yet to be made is fine
