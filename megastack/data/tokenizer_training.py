@@ -166,9 +166,14 @@ def train_sentencepiece(config: TokenizerTrainingConfig) -> str:
         # meant for people ("Vocabulary size too high (4000). Please set it to ...").
         message = _CHECK_PREFIX.sub("", str(err).strip())
         if "ocabulary size" in message:
+            # Too high for the text ("too high ... Please set it to a value <= N"), or below
+            # the characters it must cover ("smaller than required_chars ... Increase
+            # vocab_size or decrease character_coverage with --character_coverage option.").
+            advice = ("" if "required_chars" in message
+                      else " Lower --vocab-size or train on more text.")
+            message = message.replace("--character_coverage", "--character-coverage")
             raise ValueError(f"--vocab-size {config.vocab_size} does not fit the text in "
-                             f"{', '.join(files)}: {message} Lower --vocab-size or train on "
-                             "more text.") from None
+                             f"{', '.join(files)}: {message}{advice}") from None
         raise ValueError(f"SentencePiece could not train on {', '.join(files)}: "
                          f"{message}") from None
     finally:

@@ -109,6 +109,18 @@ def test_vocab_size_too_large_for_the_text_is_a_usage_error(tmp_path):
     assert str(src) in result.stderr
 
 
+def test_vocab_size_below_the_characters_says_raise_it(tmp_path):
+    """SentencePiece's advice (raise it, or lower the coverage) with this tool's flag name, and
+    not the "Lower --vocab-size" of the too-large case."""
+    text = "".join(chr(c) for c in range(0x4E00, 0x4E00 + 400))  # 400 distinct characters
+    src = write_jsonl(tmp_path / "in.jsonl", [text, text[::-1]])
+    result = train_tool("--input", src, "--model-prefix", tmp_path / "t", "--vocab-size", 300,
+                        "--character-coverage", "1.0")
+    assert result.returncode == 2, result.stderr
+    assert "Increase vocab_size" in result.stderr and "--character-coverage option" in result.stderr
+    assert "Lower --vocab-size" not in result.stderr and "--character_coverage" not in result.stderr
+
+
 @pytest.mark.parametrize("content", ["\n\n  \n", json.dumps({"text": " \n "}) + "\n"])
 def test_input_without_text_names_the_files(tmp_path, content):
     src = tmp_path / "blank.jsonl"
