@@ -238,6 +238,9 @@ def load_checkpoint(
     same_layout = list(layout) == list(common.get("rng_layout", []))
     if load_rng and same_layout:
         state["rng_state"] = _rng_state(layout, coords)
+    elif load_rng and "rng_layout" not in common:
+        logger.info("%s holds no RNG state (e.g. a grown checkpoint): the RNG is seeded from --seed",
+                    ckpt)
     elif load_rng:
         logger.info("layout changed from %s to %s: RNG state is re-seeded, not restored",
                     common.get("rng_layout"), list(layout))

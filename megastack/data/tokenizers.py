@@ -84,7 +84,8 @@ class GPT2BPETokenizer(TextTokenizer):
 
         for flag, path in (("--vocab-file", vocab_file), ("--merge-file", merge_file)):
             if not path or not os.path.isfile(path):
-                raise ValueError(f"GPT2BPETokenizer needs {flag}: no file at {path!r}")
+                raise ValueError(f"GPT2BPETokenizer needs {flag}: "
+                                 + (f"no file at {path!r}" if path else "not given"))
         super().__init__(vocab_file, merge_file)
         # Swapped files are the usual mistake; the hint says which goes where.
         expected = "(--vocab-file takes GPT-2's encoder.json, --merge-file its vocab.bpe)"
@@ -145,8 +146,9 @@ class SentencePieceTokenizer(TextTokenizer):
         import sentencepiece
 
         if not tokenizer_model or not os.path.isfile(tokenizer_model):
-            raise ValueError("SentencePieceTokenizer needs --tokenizer-model: no file at "
-                             f"{tokenizer_model!r}")
+            raise ValueError("SentencePieceTokenizer needs --tokenizer-model: "
+                             + (f"no file at {tokenizer_model!r}" if tokenizer_model
+                                else "not given"))
         super().__init__(tokenizer_model)
         try:
             self._sp = sentencepiece.SentencePieceProcessor(model_file=tokenizer_model)

@@ -218,7 +218,9 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-load-rng", action="store_true")
     g.add_argument("--finetune", action="store_true",
                    help="load weights only; start at iteration 0 with a fresh optimizer")
-    g.add_argument("--exit-interval", type=int, help="stop (after saving) at this iteration")
+    g.add_argument("--exit-interval", type=int,
+                   help="stop (after saving) at the first iteration that is a multiple of this "
+                        "(Megatron-LM's rule, also after a resume)")
 
 
 def add_logging_args(p: argparse.ArgumentParser) -> None:

@@ -128,6 +128,7 @@ class Trainer:
         self.train_iterators = self._iterators(self.datasets[0], self.state.consumed_train_samples)
         if self.rank.is_logging_rank:
             self.tb = TensorBoardWriter(cfg.logging.tensorboard_dir)
+            self._tb_steps: dict[str, int] = {}  # tag -> the last step written
         n_params = sum(p.numel() for m in self.chunks for p in m.parameters())
         logger.info("rank %d: %d parameters on this rank (%s), model total %.3fM",
                     self.rank.rank, n_params, self.phase_name or "train",
@@ -234,7 +235,7 @@ class Trainer:
             for m in self.ddp_chunks:
                 m.zero_grad_buffer()
         if finetune:
-            logger.info("loaded weights from %s (finetune: fresh optimizer and LR schedule)", path)
+            logger.info("loaded weights from %s: fresh optimizer and LR schedule", path)
         else:
             logger.info("resuming at iteration %d, %d samples consumed", self.state.iteration,
                         self.state.consumed_train_samples)
@@ -471,9 +472,14 @@ class Trainer:
         logger.info(format_metrics(metrics))
         if self.tb is not None:
             step = int(metrics["iteration"])
-            self.tb.scalars({k: v for k, v in metrics.items()
-                             if k not in ("iteration", "phase") and isinstance(v, (int, float))
-                             and not (isinstance(v, float) and math.isnan(v))}, step)
+            # A tag gets one point per step: an evaluation record repeats "consumed tokens" of
+            # the training record, the growth-point record repeats the last validation loss.
+            scalars = {k: v for k, v in metrics.items()
+                       if k not in ("iteration", "phase") and isinstance(v, (int, float))
+                       and not (isinstance(v, float) and math.isnan(v))
+                       and self._tb_steps.get(k) != step}
+            self._tb_steps.update(dict.fromkeys(scalars, step))
+            self.tb.scalars(scalars, step)
             self.tb.flush()
         if self.metrics_file:
             with open(self.metrics_file, "a") as f:

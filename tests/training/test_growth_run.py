@@ -40,6 +40,11 @@ def test_grow_in_one_run_with_tensorboard(tmp_path):
             "lm loss validation ppl", "tokens-per-sec"} <= tags
     steps = [e.step for e in acc.Scalars("lm loss")]
     assert steps == list(range(1, 9))
+    # One point per tag and step and phase: the evaluation records repeated "consumed tokens"
+    # and the "before growth" record the small model's last validation loss. At the growth
+    # step (4) the small phase's point and the grown model's "after growth" one are both there.
+    assert sorted(e.step for e in acc.Scalars("consumed tokens")) == [1, 2, 3, 4, 4, 5, 6, 7, 8]
+    assert sorted(e.step for e in acc.Scalars("lm loss validation")) == [4, 4, 8]
 
 
 def test_grow_in_one_run_with_learned_maps(tmp_path):
