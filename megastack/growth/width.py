@@ -147,6 +147,12 @@ def validate_width_growth(src: ModelConfig, dst: ModelConfig, operator: str) -> 
                 f"width growth keeps {name} fixed: source has {getattr(src, name)!r}, target "
                 f"{getattr(dst, name)!r}"
             )
+    # Before the head_dim check, whose advice would name a shrinking target.
+    for name in ("hidden_size", "ffn_hidden_size", "num_query_groups"):
+        if getattr(dst, name) < getattr(src, name):
+            raise ValueError(
+                f"width growth cannot shrink {name}: source {getattr(src, name)}, target {getattr(dst, name)}"
+            )
     if dst.head_dim != src.head_dim:
         raise ValueError(
             f"width growth keeps head_dim = hidden/heads fixed ({src.head_dim}); the target has "
@@ -156,11 +162,6 @@ def validate_width_growth(src: ModelConfig, dst: ModelConfig, operator: str) -> 
             f"width growth keeps head_dim = {src.head_dim} fixed, so the target hidden size must "
             f"be a multiple of {src.head_dim} (the target has {dst.hidden_size})"
         )
-    for name in ("hidden_size", "ffn_hidden_size", "num_query_groups"):
-        if getattr(dst, name) < getattr(src, name):
-            raise ValueError(
-                f"width growth cannot shrink {name}: source {getattr(src, name)}, target {getattr(dst, name)}"
-            )
     src_ratio = src.num_attention_heads // src.num_query_groups
     dst_ratio = dst.num_attention_heads // dst.num_query_groups
     if dst_ratio < src_ratio:

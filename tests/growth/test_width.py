@@ -78,6 +78,8 @@ def test_same_seed_same_mapping_for_every_key():
      r"query heads per group.*use --target-num-query-groups \d+"),
     (dict(vocab_size=256), "vocab_size"),
     (dict(num_query_groups=1), "cannot shrink num_query_groups"),
+    # A narrower hidden size is a shrink, not a head_dim mismatch whose advice would fail next.
+    (dict(hidden_size=16), "cannot shrink hidden_size"),
 ])
 def test_invalid_targets_rejected(changes, match):
     with pytest.raises(ValueError, match=match):
