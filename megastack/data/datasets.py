@@ -77,6 +77,36 @@ def check_splits_have_tokens(prefixes: Sequence[str], split: str) -> None:
                     f"--split 90,5,5) or weight 0 (e.g. --split 95,5,0)")
 
 
+def check_token_ids_fit(prefixes: Sequence[str], vocab_size: int,
+                        tokens_to_read: int = 1 << 20) -> None:
+    """Data tokenized with another (larger) vocabulary than this run's tokenizer fails deep
+    in the embedding (an IndexError on CPU, a device-side assert on GPU). The first ~1M
+    tokens of each dataset (and its last sequence) catch that at a negligible cost."""
+    import numpy as np
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    for prefix in prefixes:
+        dataset = IndexedDataset(prefix, mmap=True)
+        count = len(dataset.sequence_lengths)
+        if count == 0:
+            continue
+        read, top, i = 0, -1, 0
+        while i < count and read < tokens_to_read:
+            seq = dataset[i]
+            if len(seq):
+                top = max(top, int(np.max(seq)))
+            read, i = read + len(seq), i + 1
+        last = dataset[count - 1]
+        if len(last):
+            top = max(top, int(np.max(last)))
+        if top >= vocab_size:
+            raise ValueError(
+                f"--data-path {prefix}: holds token id {top}, beyond the tokenizer's vocabulary "
+                f"of {vocab_size}: it was preprocessed with another tokenizer; pass that one "
+                f"(--tokenizer-type/--tokenizer-model/--vocab-size) or preprocess again with "
+                f"this one")
+
+
 def _validate_split(split: str) -> str:
     try:
         parts = [float(p) for p in split.replace("/", ",").split(",")]
@@ -131,6 +161,8 @@ def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_le
         prefixes, weights = parse_data_path(data_path or [])
         check_prefixes_exist(prefixes)
         check_splits_have_tokens(prefixes, split)
+        if getattr(tokenizer, "vocab_size", None):
+            check_token_ids_fit(prefixes, tokenizer.vocab_size)
         blend = (prefixes, weights)
     config = GPTDatasetConfig(
         random_seed=seed,
