@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Dry-run planner: validate a layout, print the layer -> pipeline stage map and per-GPU memory.
+r"""Dry-run planner: validate a layout, print the layer -> pipeline stage map and per-GPU memory.
 
 One training phase:
     python tools/plan.py --model llama2-7b --nnodes 8 --tensor-model-parallel-size 2 \

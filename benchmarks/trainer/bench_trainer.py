@@ -1,4 +1,4 @@
-"""Tokens/s of megastack's trainer vs a plain megatron-core loop, same model and data, one process.
+r"""Tokens/s of megastack's trainer vs a plain megatron-core loop, same model and data, one process.
 
 Runs the two alternately (ROUNDS times each, fresh processes) so machine noise hits both alike,
 and reports medians and their ratio. Writes JSON to --out.
