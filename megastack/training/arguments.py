@@ -504,6 +504,13 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
     target_layers = len(plan) if args.target_num_layers is None else args.target_num_layers
     # Checked now, not after the small phase has trained.
     plan.validate(model.num_layers, target_layers)
+    if args.growth_operator == "zero":
+        from megastack.growth.depth import check_zero_plan
+
+        try:
+            check_zero_plan(plan, model.num_layers)
+        except ValueError as e:  # grow_checkpoint's message: its flag is --operator
+            raise ValueError(str(e).replace("--operator", "--growth-operator")) from None
     if args.grow_at_tokens == "auto":
         grow_at = None
     else:

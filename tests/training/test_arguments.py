@@ -90,6 +90,8 @@ GROW = ["--save", "unused", "--grow-at-tokens", "256"]
     (GROW + ["--stacking-list", "0-3*4", "--target-num-layers", "12"],
      ["--stacking-list", "16 entries", "12 layers"]),
     (GROW + ["--stacking-list", "0-5*2"], ["source layer(s) [4, 5]", "4 layers"]),
+    (GROW + ["--stacking-list", "1,0,2,3,1,0,2,3", "--growth-operator", "zero"],
+     ["--growth-operator zero", "first occurrences"]),
     (GROW + ["--stacking-list", "0-3*2", "--target-tensor-model-parallel-size", "3"],
      ["grown model", "--target-tensor-model-parallel-size 3 x --target-pipeline-model-parallel"]),
     (["--save", "unused", "--grow-at-tokens", "1X", "--stacking-list", "0-3*2"],
