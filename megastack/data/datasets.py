@@ -79,9 +79,10 @@ def check_splits_have_tokens(prefixes: Sequence[str], split: str) -> None:
 
 def check_token_ids_fit(prefixes: Sequence[str], vocab_size: int,
                         tokens_to_read: int = 1 << 20) -> None:
-    """Data tokenized with another (larger) vocabulary than this run's tokenizer fails deep
-    in the embedding (an IndexError on CPU, a device-side assert on GPU). The first ~1M
-    tokens of each dataset (and its last sequence) catch that at a negligible cost."""
+    """Token ids must index the model's embedding (`vocab_size` rows, padded): data tokenized
+    with a larger vocabulary than this run's tokenizer fails deep in the embedding (an
+    IndexError on CPU, a device-side assert on GPU). The first ~1M tokens of each dataset (and
+    its last sequence) catch that at a negligible cost."""
     import numpy as np
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
@@ -101,8 +102,9 @@ def check_token_ids_fit(prefixes: Sequence[str], vocab_size: int,
             top = max(top, int(np.max(last)))
         if top >= vocab_size:
             raise ValueError(
-                f"--data-path {prefix}: holds token id {top}, beyond the tokenizer's vocabulary "
-                f"of {vocab_size}: it was preprocessed with another tokenizer; pass that one "
+                f"--data-path {prefix}: holds token id {top}, beyond the model's vocabulary "
+                f"of {vocab_size} (the tokenizer's, padded): it was preprocessed with another "
+                f"tokenizer; pass that one "
                 f"(--tokenizer-type/--tokenizer-model/--vocab-size) or preprocess again with "
                 f"this one")
 
@@ -139,12 +141,13 @@ def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_le
                        seed: int, train_valid_test_num_samples: Tuple[int, int, int], tokenizer,
                        mock: bool = False, path_to_cache: Optional[str] = None,
                        reset_position_ids: bool = False, reset_attention_mask: bool = False,
-                       eod_mask_loss: bool = False):
+                       eod_mask_loss: bool = False, model_vocab_size: Optional[int] = None):
     """(train, valid, test) megatron-core GPT datasets; an entry is None when its split is empty.
 
     Each item is a dict of torch tensors: tokens, labels, loss_mask, attention_mask,
     position_ids, each ``seq_length`` long. ``mock=True`` ignores ``data_path`` and serves
-    MockGPTDataset samples (for smoke tests without data).
+    MockGPTDataset samples (for smoke tests without data). With ``model_vocab_size`` (the
+    embedding's padded rows) data holding larger token ids is refused up front.
     """
     from megatron.core.datasets.blended_megatron_dataset_builder import (
         BlendedMegatronDatasetBuilder)
@@ -161,8 +164,8 @@ def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_le
         prefixes, weights = parse_data_path(data_path or [])
         check_prefixes_exist(prefixes)
         check_splits_have_tokens(prefixes, split)
-        if getattr(tokenizer, "vocab_size", None):
-            check_token_ids_fit(prefixes, tokenizer.vocab_size)
+        if model_vocab_size is not None:
+            check_token_ids_fit(prefixes, model_vocab_size)
         blend = (prefixes, weights)
     config = GPTDatasetConfig(
         random_seed=seed,

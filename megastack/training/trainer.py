@@ -73,6 +73,7 @@ def build_phase_datasets(cfg: PretrainConfig, total_train_samples: int, tokenize
         data_path=list(cfg.data.data_path), split=cfg.data.split, seq_length=cfg.model.seq_length,
         seed=t.seed, train_valid_test_num_samples=num_samples, tokenizer=tokenizer,
         mock=cfg.data.mock_data, path_to_cache=cfg.data.data_cache_path,
+        model_vocab_size=cfg.model.vocab_size,
     )
 
 

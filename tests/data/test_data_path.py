@@ -35,4 +35,4 @@ def test_token_ids_beyond_the_tokenizer_are_named(tmp_path):
     with pytest.raises(ValueError) as e:
         check_token_ids_fit([prefix], 301)
     assert f"--data-path {prefix}: holds token id 4095" in str(e.value)
-    assert "vocabulary of 301" in str(e.value)
+    assert "model's vocabulary of 301" in str(e.value)
