@@ -47,6 +47,19 @@ def test_table_has_a_row_per_result_with_every_column(bench):
     assert "| fused-staged-3 | bf16 | 0.2011 | 0.043 |" in body[1]
 
 
+def test_target_verdict_takes_the_fastest_fused_path(bench):
+    rows = [_row("fused", 0.2317, 0.041), _row("eager", 2.9, 0.05),
+            dict(_row("fused-staged-3", 0.1990, 0.043), pct_peak=70.3, speedup_vs_eager=14.6),
+            dict(_row("fused", 0.793, 0.03), kernel="swiglu", pct_peak=75.8,
+                 speedup_vs_eager=1.9)]
+    text = bench.to_markdown([META] + rows)
+    assert ("- rmsnorm: fastest fused path `fused-staged-3`, 0.199 ms, 70.3% of peak, 14.6x "
+            "eager: target met") in text
+    assert "- swiglu: fastest fused path `fused`" in text and "1.9x eager: target not met" in text
+    meta = dict(META, peak_gb_per_s=None)  # unknown device: no verdict
+    assert "Target" not in bench.to_markdown([meta] + [dict(r, pct_peak=None) for r in rows])
+
+
 def test_results_are_written_whole(bench, tmp_path):
     results = [META, _row("fused", 0.2317, 0.041)]
     bench.write_results(tmp_path, results)
