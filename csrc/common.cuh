@@ -185,35 +185,38 @@ inline int row_block_size(int64_t units, int max_threads) {
 // Launch-time queries answered once per device (and kernel configuration), then from a cache:
 // they are driver calls, and the host issues an op's kernels while the GPU runs the previous
 // ones, so every microsecond the host spends per launch can become GPU idle time.
-inline int device_attribute(cudaDeviceAttr attr) {
-  int dev = 0;
-  cudaGetDevice(&dev);
-  static std::mutex mu;
-  static std::map<std::pair<int, int>, int> cache;
+template <typename Key, typename Query>
+int cached_query(const Key& key, Query&& query) {
+  static std::mutex mu;  // one cache per instantiation: each call site's lambda is its own type
+  static std::map<Key, int> cache;
   const std::lock_guard<std::mutex> lock(mu);
-  const auto key = std::make_pair(dev, static_cast<int>(attr));
   const auto it = cache.find(key);
   if (it != cache.end()) return it->second;
-  int value = 0;
-  cudaDeviceGetAttribute(&value, attr, dev);
-  cache.emplace(key, value);
-  return value;
+  return cache.emplace(key, query()).first->second;
+}
+
+inline int current_device() {
+  int dev = 0;
+  cudaGetDevice(&dev);
+  return dev;
+}
+
+inline int device_attribute(cudaDeviceAttr attr) {
+  const int dev = current_device();
+  return cached_query(std::make_pair(dev, static_cast<int>(attr)), [&] {
+    int value = 0;
+    cudaDeviceGetAttribute(&value, attr, dev);
+    return value;
+  });
 }
 
 // Resident blocks per SM of `kernel` at this launch configuration on the current device.
 inline int blocks_per_sm(const void* kernel, int threads, size_t smem) {
-  int dev = 0;
-  cudaGetDevice(&dev);
-  static std::mutex mu;
-  static std::map<std::tuple<int, const void*, int, size_t>, int> cache;
-  const std::lock_guard<std::mutex> lock(mu);
-  const auto key = std::make_tuple(dev, kernel, threads, smem);
-  const auto it = cache.find(key);
-  if (it != cache.end()) return it->second;
-  int per_sm = 0;
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
-  cache.emplace(key, per_sm);
-  return per_sm;
+  return cached_query(std::make_tuple(current_device(), kernel, threads, smem), [&] {
+    int per_sm = 0;
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
+    return per_sm;
+  });
 }
 
 // Grid for a grid-stride elementwise kernel over `n` items.

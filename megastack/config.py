@@ -214,47 +214,51 @@ class ParallelConfig:
         per_stage = num_layers // self.pipeline_model_parallel_size
         return per_stage // self.num_layers_per_virtual_pipeline_stage
 
-    def validate(self, model: ModelConfig, world_size: Optional[int] = None) -> None:
-        """Raise ValueError naming the flag when the layout cannot hold the model."""
+    def validate(self, model: ModelConfig, world_size: Optional[int] = None,
+                 flag_prefix: str = "") -> None:
+        """Raise ValueError naming the flag when the layout cannot hold the model. The layout
+        and depth flags are named with `flag_prefix` (e.g. "target-" for a grown model)."""
         tp, pp = self.tensor_model_parallel_size, self.pipeline_model_parallel_size
+        tp_flag = f"--{flag_prefix}tensor-model-parallel-size"
+        pp_flag = f"--{flag_prefix}pipeline-model-parallel-size"
+        vpp_flag = f"--{flag_prefix}num-layers-per-virtual-pipeline-stage"
+        layers_flag = f"--{flag_prefix}num-layers"
         if tp < 1 or pp < 1:
-            raise ValueError("--tensor-model-parallel-size and --pipeline-model-parallel-size must be >= 1")
+            raise ValueError(f"{tp_flag} and {pp_flag} must be >= 1")
         if world_size is not None and world_size % (tp * pp) != 0:
             raise ValueError(
-                f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
-                f"--pipeline-model-parallel-size {pp}: launch a multiple of {tp * pp} processes"
+                f"world size {world_size} is not divisible by {tp_flag} {tp} x "
+                f"{pp_flag} {pp}: launch a multiple of {tp * pp} processes"
             )
         if model.num_attention_heads % tp != 0:
             raise ValueError(
                 f"--num-attention-heads {model.num_attention_heads} is not divisible by "
-                f"--tensor-model-parallel-size {tp}: use a TP size that divides the head count"
+                f"{tp_flag} {tp}: use a TP size that divides the head count"
             )
         if model.num_query_groups % tp != 0:
             raise ValueError(
                 f"--num-query-groups {model.num_query_groups} is not divisible by "
-                f"--tensor-model-parallel-size {tp}: use a TP size that divides the query groups"
+                f"{tp_flag} {tp}: use a TP size that divides the query groups"
             )
         if model.ffn_hidden_size % tp != 0:
             raise ValueError(
                 f"--ffn-hidden-size {model.ffn_hidden_size} is not divisible by "
-                f"--tensor-model-parallel-size {tp}"
+                f"{tp_flag} {tp}"
             )
         if model.num_layers % pp != 0:
             raise ValueError(
-                f"--num-layers {model.num_layers} is not divisible by "
-                f"--pipeline-model-parallel-size {pp}: choose a pipeline size that divides the "
+                f"{layers_flag} {model.num_layers} is not divisible by "
+                f"{pp_flag} {pp}: choose a pipeline size that divides the "
                 f"layer count (e.g. {', '.join(str(d) for d in _divisors(model.num_layers))})"
             )
         v = self.num_layers_per_virtual_pipeline_stage
         if v is not None:
             if pp < 2:
-                raise ValueError(
-                    "--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size >= 2"
-                )
+                raise ValueError(f"{vpp_flag} needs {pp_flag} >= 2")
             per_stage = model.num_layers // pp
             if v < 1 or per_stage % v != 0:
                 raise ValueError(
-                    f"--num-layers-per-virtual-pipeline-stage {v} does not divide the "
+                    f"{vpp_flag} {v} does not divide the "
                     f"{per_stage} layers of each pipeline stage"
                 )
         if self.sequence_parallel and tp == 1:

@@ -23,7 +23,6 @@ import sys
 
 from megastack.config import ModelConfig, ParallelConfig
 from megastack.growth.plans import parse_stacking_list
-from megastack.growth.timing import parse_count
 from megastack.planning import (
     GIB, PhaseLayout, format_growth, format_phase, plan_growth, plan_phase,
 )
@@ -32,6 +31,7 @@ from megastack.training.arguments import (
     add_parallel_args,
     model_config_from_args,
     padded_vocab_size,
+    token_count,
 )
 
 
@@ -81,13 +81,6 @@ def get_args(argv=None) -> argparse.Namespace:
     group.add_argument("--reserve-gib", type=float, default=2.0,
                        help="CUDA context, NCCL buffers and fragmentation, added to every GPU")
     return parser.parse_args(argv)
-
-
-def token_count(text: str) -> float:
-    try:
-        return parse_count(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def shared_overrides(args, tensor_parallel_size: int) -> dict:

@@ -208,11 +208,13 @@ def load_checkpoint(
     scheduler=None,
     load_rng: bool = True,
     check_scheduler: Optional[Callable[[dict[str, Any]], None]] = None,
+    check_common: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> dict[str, Any]:
     """Collectively load model (and optionally optimizer, scheduler, RNG) state.
 
-    `check_scheduler` sees the checkpoint's scheduler state before anything is loaded (only when
-    the scheduler is to be loaded) and may raise to refuse it.
+    `check_common` sees the checkpoint's common state, and `check_scheduler` its scheduler state
+    (only when the scheduler is to be loaded), before anything is loaded; either may raise to
+    refuse the checkpoint.
 
     A checkpoint saved without optimizer state (e.g. grown without --keep-optimizer-state)
     leaves the given optimizer and scheduler fresh, where Megatron-LM would need
@@ -223,6 +225,8 @@ def load_checkpoint(
 
     ckpt = resolve_checkpoint(path)
     common = dist_checkpointing.load_common_state_dict(ckpt)
+    if check_common is not None:
+        check_common(common)
     if optimizer is not None and "optimizer" not in common:
         logger.info("%s holds no optimizer state: starting a fresh optimizer and LR schedule", ckpt)
         optimizer = scheduler = None

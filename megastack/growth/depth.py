@@ -105,18 +105,20 @@ def check_shrink_plan(plan: StackingPlan, source_layers: int) -> None:
         )
 
 
-def check_zero_plan(plan: StackingPlan, source_layers: int) -> None:
-    """G_zero preserves the function only if first occurrences are 0, 1, ..., L_src-1 in order."""
+def check_zero_plan(plan: StackingPlan, source_layers: int,
+                    operator_flag: str = "--operator") -> None:
+    """G_zero preserves the function only if first occurrences are 0, 1, ..., L_src-1 in order.
+    `operator_flag` is the calling tool's name for the operator flag."""
     firsts: list[int] = []
     for source in plan.layers:
         if source not in firsts:
             firsts.append(source)
     if firsts != list(range(source_layers)):
         raise ValueError(
-            f"--operator zero keeps the source function only when every source layer appears and "
+            f"{operator_flag} zero keeps the source function only when every source layer appears and "
             f"their first occurrences are in order 0..{source_layers - 1}; the plan's first "
             f"occurrences are {firsts} (parsed list: {list(plan.layers)}). Reorder the plan or use "
-            f"--operator stack"
+            f"{operator_flag} stack"
         )
 
 

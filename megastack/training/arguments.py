@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -141,7 +140,8 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--use-distributed-optimizer", action="store_true")
 
 
-def _token_count(text: str) -> float:
+def token_count(text: str) -> float:
+    """argparse type for token counts: 3e11, 300B, 1.5K (megastack.growth.timing.parse_count)."""
     from megastack.growth.timing import parse_count
 
     try:
@@ -155,7 +155,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--micro-batch-size", type=int, default=1)
     g.add_argument("--global-batch-size", type=int)
     g.add_argument("--train-iters", type=int)
-    g.add_argument("--train-tokens", type=_token_count,
+    g.add_argument("--train-tokens", type=token_count,
                    help="alternative to --train-iters: a count such as 3e11 or 300B")
     g.add_argument("--lr", type=float, default=3e-4)
     g.add_argument("--min-lr", type=float, default=0.0)
@@ -480,9 +480,6 @@ _GROWTH_ONLY_FLAGS = {
     "lr_after_growth": "--lr-after-growth",
     "lr_warmup_iters_after_growth": "--lr-warmup-iters-after-growth",
 }
-# The layout flags of ParallelConfig.validate's messages, longest first, and their growth names.
-_LAYOUT_FLAG = re.compile(r"(?<![\w-])--(num-layers-per-virtual-pipeline-stage|"
-                          r"tensor-model-parallel-size|pipeline-model-parallel-size|num-layers)\b")
 
 
 def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
@@ -507,10 +504,7 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
     if args.growth_operator == "zero":
         from megastack.growth.depth import check_zero_plan
 
-        try:
-            check_zero_plan(plan, model.num_layers)
-        except ValueError as e:  # grow_checkpoint's message: its flag is --operator
-            raise ValueError(str(e).replace("--operator", "--growth-operator")) from None
+        check_zero_plan(plan, model.num_layers, operator_flag="--growth-operator")
     if args.grow_at_tokens == "auto":
         grow_at = None
     else:
@@ -530,10 +524,9 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
     )
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     try:
-        target_parallel.validate(target_model, world_size)
+        target_parallel.validate(target_model, world_size, flag_prefix="target-")
     except ValueError as e:
-        named = _LAYOUT_FLAG.sub(r"--target-\1", str(e))
-        raise ValueError(f"the grown model's layout: {named}") from None
+        raise ValueError(f"the grown model's layout: {e}") from None
     if args.growth_operator == "learn":
         _check(world_size == 1 and target_parallel.tensor_model_parallel_size == 1
                and target_parallel.pipeline_model_parallel_size == 1,

@@ -219,7 +219,6 @@ class Trainer:
             logger.warning("--load %s: no checkpoint found (no %s): training from scratch",
                            path, ckpt.LATEST_FILE)
             return
-        self._check_model_matches(path)
         load_optim = not (finetune or c.no_load_optim)
         common = ckpt.load_checkpoint(
             path, self.chunks,
@@ -227,6 +226,7 @@ class Trainer:
             scheduler=self.scheduler if load_optim else None,
             load_rng=not (finetune or c.no_load_rng),
             check_scheduler=partial(self._check_scheduler_matches, path),
+            check_common=partial(self._check_model_matches, path),
         )
         if not finetune:
             self.state.iteration = int(common.get("iteration", 0))
@@ -241,14 +241,10 @@ class Trainer:
             logger.info("resuming at iteration %d, %d samples consumed", self.state.iteration,
                         self.state.consumed_train_samples)
 
-    def _check_model_matches(self, path: str) -> None:
+    def _check_model_matches(self, path: str, common: dict[str, Any]) -> None:
         """A checkpoint of another architecture would fail deep in megatron-core's loader with a
         tensor-shape error; name the flags that differ instead (as Megatron-LM's
         check_checkpoint_args does)."""
-        from megatron.core import dist_checkpointing
-
-        found = ckpt.resolve_checkpoint(path)
-        common = dist_checkpointing.load_common_state_dict(found)
         recorded = (common.get("megastack") or {}).get("model")
         if not recorded:
             # A Megatron-LM checkpoint: its args may predate some model flags, so only
@@ -256,6 +252,7 @@ class Trainer:
             return
         diffs = ModelConfig.from_dict(recorded).weight_differences(self.cfg.model)
         if diffs:
+            found = ckpt.resolve_checkpoint(path)
             raise ValueError(
                 f"--load {path}: {found} holds another model (checkpoint vs this run: "
                 f"{'; '.join(diffs)}). Relaunch with the model flags (--model ...) of the run "

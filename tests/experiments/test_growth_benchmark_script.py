@@ -1,24 +1,14 @@
 """benchmarks/growth/run.py reruns a phase whenever what it would compute has changed."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "growth" / "run.py"
-
+from tests.scripts import load_script
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("growth_run_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    # Registered before it runs: its dataclasses look their module up by name.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    return load_script("benchmarks/growth/run.py")
 
 
 def test_a_phase_is_reused_only_for_the_same_command_after_the_same_source(bench, tmp_path):

@@ -9,7 +9,6 @@ results and run further growths of its source checkpoint in this process.
 
 import glob
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ import torch
 from megastack.checkpoint.dist_reader import DistCheckpointReader
 from megastack.checkpoint.layer_map import layer_stage_map
 from megastack.growth.grow_checkpoint import grow_checkpoint
+from tests.scripts import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = os.path.join(REPO, "tests", "checkpoint", "dist_worker.py")
@@ -364,11 +364,7 @@ def test_an_error_while_streaming_removes_the_partial_output(src, tmp_path, monk
 
 # ---- the tool -------------------------------------------------------------------------------------
 def _tool():
-    spec = importlib.util.spec_from_file_location("grow_checkpoint_tool",
-                                                  os.path.join(REPO, "tools", "grow_checkpoint.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/grow_checkpoint.py")
 
 
 def test_tool_prints_the_map_and_summary(src, tmp_path, capsys):

@@ -12,6 +12,7 @@ from megastack.growth.timing import (
     growth_warnings,
     parse_count,
 )
+from tests.scripts import load_script
 
 
 @pytest.mark.parametrize("n, d, expected", [
@@ -62,17 +63,8 @@ def test_parse_count_rejects(bad):
         parse_count(bad)
 
 
-def _load_tool(repo_root):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("growth_timing_tool", repo_root / "tools" / "growth_timing.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_tool_prints_d_g_and_warnings(repo_root, capsys):
-    tool = _load_tool(repo_root)
+def test_tool_prints_d_g_and_warnings(capsys):
+    tool = load_script("tools/growth_timing.py")
     assert tool.main(["--params", "7B", "--tokens", "2T"]) == 0
     out = capsys.readouterr().out
     assert "grow after d:        11.11B tokens" in out

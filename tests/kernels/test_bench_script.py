@@ -1,22 +1,16 @@
 """The kernel benchmark's host-side parts, checked on CPU: a broken script would otherwise only
 show on a GPU machine, whose time is scarce."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels" / "bench_kernels.py"
-
+from tests.scripts import load_script
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_kernels", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/kernels/bench_kernels.py")
 
 
 META = dict(device="NVIDIA H200", peak_gb_per_s=4800.0, copy_gb_per_s=4260.0, tokens=16384,

@@ -4,25 +4,22 @@ command comes from benchmarks/kernels/ptxas_registers.py).
 The .cu files include no torch headers (kernels.h explains why), so each compile takes seconds.
 """
 
-import importlib.util
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.scripts import load_script
+
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 CU_FILES = sorted(CSRC.glob("*.cu"))
-PTXAS_SCRIPT = CSRC.parent / "benchmarks" / "kernels" / "ptxas_registers.py"
 
 
 @pytest.fixture(scope="module")
 def ptxas_registers():
     """The script that owns the nvcc command (the one torch.utils.cpp_extension would run)."""
-    spec = importlib.util.spec_from_file_location("ptxas_registers", PTXAS_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/kernels/ptxas_registers.py")
 
 
 def test_there_are_kernels_to_compile():

@@ -1,20 +1,17 @@
 """tools/plan.py exits 2, naming the flag, on layouts and flags the trainer would reject."""
 
-import importlib.util
 import shlex
 
 import pytest
 
 from megastack.config import ModelConfig, ParallelConfig
 from megastack.planning import PhaseLayout, validate_layout
+from tests.scripts import load_script
 
 
 @pytest.fixture
-def plan_tool(repo_root):
-    spec = importlib.util.spec_from_file_location("plan_tool_under_test", repo_root / "tools" / "plan.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def plan_tool():
+    return load_script("tools/plan.py")
 
 
 def run(plan_tool, capsys, *argv):
