@@ -219,6 +219,22 @@ inline int blocks_per_sm(const void* kernel, int threads, size_t smem) {
   });
 }
 
+// Lets `kernel` launch with `bytes` of dynamic shared memory on the current device (past 48 KB
+// a kernel must opt in). The opt-in is a driver call, so it runs only when a launch needs more
+// than the kernel was last allowed; it only ever raises the limit, which a smaller launch then
+// also fits under. A refused size shows as the launch's error.
+inline cudaError_t allow_dynamic_smem(const void* kernel, size_t bytes) {
+  static std::mutex mu;
+  static std::map<std::pair<int, const void*>, size_t> allowed;
+  const std::lock_guard<std::mutex> lock(mu);
+  size_t& current = allowed[std::make_pair(current_device(), kernel)];
+  if (bytes <= current) return cudaSuccess;
+  const cudaError_t err = cudaFuncSetAttribute(
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (err == cudaSuccess) current = bytes;
+  return err;
+}
+
 // Grid for a grid-stride elementwise kernel over `n` items.
 inline unsigned int elementwise_blocks(int64_t n, int threads) {
   const int64_t cap = static_cast<int64_t>(device_attribute(cudaDevAttrMultiProcessorCount)) * 32;

@@ -524,10 +524,7 @@ BwdKernel bwd_kernel(int64_t hidden) {
   }
   // Past 48 KB per block (dynamic plus the kernels' static block_sum scratch) a kernel must opt
   // in; at hidden 4096 the staged slots alone are exactly 48 KB.
-  if (smem + 32 * sizeof(float) > 48 * 1024) {
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         static_cast<int>(smem));
-  }
+  if (smem + 32 * sizeof(float) > 48 * 1024) allow_dynamic_smem(kernel, smem);
   return {kernel, threads, smem};
 }
 
