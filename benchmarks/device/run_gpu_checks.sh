@@ -11,7 +11,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD
 status=0
 
-# 1. Kernels: build, parity tests, benchmark (about 4 minutes; each step has its own limit).
+# 1. Kernels: build, parity tests, benchmark (about 5 minutes; each step has its own limit).
 timeout 420 bash benchmarks/kernels/run_on_device.sh || status=1
 
 # 2. Trainer: 20 bf16 iterations, the default spec (TE when importable, else local) and the
