@@ -74,6 +74,8 @@ class ModelConfig:
             f"--position-embedding-type must be rope, learned_absolute or none, "
             f"got {self.position_embedding_type!r}",
         )
+        need(self.init_method_std > 0, f"--init-method-std must be > 0, got {self.init_method_std}")
+        need(self.norm_epsilon > 0, f"--norm-epsilon must be > 0, got {self.norm_epsilon}")
         need(
             self.max_position_embeddings >= self.seq_length,
             f"--max-position-embeddings {self.max_position_embeddings} is smaller than "
@@ -209,10 +211,13 @@ class ParallelConfig:
     use_distributed_optimizer: bool = False
 
     def virtual_pipeline_size(self, num_layers: int) -> Optional[int]:
+        """Model chunks per pipeline stage, or None without interleaving (as in Megatron-LM, a
+        virtual stage that holds a whole pipeline stage is no interleaving)."""
         if self.num_layers_per_virtual_pipeline_stage is None:
             return None
         per_stage = num_layers // self.pipeline_model_parallel_size
-        return per_stage // self.num_layers_per_virtual_pipeline_stage
+        chunks = per_stage // self.num_layers_per_virtual_pipeline_stage
+        return chunks if chunks > 1 else None
 
     def validate(self, model: ModelConfig, world_size: Optional[int] = None,
                  flag_prefix: str = "") -> None:

@@ -84,7 +84,8 @@ class GrowthReport:
     seconds: float
 
     def format_map(self) -> str:
-        interleaved = self.target_parallel.num_layers_per_virtual_pipeline_stage is not None
+        interleaved = (self.target_parallel.virtual_pipeline_size(self.target_model.num_layers)
+                       is not None)
         return format_layer_map(self.layer_map, interleaved=interleaved)
 
     def summary(self) -> str:

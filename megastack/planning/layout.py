@@ -56,7 +56,7 @@ class PhaseLayout:
 
     @property
     def interleaved(self) -> bool:
-        return self.parallel.num_layers_per_virtual_pipeline_stage is not None
+        return self.parallel.virtual_pipeline_size(self.model.num_layers) is not None
 
     @property
     def layers_per_stage(self) -> int:

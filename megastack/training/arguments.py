@@ -297,6 +297,9 @@ def model_config_from_args(args: argparse.Namespace, vocab_size: Optional[int]) 
             base[name] = value
     if args.num_query_groups is not None and not args.group_query_attention and not args.model:
         raise ValueError("--num-query-groups needs --group-query-attention (as in Megatron-LM)")
+    if args.group_query_attention and args.num_query_groups is None:
+        # Megatron-LM's --num-query-groups default is one group; a preset's own grouping stands.
+        base.setdefault("num_query_groups", 1)
     if args.swiglu is not None:
         base["swiglu"] = True
     if args.disable_bias_linear is not None:
@@ -341,7 +344,17 @@ def _validate_data(args: argparse.Namespace) -> None:
 
 
 def _validate_schedule(args: argparse.Namespace, train_iters: int) -> None:
+    _check(args.lr_decay_iters is None or args.lr_decay_iters >= 1,
+           f"--lr-decay-iters must be >= 1, got {args.lr_decay_iters}")
     decay_iters = args.lr_decay_iters or train_iters
+    _check(args.lr_warmup_iters >= 0, f"--lr-warmup-iters must be >= 0, got {args.lr_warmup_iters}")
+    # Megatron-LM refuses these too (its scheduler asserts them).
+    _check(args.lr_decay_style == "constant" or args.lr_warmup_iters < decay_iters,
+           f"--lr-warmup-iters {args.lr_warmup_iters} must be smaller than the {decay_iters} "
+           f"iterations of the LR schedule (--lr-decay-iters, default --train-iters), which "
+           f"include the warmup: shorten the warmup or lengthen the decay")
+    _check(0 <= args.min_lr <= args.lr,
+           f"--min-lr {args.min_lr} must be between 0 and --lr {args.lr}")
     if args.lr_decay_style == "WSD":
         wsd = args.lr_wsd_decay_iters
         _check(wsd is not None,
@@ -370,6 +383,17 @@ def _validate_recompute(args: argparse.Namespace) -> Optional[int]:
            "--recompute-method and --recompute-num-layers apply to --recompute-granularity full "
            "only: drop them or use --recompute-granularity full")
     return None
+
+
+def _check_interleaved_microbatches(parallel: ParallelConfig, model: ModelConfig,
+                                    microbatches: int, flag_prefix: str = "") -> None:
+    if parallel.virtual_pipeline_size(model.num_layers) is None:
+        return
+    pp = parallel.pipeline_model_parallel_size
+    _check(microbatches % pp == 0,
+           f"the interleaved schedule needs the number of micro-batches ({microbatches}) to be a "
+           f"multiple of --{flag_prefix}pipeline-model-parallel-size {pp}: raise "
+           f"--global-batch-size")
 
 
 def _is_number(s: str) -> bool:
@@ -401,12 +425,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _check(gbs % (mbs * dp) == 0,
            f"--global-batch-size {gbs} is not divisible by --micro-batch-size {mbs} x data-parallel "
            f"size {dp}: use a global batch that is a multiple of {mbs * dp}")
-    if args.num_layers_per_virtual_pipeline_stage is not None:
-        pp = parallel.pipeline_model_parallel_size
-        _check((gbs // (mbs * dp)) % pp == 0,
-               f"the interleaved schedule needs the number of micro-batches ({gbs // (mbs * dp)}) "
-               f"to be a multiple of --pipeline-model-parallel-size {pp}: raise "
-               f"--global-batch-size")
+    _check_interleaved_microbatches(parallel, model, gbs // (mbs * dp))
     if args.train_iters is None and args.train_tokens is None:
         raise ValueError("give --train-iters or --train-tokens")
     if args.train_iters is not None and args.train_tokens is not None:
@@ -415,8 +434,6 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     if train_iters is None:
         train_iters = int(math.ceil(args.train_tokens / (gbs * model.seq_length)))
     _check(train_iters >= 1, f"--train-iters must be >= 1, got {train_iters}")
-    _check(args.lr_warmup_iters <= train_iters or args.lr_decay_style == "constant",
-           f"--lr-warmup-iters {args.lr_warmup_iters} exceeds the {train_iters} training iterations")
     _check(args.log_interval >= 1, "--log-interval must be >= 1")
     _check(args.eval_interval >= 0,
            f"--eval-interval must be >= 0 (0: no evaluation), got {args.eval_interval}")
@@ -425,6 +442,9 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _validate_schedule(args, train_iters)
     _check(args.save_interval is None or args.save is not None,
            "--save-interval needs --save DIR")
+    for flag, value in (("--save-interval", args.save_interval),
+                        ("--exit-interval", args.exit_interval)):
+        _check(value is None or value >= 1, f"{flag} must be >= 1, got {value}")
     for flag, path in (("--save", args.save), ("--tensorboard-dir", args.tensorboard_dir),
                        ("--data-cache-path", args.data_cache_path)):
         if path is not None:
@@ -457,7 +477,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         log_interval=args.log_interval, eval_interval=args.eval_interval,
         eval_iters=args.eval_iters, tensorboard_dir=args.tensorboard_dir,
     )
-    growth = growth_config_from_args(args, model, parallel)
+    growth = growth_config_from_args(args, model, parallel, gbs)
     if args.sequence_parallel:
         from megastack.layer_impl import check_sequence_parallel
 
@@ -483,7 +503,8 @@ _GROWTH_ONLY_FLAGS = {
 
 
 def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
-                            parallel: ParallelConfig) -> Optional[GrowthConfig]:
+                            parallel: ParallelConfig,
+                            global_batch_size: int) -> Optional[GrowthConfig]:
     if args.grow_at_tokens is None:
         given = [flag for attr, flag in _GROWTH_ONLY_FLAGS.items()
                  if getattr(args, attr) is not None]
@@ -527,6 +548,15 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
         target_parallel.validate(target_model, world_size, flag_prefix="target-")
     except ValueError as e:
         raise ValueError(f"the grown model's layout: {e}") from None
+    target_dp = world_size // (target_parallel.tensor_model_parallel_size
+                               * target_parallel.pipeline_model_parallel_size)
+    mbs = args.micro_batch_size
+    _check(global_batch_size % (mbs * target_dp) == 0,
+           f"the grown model's layout: --global-batch-size {global_batch_size} is not divisible "
+           f"by --micro-batch-size {mbs} x its data-parallel size {target_dp}: use a global "
+           f"batch that is a multiple of {mbs * target_dp}")
+    _check_interleaved_microbatches(target_parallel, target_model,
+                                    global_batch_size // (mbs * target_dp), flag_prefix="target-")
     if args.growth_operator == "learn":
         _check(world_size == 1 and target_parallel.tensor_model_parallel_size == 1
                and target_parallel.pipeline_model_parallel_size == 1,

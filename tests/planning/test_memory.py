@@ -74,9 +74,11 @@ def test_in_flight_microbatches_match_megatron_schedule(pp, per_chunk, num_micro
                                                num_layers_per_virtual_pipeline_stage=per_chunk),
                          world_size=pp, global_batch_size=num_microbatches)
     chunks = layout.virtual_pipeline_size
+    # (4, 2, 8): a virtual stage of a whole pipeline stage is no interleaving, as in Megatron-LM.
+    assert layout.interleaved == (per_chunk is not None and chunks > 1)
     for stage in range(pp):
         comm = SimpleNamespace(pp_group=SimpleNamespace(size=lambda: pp, rank=lambda s=stage: s),
-                               virtual_pipeline_model_parallel_size=chunks if per_chunk else None)
+                               virtual_pipeline_model_parallel_size=chunks if layout.interleaved else None)
         total, _, warmup, remaining = get_pp_rank_microbatches(
             num_microbatches, chunks, pp, p2p_communicator=comm)
         expected = warmup + (1 if remaining > 0 else 0)  # steady state adds one before its backward

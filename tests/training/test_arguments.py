@@ -254,6 +254,17 @@ def test_scheduler_resume_flags_use_megatron_names():
     (["--global-batch-size", "-4"], "--global-batch-size must be >= 1, got -4"),
     (["--eval-interval", "-1"], "--eval-interval must be >= 0"),
     (["--eval-iters", "-1"], "--eval-iters must be >= 0"),
+    (["--save", "ckpt", "--save-interval", "0"], "--save-interval must be >= 1, got 0"),
+    (["--exit-interval", "0"], "--exit-interval must be >= 1, got 0"),
+    # Megatron-LM refuses these; they silently bent the LR schedule or failed in its scheduler.
+    (["--train-iters", "14", "--lr-warmup-iters", "10", "--lr-decay-iters", "5"],
+     "--lr-warmup-iters 10 must be smaller than the 5 iterations"),
+    (["--lr-warmup-iters", "2"], "--lr-warmup-iters 2 must be smaller than the 2 iterations"),
+    (["--lr-warmup-iters", "-3"], "--lr-warmup-iters must be >= 0, got -3"),
+    (["--lr-decay-iters", "0"], "--lr-decay-iters must be >= 1, got 0"),
+    (["--lr", "1e-4", "--min-lr", "1e-3"], "--min-lr 0.001 must be between 0 and --lr 0.0001"),
+    (["--init-method-std", "-0.02"], "--init-method-std must be > 0, got -0.02"),
+    (["--norm-epsilon", "0"], "--norm-epsilon must be > 0, got 0.0"),
 ])
 def test_sizes_and_intervals_are_checked(argv, needle, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
@@ -271,3 +282,53 @@ def test_output_dir_under_a_file_is_refused_before_training(flag, tmp_path):
     assert f"{flag} {tmp_path / 'afile' / 'out'}" in str(e.value) and "is a file" in str(e.value)
     assert not (tmp_path / "afile" / "out").exists()
     config(BASE + [flag, str(tmp_path / "new" / "out")])  # a path yet to be made is fine
+
+
+def test_group_query_attention_defaults_to_megatrons_one_group():
+    """--group-query-attention alone built multi-head attention (groups = heads): other
+    weight shapes than the Megatron-LM script it came from."""
+    plain = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "8",
+             "--seq-length", "32", "--mock-data", "--train-iters", "2"]
+    assert config(plain).model.num_query_groups == 8
+    assert config(plain + ["--group-query-attention"]).model.num_query_groups == 1
+    assert config(plain + ["--group-query-attention", "--num-query-groups", "2"]
+                  ).model.num_query_groups == 2
+    # A preset's own grouping stands.
+    gqa = ["--model", "llama3-8b", "--mock-data", "--train-iters", "2"]
+    assert config(gqa + ["--group-query-attention"]).model.num_query_groups == 8
+
+
+def test_one_virtual_stage_per_pipeline_stage_is_no_interleaving(monkeypatch):
+    """As in Megatron-LM: a virtual stage holding the whole pipeline stage means the plain 1F1B
+    schedule (it crashed at the first step: one data iterator for an 'interleaved' model)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    # 3 micro-batches: not a multiple of PP 2, which only the interleaved schedule needs.
+    cfg = config(BASE + ["--pipeline-model-parallel-size", "2",
+                         "--num-layers-per-virtual-pipeline-stage", "2",
+                         "--global-batch-size", "3"])
+    assert cfg.parallel.virtual_pipeline_size(cfg.model.num_layers) is None
+    cfg = config(BASE + ["--pipeline-model-parallel-size", "2",
+                         "--num-layers-per-virtual-pipeline-stage", "1",
+                         "--global-batch-size", "4"])
+    assert cfg.parallel.virtual_pipeline_size(cfg.model.num_layers) == 2
+    with pytest.raises(ValueError, match="multiple of --pipeline-model-parallel-size 2"):
+        config(BASE + ["--pipeline-model-parallel-size", "2",
+                       "--num-layers-per-virtual-pipeline-stage", "1", "--global-batch-size", "3"])
+
+
+def test_grown_layout_batch_is_checked_before_training(monkeypatch):
+    """The grown model's data-parallel size can differ from the small one's: a global batch
+    that only the small layout divides failed after the small phase."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    grow = BASE + ["--save", "unused", "--grow-at-tokens", "256", "--stacking-list", "0-3*2",
+                   "--tensor-model-parallel-size", "2", "--micro-batch-size", "2",
+                   "--global-batch-size", "4"]
+    config(grow)
+    with pytest.raises(ValueError, match="--global-batch-size 4 is not divisible by "
+                                         "--micro-batch-size 2 x its data-parallel size 4"):
+        config(grow + ["--target-tensor-model-parallel-size", "1"])
+    with pytest.raises(ValueError, match="multiple of --target-pipeline-model-parallel-size 2"):
+        config(grow + ["--target-tensor-model-parallel-size", "1",
+                       "--target-pipeline-model-parallel-size", "2", "--micro-batch-size", "1",
+                       "--global-batch-size", "6",
+                       "--target-num-layers-per-virtual-pipeline-stage", "1"])
