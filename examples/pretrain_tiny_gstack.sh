@@ -132,7 +132,7 @@ COMMON_FLAGS=(
     --data-cache-path "$DATA_DIR/index_cache"
     --micro-batch-size "$MICRO_BATCH_SIZE" --global-batch-size "$GLOBAL_BATCH_SIZE"
     --train-iters "$DATASET_ITERS" --lr "$LR" --min-lr "$MIN_LR" --lr-decay-style cosine
-    --weight-decay 0.1 --clip-grad 1.0 --seed "$SEED"
+    --weight-decay 0.1 --clip-grad 1.0 --adam-beta2 0.95 --seed "$SEED"
     --log-interval "$LOG_INTERVAL" --eval-interval "$EVAL_INTERVAL" --eval-iters "$EVAL_ITERS"
 )
 

@@ -34,6 +34,10 @@ class ModelConfig:
     rotary_base: int = 10000
     untie_embeddings_and_output_weights: bool = True
     init_method_std: float = 0.02
+    # Training-time regularisation, not shape: kept here because megatron-core's
+    # TransformerConfig takes it with the architecture. Llama-style presets train without.
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.ffn_hidden_size is None:
@@ -74,6 +78,9 @@ class ModelConfig:
             f"--position-embedding-type must be rope, learned_absolute or none, "
             f"got {self.position_embedding_type!r}",
         )
+        for flag, p in (("--attention-dropout", self.attention_dropout),
+                        ("--hidden-dropout", self.hidden_dropout)):
+            need(0.0 <= p < 1.0, f"{flag} must be in [0, 1), got {p}")
         need(self.init_method_std > 0, f"--init-method-std must be > 0, got {self.init_method_std}")
         need(self.norm_epsilon > 0, f"--norm-epsilon must be > 0, got {self.norm_epsilon}")
         need(
@@ -305,8 +312,8 @@ def to_transformer_config(
         bias_activation_fusion=False,
         add_bias_linear=model.add_bias_linear,
         init_method_std=model.init_method_std,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
+        hidden_dropout=model.hidden_dropout,
+        attention_dropout=model.attention_dropout,
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_size(model.num_layers),

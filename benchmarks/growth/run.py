@@ -236,7 +236,8 @@ def phase_command(args, data, phase: PhasePlan, dataset_iters: int) -> list[str]
            "--train-iters", str(dataset_iters),
            "--lr", str(args.lr), "--min-lr", str(args.min_lr), "--lr-decay-style", "cosine",
            "--lr-warmup-iters", str(phase.warmup_iters), "--lr-decay-iters", str(phase.iters),
-           "--weight-decay", "0.1", "--clip-grad", "1.0", "--seed", str(args.seed),
+           "--weight-decay", "0.1", "--clip-grad", "1.0", "--adam-beta2", "0.95",
+           "--attention-dropout", "0", "--hidden-dropout", "0", "--seed", str(args.seed),
            "--log-interval", str(args.eval_interval), "--eval-interval", str(args.eval_interval),
            "--eval-iters", str(args.eval_iters), "--save", os.path.join(phase_dir, "ckpt"),
            "--tensorboard-dir", os.path.join(phase_dir, "tensorboard")]

@@ -45,7 +45,7 @@ Environment (current value in brackets):
              SMALL_TRAIN_ITERS / LARGE_TRAIN_ITERS [${SMALL_TRAIN_ITERS:-}/${LARGE_TRAIN_ITERS:-}] (override tokens)
   schedule   SMALL_LR [${SMALL_LR}] LARGE_LR [${LARGE_LR}] SMALL_MIN_LR [${SMALL_MIN_LR}] LARGE_MIN_LR [${LARGE_MIN_LR}]
              SMALL_WARMUP_ITERS [${SMALL_WARMUP_ITERS}] LARGE_WARMUP_ITERS [${LARGE_WARMUP_ITERS}]
-             LR_DECAY_STYLE [${LR_DECAY_STYLE}] WEIGHT_DECAY [${WEIGHT_DECAY}] CLIP_GRAD [${CLIP_GRAD}] SEED [${SEED}]
+             LR_DECAY_STYLE [${LR_DECAY_STYLE}] ADAM_BETA2 [${ADAM_BETA2}] WEIGHT_DECAY [${WEIGHT_DECAY}] CLIP_GRAD [${CLIP_GRAD}] SEED [${SEED}]
   data       DATA_PATH [${DATA_PATH}] MOCK_DATA [${MOCK_DATA}] SPLIT [${SPLIT}]
              TOKENIZER_TYPE [${TOKENIZER_TYPE}] TOKENIZER_MODEL [${TOKENIZER_MODEL}] VOCAB_SIZE [${VOCAB_SIZE}]
   output     OUTPUT_DIR [${OUTPUT_DIR}] SAVE_INTERVAL [${SAVE_INTERVAL}] LOG_INTERVAL [${LOG_INTERVAL}]
@@ -103,6 +103,8 @@ gstack_defaults() {
     : "${SMALL_WARMUP_ITERS:=500}"
     : "${LARGE_WARMUP_ITERS:=3000}"
     : "${LR_DECAY_STYLE:=cosine}"
+    # The paper's AdamW beta2 (Megatron-LM's default is 0.999).
+    : "${ADAM_BETA2:=0.95}"
     : "${WEIGHT_DECAY:=0.1}"
     : "${CLIP_GRAD:=1.0}"
     : "${SEED:=1234}"
@@ -226,7 +228,7 @@ gstack_train_args() {
     GSTACK_ARGS+=(
         --lr "${!lr_var}" --min-lr "${!min_lr_var}" --lr-warmup-iters "${!warmup_var}"
         --lr-decay-style "$LR_DECAY_STYLE" --weight-decay "$WEIGHT_DECAY" --clip-grad "$CLIP_GRAD"
-        --seed "$SEED" --split "$SPLIT"
+        --adam-beta2 "$ADAM_BETA2" --seed "$SEED" --split "$SPLIT"
         --save-interval "$SAVE_INTERVAL" --log-interval "$LOG_INTERVAL"
         --eval-interval "$EVAL_INTERVAL" --eval-iters "$EVAL_ITERS"
         --tensorboard-dir "${OUTPUT_DIR}/tensorboard/${phase}"

@@ -26,11 +26,11 @@ class TrainConfig:
     min_lr: float = 0.0
     lr_warmup_iters: int = 0
     lr_decay_iters: Optional[int] = None
-    lr_decay_style: str = "cosine"
+    lr_decay_style: str = "linear"
     weight_decay: float = 0.01
     clip_grad: float = 1.0
     adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
+    adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     bf16: bool = False
     seed: int = 1234
@@ -71,9 +71,9 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    log_interval: int = 10
+    log_interval: int = 100
     eval_interval: int = 1000
-    eval_iters: int = 10
+    eval_iters: int = 100
     tensorboard_dir: Optional[str] = None
 
 
@@ -126,6 +126,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seq-length", type=int)
     g.add_argument("--max-position-embeddings", type=int)
     g.add_argument("--init-method-std", type=float)
+    g.add_argument("--attention-dropout", type=float,
+                   help="default 0.1 as in Megatron-LM; 0 with a --model preset (Llama-style)")
+    g.add_argument("--hidden-dropout", type=float,
+                   help="default 0.1 as in Megatron-LM; 0 with a --model preset (Llama-style)")
     g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
     g.add_argument("--transformer-impl", default="auto",
                    choices=["auto", "local", "transformer_engine", "fused"])
@@ -161,7 +165,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-lr", type=float, default=0.0)
     g.add_argument("--lr-warmup-iters", type=int, default=0)
     g.add_argument("--lr-decay-iters", type=int)
-    g.add_argument("--lr-decay-style", default="cosine",
+    g.add_argument("--lr-decay-style", default="linear",
                    choices=["constant", "linear", "cosine", "inverse-square-root", "WSD"])
     g.add_argument("--lr-wsd-decay-style", default="exponential",
                    choices=["exponential", "linear", "cosine", "minus_sqrt"],
@@ -179,7 +183,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=0.01)
     g.add_argument("--clip-grad", type=float, default=1.0)
     g.add_argument("--adam-beta1", type=float, default=0.9)
-    g.add_argument("--adam-beta2", type=float, default=0.95)
+    g.add_argument("--adam-beta2", type=float, default=0.999)
     g.add_argument("--adam-eps", type=float, default=1e-8)
     g.add_argument("--bf16", action="store_true")
     g.add_argument("--seed", type=int, default=1234)
@@ -225,9 +229,9 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
 
 def add_logging_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("logging and evaluation")
-    g.add_argument("--log-interval", type=int, default=10)
+    g.add_argument("--log-interval", type=int, default=100)
     g.add_argument("--eval-interval", type=int, default=1000, help="0: no evaluation")
-    g.add_argument("--eval-iters", type=int, default=10)
+    g.add_argument("--eval-iters", type=int, default=100)
     g.add_argument("--tensorboard-dir")
 
 
@@ -267,7 +271,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 _MODEL_FLAGS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                 "num_query_groups", "normalization", "norm_epsilon", "position_embedding_type",
-                "rotary_base", "seq_length", "max_position_embeddings", "init_method_std")
+                "rotary_base", "seq_length", "max_position_embeddings", "init_method_std",
+                "attention_dropout", "hidden_dropout")
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
@@ -278,10 +283,12 @@ def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
 
 
 # Without --model the flags mean what they mean to Megatron-LM, whose defaults are GPT-2's
-# (a Megatron script that passes no --swiglu gets GELU, not megastack's Llama-style presets).
+# (a Megatron script that passes no --swiglu gets GELU and dropout 0.1, not megastack's
+# Llama-style presets).
 MEGATRON_MODEL_DEFAULTS = dict(normalization="LayerNorm", position_embedding_type="learned_absolute",
                                swiglu=False, add_bias_linear=True,
-                               untie_embeddings_and_output_weights=False)
+                               untie_embeddings_and_output_weights=False,
+                               attention_dropout=0.1, hidden_dropout=0.1)
 
 
 def _megatron_ffn_hidden_size(hidden_size: int, swiglu: bool) -> int:

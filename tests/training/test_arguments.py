@@ -80,6 +80,34 @@ def test_model_flags_without_a_preset_mean_what_they_mean_to_megatron(monkeypatc
     assert llama.ffn_hidden_size == 128  # Megatron: int(4h * 2/3 / 64) * 64
     preset = config(["--model", "tiny-4l", "--mock-data", "--train-iters", "2"]).model
     assert preset.swiglu and preset.normalization == "RMSNorm"  # presets keep their own
+    assert (gpt.attention_dropout, gpt.hidden_dropout) == (0.1, 0.1)  # Megatron's default
+    assert (preset.attention_dropout, preset.hidden_dropout) == (0.0, 0.0)  # Llama-style
+    no_dropout = config(GPT_FLAGS + ["--attention-dropout", "0", "--hidden-dropout", "0.05"]).model
+    assert (no_dropout.attention_dropout, no_dropout.hidden_dropout) == (0.0, 0.05)
+
+
+def test_dropout_reaches_megatron_core():
+    """The dropout flags were refused (and dropout hard-coded to 0): a Megatron-LM script's
+    --attention-dropout/--hidden-dropout must set TransformerConfig's."""
+    from megastack.config import to_transformer_config
+
+    model = config(GPT_FLAGS + ["--attention-dropout", "0.2", "--hidden-dropout", "0.3"]).model
+    tc = to_transformer_config(model)
+    assert (tc.attention_dropout, tc.hidden_dropout) == (0.2, 0.3)
+    with pytest.raises(ValueError, match="--hidden-dropout must be in \\[0, 1\\), got 1.0"):
+        config(GPT_FLAGS + ["--hidden-dropout", "1"])
+
+
+def test_training_defaults_are_megatrons():
+    """A Megatron-LM script that leaves these out must train as it did there."""
+    args = parse_args(GPT_FLAGS)
+    assert (args.adam_beta1, args.adam_beta2, args.adam_eps) == (0.9, 0.999, 1e-8)
+    assert args.lr_decay_style == "linear"
+    assert (args.log_interval, args.eval_interval, args.eval_iters) == (100, 1000, 100)
+    assert (args.weight_decay, args.clip_grad, args.min_lr, args.lr_warmup_iters) == (0.01, 1.0,
+                                                                                      0.0, 0)
+    cfg = config(GPT_FLAGS)
+    assert (cfg.train.adam_beta2, cfg.train.lr_decay_style) == (0.999, "linear")
 
 
 GROW = ["--save", "unused", "--grow-at-tokens", "256"]
