@@ -8,6 +8,7 @@ or model exists, and every error names the flag and the fix.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from typing import Optional
 
 from megastack.config import PRESETS, ModelConfig, ParallelConfig
 from megastack.paths import check_output_dir
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class TrainConfig:
     lr_wsd_decay_iters: Optional[int] = None
     override_opt_param_scheduler: bool = False
     use_checkpoint_opt_param_scheduler: bool = False
+    overlap_grad_reduce: bool = False
+    ddp_bucket_size: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,9 @@ class DataConfig:
     vocab_size: Optional[int] = None
     data_cache_path: Optional[str] = None
     num_workers: int = 0
+    reset_position_ids: bool = False
+    reset_attention_mask: bool = False
+    eod_mask_loss: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class CheckpointConfig:
     no_load_rng: bool = False
     finetune: bool = False
     exit_interval: Optional[int] = None
+    exit_duration_in_mins: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,12 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int)
     g.add_argument("--sequence-parallel", action="store_true")
     g.add_argument("--use-distributed-optimizer", action="store_true")
+    g.add_argument("--overlap-grad-reduce", action="store_true",
+                   help="start each gradient bucket's data-parallel reduction during the "
+                        "backward pass")
+    g.add_argument("--ddp-bucket-size", type=int,
+                   help="parameters per gradient bucket with --overlap-grad-reduce (default "
+                        "Megatron-LM's: max(40M, 1M x data-parallel size))")
 
 
 def token_count(text: str) -> float:
@@ -161,10 +176,20 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-iters", type=int)
     g.add_argument("--train-tokens", type=token_count,
                    help="alternative to --train-iters: a count such as 3e11 or 300B")
+    g.add_argument("--train-samples", type=int,
+                   help="alternative to --train-iters: sequences, as in Megatron-LM (iterations "
+                        "= samples // --global-batch-size)")
     g.add_argument("--lr", type=float, default=3e-4)
     g.add_argument("--min-lr", type=float, default=0.0)
     g.add_argument("--lr-warmup-iters", type=int, default=0)
+    g.add_argument("--lr-warmup-fraction", type=float,
+                   help="warmup as a fraction of the decay iterations (instead of "
+                        "--lr-warmup-iters)")
     g.add_argument("--lr-decay-iters", type=int)
+    g.add_argument("--lr-warmup-samples", type=int,
+                   help="with --train-samples: warmup in samples (rounded to iterations)")
+    g.add_argument("--lr-decay-samples", type=int,
+                   help="with --train-samples: decay in samples (rounded to iterations)")
     g.add_argument("--lr-decay-style", default="linear",
                    choices=["constant", "linear", "cosine", "inverse-square-root", "WSD"])
     g.add_argument("--lr-wsd-decay-style", default="exponential",
@@ -211,6 +236,14 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vocab-size", type=int)
     g.add_argument("--data-cache-path")
     g.add_argument("--num-workers", type=int, default=0)
+    g.add_argument("--reset-position-ids", action="store_true",
+                   help="restart position ids after each end-of-document token (used by "
+                        "learned absolute positions; megatron-core's RoPE ignores them)")
+    g.add_argument("--reset-attention-mask", action="store_true",
+                   help="no attention across end-of-document tokens (needs the local or fused "
+                        "--transformer-impl: Transformer Engine's causal attention takes no mask)")
+    g.add_argument("--eod-mask-loss", action="store_true",
+                   help="no loss on end-of-document tokens")
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
@@ -225,6 +258,12 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--exit-interval", type=int,
                    help="stop (after saving) at the first iteration that is a multiple of this "
                         "(Megatron-LM's rule, also after a resume)")
+    g.add_argument("--exit-duration-in-mins", type=float,
+                   help="stop (after saving) at the first iteration that ends this many minutes "
+                        "after training started (e.g. before a cluster job's time limit)")
+    g.add_argument("--ckpt-format", default="torch_dist",
+                   help="checkpoint format: torch_dist (megatron-core's distributed checkpoint) "
+                        "is the one megastack writes and reads")
 
 
 def add_logging_args(p: argparse.ArgumentParser) -> None:
@@ -254,13 +293,51 @@ def add_growth_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-warmup-iters-after-growth", type=int)
 
 
+# Megatron-LM flags that ask for what megastack always does: accepted, so that Megatron scripts
+# run unchanged, and logged once.
+ALWAYS_SO_FLAGS = {
+    "use_mcore_models": ("--use-mcore-models", "megatron-core models are the only ones"),
+    "log_throughput": ("--log-throughput", "throughput is always logged (TFLOP/s on GPU)"),
+    **{name.replace("-", "_"): (f"--{name}", "megastack builds megatron-core without this fusion")
+       for name in ("no-masked-softmax-fusion", "no-bias-gelu-fusion", "no-bias-swiglu-fusion",
+                    "no-bias-dropout-fusion", "no-rope-fusion", "no-gradient-accumulation-fusion")},
+}
+
+# Megatron-LM flags megastack cannot honour: refused with the reason and what to use instead,
+# rather than argparse's bare "unrecognized arguments".
+UNSUPPORTED_FLAGS = {
+    "fp16": ("--fp16", "fp16 with loss scaling is not implemented: use --bf16"),
+    "rampup_batch_size": ("--rampup-batch-size", "batch-size ramp-up is not implemented: use a "
+                          "fixed --global-batch-size"),
+    "overlap_param_gather": ("--overlap-param-gather", "not implemented (--overlap-grad-reduce "
+                             "is): drop it"),
+    "use_flash_attn": ("--use-flash-attn", "the attention kernel comes with --transformer-impl "
+                       "(Transformer Engine picks flash attention when it can): drop it"),
+}
+
+
+def add_megatron_compat_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Megatron-LM flags with nothing to change here")
+    for attr, (flag, why) in ALWAYS_SO_FLAGS.items():
+        g.add_argument(flag, dest=attr, action="store_true", help=why)
+    for attr, (flag, _) in UNSUPPORTED_FLAGS.items():
+        nargs = 3 if attr == "rampup_batch_size" else 0
+        if nargs:
+            p.add_argument(flag, dest=attr, nargs=nargs, help=argparse.SUPPRESS)
+        else:
+            p.add_argument(flag, dest=attr, action="store_true", help=argparse.SUPPRESS)
+    # Megatron-LM's head size and rotary fraction: only the values megastack builds are taken.
+    p.add_argument("--kv-channels", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--rotary-percent", type=float, help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m megastack.pretrain",
         description="GPT pre-training on megatron-core (launch with torchrun for several ranks)",
     )
     for add in (add_model_args, add_parallel_args, add_training_args, add_data_args,
-                add_checkpoint_args, add_logging_args, add_growth_args):
+                add_checkpoint_args, add_logging_args, add_growth_args, add_megatron_compat_args):
         add(p)
     return p
 
@@ -350,14 +427,46 @@ def _validate_data(args: argparse.Namespace) -> None:
                    f"without the extension (e.g. data/corpus_text_document)")
 
 
-def _validate_schedule(args: argparse.Namespace, train_iters: int) -> None:
-    _check(args.lr_decay_iters is None or args.lr_decay_iters >= 1,
-           f"--lr-decay-iters must be >= 1, got {args.lr_decay_iters}")
-    decay_iters = args.lr_decay_iters or train_iters
-    _check(args.lr_warmup_iters >= 0, f"--lr-warmup-iters must be >= 0, got {args.lr_warmup_iters}")
+def _schedule_lengths(args: argparse.Namespace, gbs: int,
+                      train_iters: int) -> tuple[int, Optional[int]]:
+    """(warmup iterations, decay iterations or None for --train-iters) from whichever of
+    Megatron-LM's iteration, sample and fraction flags were given."""
+    warmup, decay = args.lr_warmup_iters, args.lr_decay_iters
+    if args.lr_warmup_samples is not None or args.lr_decay_samples is not None:
+        # Megatron-LM's rule: a schedule in samples goes with --train-samples, and only then.
+        _check(args.train_samples is not None,
+               "--lr-warmup-samples/--lr-decay-samples go with --train-samples (as in "
+               "Megatron-LM); with --train-iters or --train-tokens use --lr-warmup-iters/"
+               "--lr-decay-iters")
+        _check(decay is None and warmup == 0,
+               "give the LR schedule in samples (--lr-*-samples) or in iterations "
+               "(--lr-*-iters), not both")
+        if args.lr_decay_samples is not None:
+            _check(args.lr_decay_samples >= 1,
+                   f"--lr-decay-samples must be >= 1, got {args.lr_decay_samples}")
+            decay = max(1, round(args.lr_decay_samples / gbs))
+        if args.lr_warmup_samples is not None:
+            _check(args.lr_warmup_samples >= 0,
+                   f"--lr-warmup-samples must be >= 0, got {args.lr_warmup_samples}")
+            warmup = round(args.lr_warmup_samples / gbs)
+    if args.lr_warmup_fraction is not None:
+        _check(args.lr_warmup_iters == 0 and args.lr_warmup_samples is None,
+               "give one of --lr-warmup-fraction, --lr-warmup-iters and --lr-warmup-samples")
+        _check(0 <= args.lr_warmup_fraction < 1,
+               f"--lr-warmup-fraction must be in [0, 1), got {args.lr_warmup_fraction}")
+        warmup = round(args.lr_warmup_fraction * (decay or train_iters))
+    return warmup, decay
+
+
+def _validate_schedule(args: argparse.Namespace, train_iters: int, warmup_iters: int,
+                       lr_decay_iters: Optional[int]) -> None:
+    _check(lr_decay_iters is None or lr_decay_iters >= 1,
+           f"--lr-decay-iters must be >= 1, got {lr_decay_iters}")
+    decay_iters = lr_decay_iters or train_iters
+    _check(warmup_iters >= 0, f"--lr-warmup-iters must be >= 0, got {warmup_iters}")
     # Megatron-LM refuses these too (its scheduler asserts them).
-    _check(args.lr_decay_style == "constant" or args.lr_warmup_iters < decay_iters,
-           f"--lr-warmup-iters {args.lr_warmup_iters} must be smaller than the {decay_iters} "
+    _check(args.lr_decay_style == "constant" or warmup_iters < decay_iters,
+           f"--lr-warmup-iters {warmup_iters} must be smaller than the {decay_iters} "
            f"iterations of the LR schedule (--lr-decay-iters, default --train-iters), which "
            f"include the warmup: shorten the warmup or lengthen the decay")
     _check(0 <= args.min_lr <= args.lr,
@@ -367,9 +476,9 @@ def _validate_schedule(args: argparse.Namespace, train_iters: int) -> None:
         _check(wsd is not None,
                "--lr-decay-style WSD needs --lr-wsd-decay-iters N: the iterations of the final "
                "annealing (e.g. 10-20% of --train-iters)")
-        _check(1 <= wsd <= decay_iters - args.lr_warmup_iters,
-               f"--lr-wsd-decay-iters {wsd} must be between 1 and the {decay_iters - args.lr_warmup_iters} "
-               f"iterations from the end of warmup (--lr-warmup-iters {args.lr_warmup_iters}) to "
+        _check(1 <= wsd <= decay_iters - warmup_iters,
+               f"--lr-wsd-decay-iters {wsd} must be between 1 and the {decay_iters - warmup_iters} "
+               f"iterations from the end of warmup (--lr-warmup-iters {warmup_iters}) to "
                f"the end of the decay (--lr-decay-iters, default --train-iters: {decay_iters})")
     _check(not (args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler),
            "give only one of --override-opt_param-scheduler (schedule from the flags) and "
@@ -403,6 +512,24 @@ def _check_interleaved_microbatches(parallel: ParallelConfig, model: ModelConfig
            f"--global-batch-size")
 
 
+def _check_megatron_compat(args: argparse.Namespace, model: ModelConfig) -> None:
+    for attr, (flag, why) in UNSUPPORTED_FLAGS.items():
+        _check(not getattr(args, attr), f"{flag}: {why}")
+    _check(args.kv_channels is None or args.kv_channels == model.kv_channels,
+           f"--kv-channels {args.kv_channels}: megastack's heads are --hidden-size / "
+           f"--num-attention-heads = {model.kv_channels} wide; drop --kv-channels")
+    _check(args.rotary_percent is None or args.rotary_percent == 1.0,
+           f"--rotary-percent {args.rotary_percent}: only 1.0 (RoPE over the whole head) is "
+           f"implemented; drop it")
+    _check(args.ckpt_format == "torch_dist",
+           f"--ckpt-format {args.ckpt_format}: megastack writes and reads torch_dist "
+           f"(megatron-core's distributed checkpoint) only; drop the flag or convert the "
+           f"checkpoint with Megatron-LM's tools/checkpoint first")
+    for attr, (flag, why) in ALWAYS_SO_FLAGS.items():
+        if getattr(args, attr):
+            logger.info("%s: nothing to change (%s)", flag, why)
+
+
 def _is_number(s: str) -> bool:
     try:
         float(s)
@@ -415,6 +542,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     """Validate everything that can be checked before training and return the typed config."""
     _validate_data(args)
     model = model_config_from_args(args, vocab_size)
+    _check_megatron_compat(args, model)
     parallel = ParallelConfig(
         tensor_model_parallel_size=args.tensor_model_parallel_size,
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,
@@ -433,12 +561,17 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
            f"--global-batch-size {gbs} is not divisible by --micro-batch-size {mbs} x data-parallel "
            f"size {dp}: use a global batch that is a multiple of {mbs * dp}")
     _check_interleaved_microbatches(parallel, model, gbs // (mbs * dp))
-    if args.train_iters is None and args.train_tokens is None:
-        raise ValueError("give --train-iters or --train-tokens")
-    if args.train_iters is not None and args.train_tokens is not None:
-        raise ValueError("give only one of --train-iters and --train-tokens")
+    lengths = [flag for flag, value in (("--train-iters", args.train_iters),
+                                        ("--train-samples", args.train_samples),
+                                        ("--train-tokens", args.train_tokens)) if value is not None]
+    _check(bool(lengths), "give the run's length: --train-iters, --train-samples or --train-tokens")
+    _check(len(lengths) == 1, f"give only one of {', '.join(lengths)}")
     train_iters = args.train_iters
-    if train_iters is None:
+    if args.train_samples is not None:
+        train_iters = args.train_samples // gbs  # Megatron-LM's rule
+        _check(train_iters >= 1, f"--train-samples {args.train_samples} is less than one "
+                                 f"--global-batch-size {gbs}")
+    elif args.train_tokens is not None:
         train_iters = int(math.ceil(args.train_tokens / (gbs * model.seq_length)))
     _check(train_iters >= 1, f"--train-iters must be >= 1, got {train_iters}")
     _check(args.log_interval >= 1, "--log-interval must be >= 1")
@@ -446,7 +579,12 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
            f"--eval-interval must be >= 0 (0: no evaluation), got {args.eval_interval}")
     _check(args.eval_iters >= 0, f"--eval-iters must be >= 0, got {args.eval_iters}")
     recompute_num_layers = _validate_recompute(args)
-    _validate_schedule(args, train_iters)
+    warmup_iters, lr_decay_iters = _schedule_lengths(args, gbs, train_iters)
+    _validate_schedule(args, train_iters, warmup_iters, lr_decay_iters)
+    _check(args.ddp_bucket_size is None or args.ddp_bucket_size >= 1,
+           f"--ddp-bucket-size must be >= 1, got {args.ddp_bucket_size}")
+    _check(args.exit_duration_in_mins is None or args.exit_duration_in_mins > 0,
+           f"--exit-duration-in-mins must be > 0, got {args.exit_duration_in_mins}")
     _check(args.save_interval is None or args.save is not None,
            "--save-interval needs --save DIR")
     for flag, value in (("--save-interval", args.save_interval),
@@ -459,8 +597,8 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
             check_output_dir(f"{flag} {path}", path)
     train = TrainConfig(
         micro_batch_size=mbs, global_batch_size=gbs, train_iters=train_iters, lr=args.lr,
-        min_lr=args.min_lr, lr_warmup_iters=args.lr_warmup_iters,
-        lr_decay_iters=args.lr_decay_iters, lr_decay_style=args.lr_decay_style,
+        min_lr=args.min_lr, lr_warmup_iters=warmup_iters,
+        lr_decay_iters=lr_decay_iters, lr_decay_style=args.lr_decay_style,
         weight_decay=args.weight_decay, clip_grad=args.clip_grad, adam_beta1=args.adam_beta1,
         adam_beta2=args.adam_beta2, adam_eps=args.adam_eps, bf16=args.bf16, seed=args.seed,
         transformer_impl=args.transformer_impl, recompute_granularity=args.recompute_granularity,
@@ -468,23 +606,34 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         lr_wsd_decay_style=args.lr_wsd_decay_style, lr_wsd_decay_iters=args.lr_wsd_decay_iters,
         override_opt_param_scheduler=args.override_opt_param_scheduler,
         use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,
+        overlap_grad_reduce=args.overlap_grad_reduce, ddp_bucket_size=args.ddp_bucket_size,
     )
     data = DataConfig(
         data_path=tuple(args.data_path), split=args.split, mock_data=args.mock_data,
         tokenizer_type=args.tokenizer_type, tokenizer_model=args.tokenizer_model,
         vocab_file=args.vocab_file, merge_file=args.merge_file, vocab_size=args.vocab_size,
         data_cache_path=args.data_cache_path, num_workers=args.num_workers,
+        reset_position_ids=args.reset_position_ids,
+        reset_attention_mask=args.reset_attention_mask, eod_mask_loss=args.eod_mask_loss,
     )
     checkpoint = CheckpointConfig(
         save=args.save, load=args.load, save_interval=args.save_interval,
         no_load_optim=args.no_load_optim, no_load_rng=args.no_load_rng,
         finetune=args.finetune, exit_interval=args.exit_interval,
+        exit_duration_in_mins=args.exit_duration_in_mins,
     )
     logging_cfg = LoggingConfig(
         log_interval=args.log_interval, eval_interval=args.eval_interval,
         eval_iters=args.eval_iters, tensorboard_dir=args.tensorboard_dir,
     )
     growth = growth_config_from_args(args, model, parallel, gbs)
+    if args.reset_attention_mask:
+        from megastack.layer_impl import resolve_transformer_impl
+
+        impl = resolve_transformer_impl(args.transformer_impl)
+        _check(impl != "transformer_engine",
+               f"--reset-attention-mask needs --transformer-impl local or fused (it resolves to "
+               f"{impl}, whose causal attention ignores a per-sample mask)")
     if args.sequence_parallel:
         from megastack.layer_impl import check_sequence_parallel
 

@@ -7,6 +7,7 @@ Megatron-LM's pretraining sampler does), so runs at different layouts see the sa
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Iterator, Optional
 
 import torch
@@ -39,19 +40,25 @@ class PretrainingBatchSampler:
             yield list(range(base + start, base + start + self.micro_batch_size))
 
 
-def _collate(samples: list[dict]) -> dict[str, torch.Tensor]:
+def _collate(samples: list[dict], attention_mask: bool = False) -> dict[str, torch.Tensor]:
     keys = ("tokens", "labels", "loss_mask", "position_ids")
+    # GPTDataset's [1, s, s] mask is only worth moving when it differs per sample
+    # (--reset-attention-mask); otherwise attention is causal and megatron-core needs no mask.
+    if attention_mask:
+        keys += ("attention_mask",)
     return {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in keys}
 
 
 def build_iterator(dataset: Optional[Dataset], consumed_samples: int, micro_batch_size: int,
-                   dp_rank: int, dp_size: int, num_workers: int = 0) -> Optional[Iterator]:
+                   dp_rank: int, dp_size: int, num_workers: int = 0,
+                   attention_mask: bool = False) -> Optional[Iterator]:
     if dataset is None:
         return None
     sampler = PretrainingBatchSampler(len(dataset), consumed_samples, micro_batch_size,
                                       dp_rank, dp_size)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                        collate_fn=_collate, pin_memory=torch.cuda.is_available(),
+                        collate_fn=partial(_collate, attention_mask=attention_mask),
+                        pin_memory=torch.cuda.is_available(),
                         persistent_workers=num_workers > 0)
     return iter(loader)
 

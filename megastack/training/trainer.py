@@ -56,7 +56,10 @@ def _forward_step(data_iterator, model):
     labels = batch["labels"].to(device, non_blocking=True)
     loss_mask = batch["loss_mask"].to(device, non_blocking=True)
     position_ids = batch["position_ids"].to(device, non_blocking=True)
-    output = model(tokens, position_ids, None, labels=labels)
+    attention_mask = batch.get("attention_mask")  # only with --reset-attention-mask
+    if attention_mask is not None:
+        attention_mask = attention_mask.to(device, non_blocking=True)
+    output = model(tokens, position_ids, attention_mask, labels=labels)
     return output, partial(_loss_func, loss_mask)
 
 
@@ -74,6 +77,8 @@ def build_phase_datasets(cfg: PretrainConfig, total_train_samples: int, tokenize
         seed=t.seed, train_valid_test_num_samples=num_samples, tokenizer=tokenizer,
         mock=cfg.data.mock_data, path_to_cache=cfg.data.data_cache_path,
         model_vocab_size=cfg.model.vocab_size,
+        reset_position_ids=cfg.data.reset_position_ids,
+        reset_attention_mask=cfg.data.reset_attention_mask, eod_mask_loss=cfg.data.eod_mask_loss,
     )
 
 
@@ -106,6 +111,7 @@ class Trainer:
         """Build everything for this phase. `start_state` continues iteration and data position
         from an earlier phase (growth in one run) instead of a checkpoint's."""
         cfg = self.cfg
+        self._start_time = time.time()  # --exit-duration-in-mins counts from here
         self.rank = runtime.initialize(cfg.parallel, cfg.model.num_layers, cfg.train.seed)
         self.chunks = build_model_chunks(
             cfg.model, cfg.parallel, seed=cfg.train.seed, bf16=cfg.train.bf16,
@@ -139,11 +145,17 @@ class Trainer:
     def _wrap_ddp(self, chunks):
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
+        overlap, bucket = self.cfg.train.overlap_grad_reduce, self.cfg.train.ddp_bucket_size
+        if bucket is None:
+            bucket = max(40_000_000, 1_000_000 * self.rank.dp_size)
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
-            overlap_grad_reduce=False,
+            overlap_grad_reduce=overlap,
             use_distributed_optimizer=self.cfg.parallel.use_distributed_optimizer,
             check_for_nan_in_grad=False,
+            # Megatron-LM's bucket size: one bucket when nothing overlaps; with overlap, buckets
+            # large enough for the reduction to stay bandwidth-bound at large DP.
+            bucket_size=bucket if overlap else None,
         )
         return [
             DistributedDataParallel(config=chunk.config, ddp_config=ddp_config, module=chunk,
@@ -191,6 +203,11 @@ class Trainer:
             config.grad_scale_func = self.optimizer.scale_loss
             no_sync = [m.no_sync for m in self.ddp_chunks]
             config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
+            if self.cfg.train.overlap_grad_reduce:
+                # As Megatron-LM: the pipeline schedules start each chunk's reduction as soon as
+                # its last micro-batch's backward is done.
+                grad_sync = [m.start_grad_sync for m in self.ddp_chunks]
+                config.grad_sync_func = grad_sync[0] if len(grad_sync) == 1 else grad_sync
 
     def _build_datasets(self, tokenizer):
         return build_phase_datasets(self.cfg, self.total_train_samples, tokenizer)
@@ -201,7 +218,8 @@ class Trainer:
             return None
         t = self.cfg.train
         its = [build_iterator(dataset, consumed, t.micro_batch_size, self.rank.dp_rank,
-                              self.rank.dp_size, self.cfg.data.num_workers)
+                              self.rank.dp_size, self.cfg.data.num_workers,
+                              attention_mask=self.cfg.data.reset_attention_mask)
                for _ in self.chunks]
         return its[0] if len(its) == 1 else its
 
@@ -230,7 +248,12 @@ class Trainer:
         )
         if not finetune:
             self.state.iteration = int(common.get("iteration", 0))
-            self.state.consumed_train_samples = int(common.get("consumed_train_samples", 0))
+            consumed = common.get("consumed_train_samples")
+            if consumed is None:
+                # Megatron-LM keeps the count in its saved args: without it a resumed Megatron
+                # checkpoint would start the data stream over at sample 0.
+                consumed = getattr(common.get("args"), "consumed_train_samples", 0)
+            self.state.consumed_train_samples = int(consumed)
         if load_optim:
             # Megatron DDP keeps its own fp32 copy for the distributed optimizer: resync it.
             for m in self.ddp_chunks:
@@ -368,7 +391,8 @@ class Trainer:
             return None
         t = self.cfg.train
         total, count = 0.0, 0
-        its = [build_iterator(valid, 0, t.micro_batch_size, self.rank.dp_rank, self.rank.dp_size)
+        its = [build_iterator(valid, 0, t.micro_batch_size, self.rank.dp_rank, self.rank.dp_size,
+                              attention_mask=self.cfg.data.reset_attention_mask)
                for _ in self.chunks]
         for m in self.ddp_chunks:
             m.eval()
@@ -428,6 +452,14 @@ class Trainer:
             if cfg.checkpoint.save and cfg.checkpoint.save_interval and it % cfg.checkpoint.save_interval == 0:
                 self.save()
             last_log_time += time.perf_counter() - paused_at
+            if self._past_exit_duration():
+                if cfg.checkpoint.save and self.last_saved_iteration != it:
+                    self.save()
+                # No final evaluation: the time is up (e.g. a cluster job's limit is near).
+                logger.info("exiting at iteration %d after %.1f minutes (--exit-duration-in-mins "
+                            "%g)", it, (time.time() - self._start_time) / 60,
+                            cfg.checkpoint.exit_duration_in_mins)
+                return self.state
             if cfg.checkpoint.exit_interval and it % cfg.checkpoint.exit_interval == 0:
                 if cfg.checkpoint.save and self.last_saved_iteration != it:
                     self.save()
@@ -436,6 +468,17 @@ class Trainer:
                 return self.state
         self._final_eval()
         return self.state
+
+    def _past_exit_duration(self) -> bool:
+        limit = self.cfg.checkpoint.exit_duration_in_mins
+        if limit is None:
+            return False
+        over = (time.time() - self._start_time) / 60 > limit
+        # Every rank must stop at the same iteration: any rank past the limit stops all (as in
+        # Megatron-LM, an all-reduce MAX each iteration).
+        flag = torch.tensor([1 if over else 0], dtype=torch.int32, device=self.rank.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _final_eval(self) -> None:
         """Like Megatron-LM, evaluate once more where training stops, unless just done or

@@ -360,3 +360,53 @@ def test_grown_layout_batch_is_checked_before_training(monkeypatch):
                        "--target-pipeline-model-parallel-size", "2", "--micro-batch-size", "1",
                        "--global-batch-size", "6",
                        "--target-num-layers-per-virtual-pipeline-stage", "1"])
+
+
+def test_sample_based_schedule_flags_become_iterations():
+    """Megatron-LM's sample-counted run (--train-samples, --lr-*-samples) and
+    --lr-warmup-fraction were refused."""
+    base = ["--model", "tiny-4l", "--mock-data", "--global-batch-size", "8"]
+    cfg = config(base + ["--train-samples", "100", "--lr-decay-samples", "60",
+                         "--lr-warmup-samples", "20"])
+    assert cfg.train.train_iters == 12  # 100 // 8, Megatron-LM's rule
+    assert (cfg.train.lr_decay_iters, cfg.train.lr_warmup_iters) == (8, 2)  # 60/8, 20/8 rounded
+    cfg = config(base + ["--train-iters", "40", "--lr-warmup-fraction", "0.1"])
+    assert cfg.train.lr_warmup_iters == 4
+    cfg = config(base + ["--train-iters", "40", "--lr-decay-iters", "20",
+                         "--lr-warmup-fraction", "0.25"])
+    assert cfg.train.lr_warmup_iters == 5  # a fraction of the decay, as in Megatron-LM
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--train-iters", "4", "--train-samples", "32"], "give only one of --train-iters, --train-samples"),
+    (["--train-samples", "4"], "--train-samples 4 is less than one --global-batch-size 8"),
+    (["--train-iters", "4", "--lr-warmup-samples", "8"], "go with --train-samples"),
+    (["--train-samples", "64", "--lr-warmup-samples", "8", "--lr-warmup-iters", "1"],
+     "in samples (--lr-*-samples) or in iterations"),
+    (["--train-iters", "4", "--lr-warmup-fraction", "0.5", "--lr-warmup-iters", "1"],
+     "give one of --lr-warmup-fraction, --lr-warmup-iters"),
+    (["--train-iters", "4", "--lr-warmup-fraction", "1.5"], "--lr-warmup-fraction must be in [0, 1)"),
+    (["--train-iters", "4", "--fp16"], "--fp16: fp16 with loss scaling is not implemented: use --bf16"),
+    (["--train-iters", "4", "--rampup-batch-size", "16", "16", "1000"], "--rampup-batch-size: "),
+    (["--train-iters", "4", "--overlap-param-gather"], "--overlap-param-gather: not implemented"),
+    (["--train-iters", "4", "--kv-channels", "64"], "--kv-channels 64: megastack's heads are"),
+    (["--train-iters", "4", "--rotary-percent", "0.5"], "--rotary-percent 0.5: only 1.0"),
+    (["--train-iters", "4", "--ckpt-format", "torch"], "--ckpt-format torch: megastack writes"),
+    (["--train-iters", "4", "--exit-duration-in-mins", "0"], "--exit-duration-in-mins must be > 0"),
+    (["--train-iters", "4", "--ddp-bucket-size", "0"], "--ddp-bucket-size must be >= 1"),
+])
+def test_megatron_flags_megastack_cannot_honour_are_named(argv, needle):
+    with pytest.raises(ValueError) as e:
+        config(["--model", "tiny-4l", "--mock-data", "--global-batch-size", "8"] + argv)
+    assert needle in str(e.value)
+
+
+def test_megatron_flags_asking_for_what_megastack_does_are_accepted(caplog):
+    head = config(["--model", "tiny-4l", "--mock-data", "--train-iters", "2"]).model.kv_channels
+    with caplog.at_level("INFO", logger="megastack.training.arguments"):
+        config(["--model", "tiny-4l", "--mock-data", "--train-iters", "2", "--use-mcore-models",
+                "--log-throughput", "--no-masked-softmax-fusion", "--no-rope-fusion",
+                "--no-gradient-accumulation-fusion", "--no-bias-swiglu-fusion",
+                "--kv-channels", str(head), "--rotary-percent", "1.0",
+                "--ckpt-format", "torch_dist", "--overlap-grad-reduce"])
+    assert "--log-throughput: nothing to change" in caplog.text

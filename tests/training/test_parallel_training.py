@@ -56,3 +56,15 @@ def test_resume_at_another_layout_matches_straight_run(one_rank, tmp_path):
     assert sorted(losses) == [1, 2, 3, 4, 5, 6]
     # Iteration 5 and 6 depend on restored Adam moments and step counts, not just weights.
     _assert_same(one_rank["loss"], losses, [4, 5, 6], 1e-5)
+
+
+def test_overlapped_grad_reduce_matches_one_rank(one_rank, tmp_path):
+    """--overlap-grad-reduce with several buckets per chunk, the distributed optimizer and the
+    interleaved schedule (each chunk's reduction started by the schedule): the same losses."""
+    metrics = tmp_path / "m.jsonl"
+    run_pretrain(TINY + ITERS + ["--pipeline-model-parallel-size", "2",
+                                 "--num-layers-per-virtual-pipeline-stage", "1",
+                                 "--use-distributed-optimizer", "--overlap-grad-reduce",
+                                 "--ddp-bucket-size", "20000"], nproc=4, metrics=metrics)
+    _assert_same(one_rank["loss"], read_metrics(metrics), range(1, 7), 1e-4)
+    _assert_same(one_rank["grad-norm"], read_metrics(metrics, "grad-norm"), range(1, 7), 1e-4)

@@ -12,7 +12,7 @@ from megastack.training.trainer import Trainer
 
 BASE = ["--model", "tiny-2l", "--mock-data", "--micro-batch-size", "2", "--global-batch-size",
         "4", "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "1",
-        "--lr", "1e-3"]
+        "--lr", "1e-3", "--lr-decay-style", "cosine"]
 
 
 @pytest.fixture(autouse=True)
@@ -221,3 +221,58 @@ def test_eval_interval_zero_means_no_evaluation():
     trainer = run(["--train-iters", "2", "--eval-interval", "0"])
     assert trainer.state.iteration == 2
     assert not any("lm loss validation" in m for m in trainer.state.history)
+
+
+# ---- document boundaries: --reset-attention-mask, --reset-position-ids, --eod-mask-loss -----
+def test_document_boundary_flags_reach_the_batch_and_the_loss():
+    """Megatron-LM's flags were refused; megastack's dataset code took them but the batch
+    dropped the attention mask and the model never saw one."""
+    flags = ["--train-iters", "1", "--reset-attention-mask", "--reset-position-ids",
+             "--eod-mask-loss"]
+    trainer, tokenizer = make_trainer(flags)
+    trainer.setup(tokenizer)
+    batch = next(trainer.train_iterators)
+    trainer.close()
+    tokens, mask = batch["tokens"], batch["attention_mask"]
+    s = tokens.shape[1]
+    eod = tokens == tokenizer.eod
+    assert eod[:, :-1].any(), "mock documents should end inside a sequence"
+    assert torch.all(batch["loss_mask"][eod] == 0)
+    causal_masked = ~torch.tril(torch.ones(s, s, dtype=torch.bool))
+    assert mask.shape == (tokens.shape[0], 1, s, s)
+    assert (mask[:, 0] & ~causal_masked).any()  # blocked across a boundary, unlike causal
+    b, i = map(int, eod[:, :-1].nonzero()[0])
+    assert batch["position_ids"][b, i + 1] == 0  # positions restart after the EOD
+
+    # The mask must reach the model: same data and weights, another loss (CPU runs are
+    # deterministic, so any difference is the mask's).
+    masked = train_losses(run(["--train-iters", "1", "--reset-attention-mask"]))[1]
+    causal = train_losses(run(["--train-iters", "1"]))[1]
+    assert masked != causal
+
+
+# ---- Megatron-LM's flags for stopping and its checkpoints' sample count ---------------------
+def test_exit_duration_saves_and_stops_without_a_final_evaluation(tmp_path):
+    root = str(tmp_path / "ckpt")
+    trainer = run(["--train-iters", "4", "--eval-interval", "2", "--save", root,
+                   "--exit-duration-in-mins", "1e-9"])
+    assert trainer.state.iteration == 1
+    assert ckpt.read_latest_iteration(root) == 1
+    assert not any("lm loss validation" in m for m in trainer.state.history)
+
+
+def test_resume_reads_the_sample_count_from_megatron_lm_args(tmp_path):
+    """Megatron-LM stores consumed samples in the checkpoint's args, not at the top level."""
+    import argparse
+
+    root = tmp_path / "ckpt"
+    run(["--train-iters", "2", "--save", str(root)])
+    common_pt = root / "iter_0000002" / "common.pt"
+    common = torch.load(common_pt, weights_only=False)
+    consumed = common.pop("consumed_train_samples")
+    common["args"] = argparse.Namespace(consumed_train_samples=consumed)
+    torch.save(common, common_pt)
+    trainer, tokenizer = make_trainer(["--train-iters", "2", "--load", str(root)])
+    trainer.setup(tokenizer)
+    assert (trainer.state.iteration, trainer.state.consumed_train_samples) == (2, consumed)
+    trainer.close()
