@@ -38,6 +38,14 @@ def get_args(argv=None) -> argparse.Namespace:
     group.add_argument("--vocab-file", default=None, help="GPT-2 encoder.json")
     group.add_argument("--merge-file", default=None, help="GPT-2 vocab.bpe")
     group.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer vocabulary")
+    group.add_argument("--tokenizer-hf-no-include-special-tokens", dest="hf_include_special_tokens",
+                       action="store_false", default=True,
+                       help="HuggingFaceTokenizer: leave out the special tokens its post-processor "
+                            "adds (e.g. Llama's BOS before every document); by default they are "
+                            "written, as Megatron-LM does")
+    # Older Megatron-LM scripts pass the opt-in form; including them is the default here.
+    group.add_argument("--tokenizer-hf-include-special-tokens", dest="hf_include_special_tokens",
+                       action="store_true", default=True, help=argparse.SUPPRESS)
     group.add_argument("--append-eod", action="store_true",
                        help="append the end-of-document token to every document")
 
@@ -47,9 +55,21 @@ def get_args(argv=None) -> argparse.Namespace:
 
     group = parser.add_argument_group("runtime")
     group.add_argument("--workers", type=int, default=1, help="encoding processes")
+    # Megatron-LM's flags, accepted so its scripts run unchanged; neither changes the output.
+    group.add_argument("--partitions", type=int, default=1,
+                       help="accepted for Megatron-LM compatibility; the output is the same for "
+                            "any N: megastack streams every input in order and parallelises "
+                            "with --workers (Megatron-LM splits the input into N files, "
+                            "round-robin unless --keep-sequential-samples, so its document "
+                            "order can differ)")
+    group.add_argument("--keep-sequential-samples", action="store_true",
+                       help="accepted for Megatron-LM compatibility; megastack always keeps the "
+                            "input's document order, so this changes nothing")
     group.add_argument("--log-interval", type=int, default=1000,
                        help="print progress every this many documents (0: only the summary)")
     args = parser.parse_args(argv)
+    if args.partitions < 1:
+        parser.error(f"--partitions must be >= 1, got {args.partitions}")
     duplicates = sorted({k for k in args.json_keys if args.json_keys.count(k) > 1})
     if duplicates:
         # Each key becomes one output dataset; a repeated key would write the same files twice.
@@ -69,7 +89,8 @@ def main(argv=None) -> int:
         inputs=args.input, output_prefix=args.output_prefix,
         tokenizer=TokenizerSpec(args.tokenizer_type, tokenizer_model=args.tokenizer_model,
                                 vocab_file=args.vocab_file, merge_file=args.merge_file,
-                                vocab_size=args.vocab_size),
+                                vocab_size=args.vocab_size,
+                                hf_include_special_tokens=args.hf_include_special_tokens),
         json_keys=tuple(args.json_keys), split_sentences=args.split_sentences,
         keep_newlines=args.keep_newlines, append_eod=args.append_eod, nltk_data=args.nltk_data,
         lang=args.lang, workers=args.workers, log_interval=args.log_interval,

@@ -44,12 +44,20 @@ def parse_data_path(data_path: Sequence[str]) -> Tuple[List[str], Optional[List[
 
 
 def check_prefixes_exist(prefixes: Sequence[str]) -> None:
+    """Each prefix has its .bin and .idx, and the .bin is as long as the .idx says: megatron-core
+    fails on a truncated pair with "buffer is smaller than requested size", naming no file."""
+    from megastack.data.indexed_writer import check_bin_size, read_index
+
     for prefix in prefixes:
         for suffix in (".bin", ".idx"):
             if not os.path.isfile(prefix + suffix):
                 raise ValueError(f"--data-path {prefix!r}: {prefix + suffix} does not exist "
                                  "(a prefix names PATH for PATH.bin/PATH.idx, e.g. "
                                  "out/corpus_text_document)")
+        try:
+            check_bin_size(prefix, read_index(prefix))
+        except ValueError as err:
+            raise ValueError(f"--data-path {prefix!r}: {err}") from None
 
 
 def check_splits_have_tokens(prefixes: Sequence[str], split: str) -> None:

@@ -3,10 +3,11 @@
 The per-document steps follow Megatron-LM's preprocess_data.py ``Encoder.encode``: optional
 sentence split, tokenize each sentence, drop sentences with no tokens, optionally append eod to
 the last sentence. A document with no tokens at all (empty text, or whitespace the tokenizer
-drops) gets no eod and is counted as empty; Megatron's builder would add it to the index as a
-document of no sequences, here it is left out, which writes the same tokens. Unlike Megatron, a
-line that cannot become a document (bad JSON, missing key, invalid UTF-8) is reported with its
-file:line instead of crashing a worker.
+drops) gets no eod and is written, as Megatron's builder writes it, as a document of zero
+sequences: the .idx is byte-identical, and with several --json-keys document i of every key's
+dataset stays the same input line. GPTDataset never sees such documents (it samples sequences).
+Unlike Megatron, a line that cannot become a document (bad JSON, missing key, invalid UTF-8) is
+reported with its file:line instead of crashing a worker.
 """
 
 import json
@@ -59,7 +60,7 @@ class EncodedBatch:
     num_tokens: int
     text_bytes: int
     blank_lines: int = 0
-    empty_documents: int = 0  # (line, key) pairs whose text has no tokens: not written
+    empty_documents: int = 0  # (line, key) pairs whose text has no tokens: zero sequences
     bad_lines: List[BadLine] = field(default_factory=list)
 
 
@@ -76,7 +77,9 @@ def parse_fields(data: bytes, json_keys: Sequence[str]) -> List[Union[str, List[
     try:
         document = json.loads(text)
     except json.JSONDecodeError as err:
-        raise LineError(f"malformed JSON: {err.msg} at column {err.colno}") from None
+        # Some messages end in "at" ("Invalid control character at"); don't double it.
+        message = err.msg[:-len(" at")] if err.msg.endswith(" at") else err.msg
+        raise LineError(f"malformed JSON: {message} at column {err.colno}") from None
     if not isinstance(document, dict):
         raise LineError(f"expected a JSON object, got {type(document).__name__}")
     fields = []
@@ -118,17 +121,15 @@ class DocumentEncoder:
             except LineError as err:
                 batch.bad_lines.append(BadLine(lines.path, line_number, str(err)))
                 continue
-            written = False
+            # Every key gets a document for every line, empty or not (Megatron's add_document
+            # of no tokens): document i must be the same line in each key's dataset.
             for k, (doc_tokens, sentence_lengths) in enumerate(encoded):
-                if not doc_tokens:
-                    batch.empty_documents += 1
-                    continue
+                batch.empty_documents += not doc_tokens
                 tokens[k].extend(doc_tokens)
                 lengths[k].extend(sentence_lengths)
                 per_doc[k].append(len(sentence_lengths))
                 batch.num_tokens += len(doc_tokens)
-                written = True
-            batch.num_documents += written
+            batch.num_documents += 1
         batch.keys = [EncodedKey(np.array(tokens[k], dtype=self.token_dtype),
                                  np.array(lengths[k], dtype=np.int32),
                                  np.array(per_doc[k], dtype=np.int64)) for k in range(n_keys)]

@@ -100,12 +100,7 @@ class IndexedDatasetWriter:
                              f"dataset uses {self.dtype}: datasets from different vocabulary "
                              "sizes cannot be merged")
         # A .bin cut short (full disk, interrupted copy) would shift every later document.
-        expected = int(index.sequence_lengths.sum(dtype=np.int64)) * index.dtype.itemsize
-        actual = os.path.getsize(bin_path(prefix))
-        if actual != expected:
-            raise ValueError(f"{bin_path(prefix)} has {actual:,} bytes but {idx_path(prefix)} "
-                             f"describes {expected:,}: the pair is truncated or mismatched; "
-                             "recreate it with tools/preprocess_data.py")
+        check_bin_size(prefix, index)
         offset = len(self._sequence_lengths)
         self._sequence_lengths.frombytes(index.sequence_lengths.tobytes())
         self._document_indices.frombytes((index.document_indices[1:] + offset).tobytes())
@@ -151,20 +146,37 @@ class IndexArrays:
     document_indices: np.ndarray
 
 
+def check_bin_size(prefix: str, index: IndexArrays) -> None:
+    """ValueError naming both files unless PREFIX.bin holds exactly the tokens the .idx lists."""
+    expected = int(index.sequence_lengths.sum(dtype=np.int64)) * index.dtype.itemsize
+    actual = os.path.getsize(bin_path(prefix))
+    if actual != expected:
+        raise ValueError(f"{bin_path(prefix)} has {actual:,} bytes but {idx_path(prefix)} "
+                         f"describes {expected:,}: the pair is truncated or mismatched; "
+                         "re-run tools/preprocess_data.py (or copy the pair again)")
+
+
 def read_index(prefix: str) -> IndexArrays:
     """Read an .idx (memory-mapped) without megatron-core; validates the header."""
     path = idx_path(prefix)
+    header_format = f"<{len(INDEX_HEADER)}sQBQQ"  # magic, version, dtype, counts
     with open(path, "rb") as f:
-        header = f.read(len(INDEX_HEADER))
-        version_bytes = f.read(8)
-        if header != INDEX_HEADER or len(version_bytes) != 8 \
-                or struct.unpack("<Q", version_bytes)[0] != INDEX_VERSION:
-            raise ValueError(f"{path} is not a Megatron indexed-dataset index (bad header)")
-        code = struct.unpack("<B", f.read(1))[0]
-        sequence_count, document_count = struct.unpack("<QQ", f.read(16))
-        offset = f.tell()
+        header = f.read(struct.calcsize(header_format))
+    if len(header) < struct.calcsize(header_format) or not header.startswith(INDEX_HEADER):
+        raise ValueError(f"{path} is not a Megatron indexed-dataset index (bad header)")
+    _, version, code, sequence_count, document_count = struct.unpack(header_format, header)
+    if version != INDEX_VERSION:
+        raise ValueError(f"{path} is not a Megatron indexed-dataset index (bad header)")
+    offset = len(header)
     if code not in _DTYPE_BY_CODE:
         raise ValueError(f"{path}: unknown dtype code {code}")
+    # A cut .idx would otherwise fail in numpy ("buffer is smaller than requested size").
+    expected = offset + sequence_count * (4 + 8) + document_count * 8
+    actual = os.path.getsize(path)
+    if actual < expected:
+        raise ValueError(f"{path} has {actual:,} bytes but its header describes {expected:,}: "
+                         "the index is truncated; re-run tools/preprocess_data.py (or copy it "
+                         "again)")
     buffer = np.memmap(path, mode="r", dtype=np.uint8)
     lengths = np.frombuffer(buffer, np.int32, sequence_count, offset)
     offset += lengths.nbytes

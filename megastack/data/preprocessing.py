@@ -203,10 +203,13 @@ def preprocess(config: PreprocessConfig,
                 report(format_progress(progress))
                 next_report = (progress.documents // config.log_interval + 1) \
                     * config.log_interval
-        if progress.documents == 0:
-            empty = (f" ({progress.empty_documents:,} documents have no tokens)"
-                     if progress.empty_documents else "")
-            raise BadInputError(f"no documents in {', '.join(files)}{empty}; nothing written")
+        if progress.tokens == 0:
+            # Empty documents are written (see document_encoder.py), but datasets holding no
+            # token at all are useless for training: most likely the wrong input or key.
+            what = (f"no tokens in {', '.join(files)} ({progress.empty_documents:,} "
+                    "documents have no tokens)" if progress.documents
+                    else f"no documents in {', '.join(files)}")
+            raise BadInputError(f"{what}; nothing written")
         for writer in writers:
             writer.finalize()
     report(format_summary(progress))

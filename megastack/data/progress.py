@@ -55,7 +55,7 @@ def format_summary(p: Progress) -> str:
     if p.bad_lines:
         line += f"; skipped {p.bad_lines:,} bad lines"
     if p.empty_documents:
-        line += f"; skipped {p.empty_documents:,} empty documents"
+        line += f"; {p.empty_documents:,} empty documents (no tokens)"
     if p.blank_lines:
         line += f"; ignored {p.blank_lines:,} blank lines"
     return line

@@ -8,8 +8,11 @@ same ``--tokenizer-type`` (megatron-core 0.16 tokenizer system, default flags):
   as in the reference GPT-2 algorithm (Megatron's ``gpt2_tokenization.py``), so a document can
   never forge a document boundary.
 - ``SentencePieceTokenizer``: plain ``encode_as_ids``; eod is the model's ``eos_id``.
-- ``HuggingFaceTokenizer``: a local ``tokenizer.json`` through the ``tokenizers`` package,
-  ``add_special_tokens=False``; eod is the eos token from ``tokenizer_config.json`` when present.
+- ``HuggingFaceTokenizer``: a local ``tokenizer.json`` through the ``tokenizers`` package, with
+  the tokenizer's special tokens (e.g. Llama's BOS from its post-processor) as Megatron's
+  ``self._tokenizer(text).input_ids`` gives them; ``include_special_tokens=False`` (Megatron's
+  ``--tokenizer-hf-no-include-special-tokens``) leaves them out. eod is the eos token named in
+  ``tokenizer_config.json`` or ``special_tokens_map.json``, as AutoTokenizer reads it.
 - ``NullTokenizer``: space-separated integers (blank text: no tokens); eod is ``vocab_size``
   (vocabulary is one larger).
 
@@ -192,28 +195,48 @@ def _find_tokenizer_json(path: str) -> str:
     return path
 
 
-def _configured_eos_token(tokenizer_json: str) -> Optional[str]:
-    config_path = os.path.join(os.path.dirname(tokenizer_json), "tokenizer_config.json")
-    if not os.path.isfile(config_path):
+def _eos_from_json(path: str) -> Optional[str]:
+    """The "eos_token" of a Hugging Face config file (a string or an AddedToken dict)."""
+    if not os.path.isfile(path):
         return None
     try:
-        with open(config_path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             config = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"--tokenizer-model: {config_path} is not valid JSON ({err}); fix or "
+        raise ValueError(f"--tokenizer-model: {path} is not valid JSON ({err}); fix or "
                          "remove it") from None
     eos = config.get("eos_token") if isinstance(config, dict) else None
     return eos.get("content") if isinstance(eos, dict) else eos
 
 
-class HuggingFaceTokenizer(TextTokenizer):
-    """A local ``tokenizer.json`` (no transformers, no hub)."""
+def _configured_eos_token(tokenizer_json: str) -> Optional[str]:
+    # AutoTokenizer takes eos from tokenizer_config.json, else from special_tokens_map.json;
+    # guessing from _COMMON_EOS_TOKENS instead could pick another eod than Megatron's.
+    directory = os.path.dirname(tokenizer_json)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        eos = _eos_from_json(os.path.join(directory, name))
+        if eos:
+            return eos
+    return None
 
-    def __init__(self, tokenizer_model: str) -> None:
+
+class HuggingFaceTokenizer(TextTokenizer):
+    """A local ``tokenizer.json`` (no transformers, no hub).
+
+    ``include_special_tokens`` (default True, as in Megatron-LM) runs the tokenizer's
+    post-processor, which adds e.g. Llama's BOS to every document (every sentence with
+    --split-sentences).
+    """
+
+    def __init__(self, tokenizer_model: str, include_special_tokens: bool = True) -> None:
         from tokenizers import Tokenizer
 
         tokenizer_json = _find_tokenizer_json(tokenizer_model)
-        super().__init__(tokenizer_json)
+        # Recorded only when off, so the default keeps the identifiers (and so megatron-core's
+        # dataset cache names) of earlier runs.
+        options = {} if include_special_tokens else {"include_special_tokens": False}
+        super().__init__(tokenizer_json, **options)
+        self._include_special_tokens = bool(include_special_tokens)
         try:
             self._tokenizer = Tokenizer.from_file(tokenizer_json)
         except Exception as err:  # the Rust side raises plain Exception
@@ -230,7 +253,8 @@ class HuggingFaceTokenizer(TextTokenizer):
         self._eod = eod
 
     def tokenize(self, text: str) -> List[int]:
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
+        return self._tokenizer.encode(text,
+                                      add_special_tokens=self._include_special_tokens).ids
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
@@ -300,6 +324,8 @@ class TokenizerSpec:
     vocab_file: Optional[str] = None
     merge_file: Optional[str] = None
     vocab_size: Optional[int] = None
+    # HuggingFaceTokenizer only: False is Megatron's --tokenizer-hf-no-include-special-tokens.
+    hf_include_special_tokens: bool = True
 
     def build(self) -> TextTokenizer:
         return build_text_tokenizer(**asdict(self))
@@ -314,7 +340,7 @@ def _classes_by_type(megatron_base: bool) -> dict:
 
 
 def _build(classes: dict, tokenizer_type: str, tokenizer_model, vocab_file, merge_file,
-           vocab_size) -> TextTokenizer:
+           vocab_size, hf_include_special_tokens: bool) -> TextTokenizer:
     if tokenizer_type not in classes:
         raise ValueError(f"unknown --tokenizer-type {tokenizer_type!r}; choose one of "
                          f"{', '.join(TOKENIZER_TYPES)}")
@@ -323,24 +349,30 @@ def _build(classes: dict, tokenizer_type: str, tokenizer_model, vocab_file, merg
         return cls(vocab_file, merge_file)
     if tokenizer_type == "NullTokenizer":
         return cls(vocab_size)
+    if tokenizer_type == "HuggingFaceTokenizer":
+        return cls(tokenizer_model, include_special_tokens=hf_include_special_tokens)
     return cls(tokenizer_model)
 
 
 def build_text_tokenizer(tokenizer_type: str, *, tokenizer_model: Optional[str] = None,
                          vocab_file: Optional[str] = None, merge_file: Optional[str] = None,
-                         vocab_size: Optional[int] = None) -> TextTokenizer:
+                         vocab_size: Optional[int] = None,
+                         hf_include_special_tokens: bool = True) -> TextTokenizer:
     """Build a tokenizer without importing megatron-core (fast; for preprocessing)."""
     return _build(_classes_by_type(False), tokenizer_type, tokenizer_model, vocab_file,
-                  merge_file, vocab_size)
+                  merge_file, vocab_size, hf_include_special_tokens)
 
 
 def build_tokenizer(tokenizer_type: str, *, tokenizer_model: Optional[str] = None,
                     vocab_file: Optional[str] = None, merge_file: Optional[str] = None,
-                    vocab_size: Optional[int] = None) -> TextTokenizer:
+                    vocab_size: Optional[int] = None,
+                    hf_include_special_tokens: bool = True) -> TextTokenizer:
     """Build a tokenizer by Megatron's ``--tokenizer-type`` name, from local files only.
 
     The object is a ``megatron.core.datasets.megatron_tokenizer.MegatronLegacyTokenizer``
     (megatron-core 0.16's name for the old ``MegatronTokenizer``), ready for GPTDatasetConfig.
+    ``hf_include_special_tokens`` only changes ``tokenize``, which training does not call:
+    the datasets hold tokens already.
     """
     return _build(_classes_by_type(True), tokenizer_type, tokenizer_model, vocab_file,
-                  merge_file, vocab_size)
+                  merge_file, vocab_size, hf_include_special_tokens)

@@ -103,6 +103,23 @@ def hf_tokenizer_dir(tmp_path_factory, tiny_gpt2_files) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def hf_bos_tokenizer_dir(tmp_path_factory, tiny_gpt2_files) -> str:
+    """Like hf_tokenizer_dir, but its post-processor puts <s> first, as Llama's does."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    out = tmp_path_factory.mktemp("hf_bos")
+    tok = Tokenizer(models.BPE.from_file(*tiny_gpt2_files))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken("<s>", special=True), AddedToken("</s>", special=True)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+    return str(out)
+
+
 TOKENIZER_KINDS = ["gpt2", "sentencepiece", "huggingface", "null"]
 
 

@@ -115,6 +115,42 @@ def test_merge_refuses_mixed_dtypes_and_missing_parts(tmp_path):
         merge_datasets([str(tmp_path / "small"), str(tmp_path / "nope")], str(tmp_path / "m"))
 
 
+def test_empty_documents_match_megatron_and_train(tmp_path, tokenizer_spec_for_module,
+                                                 megatron_gpt2):
+    """Megatron's builder adds an empty text as a document of zero sequences, for every key.
+    megastack wrote nothing for it, so with several keys the datasets no longer lined up.
+    GPTDataset samples sequences, so training never sees such documents."""
+    import json
+
+    import torch
+
+    spec = tokenizer_spec_for_module("gpt2")
+    tok = spec.build()
+    rows = [{"text": "" if i % 3 == 0 else t, "title": t[:40] if i % 4 == 0 else ""}
+            for i, t in enumerate(sample_docs(60))]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    config = PreprocessConfig(inputs=[str(src)], output_prefix=str(tmp_path / "ours"),
+                              tokenizer=spec, json_keys=("text", "title"), append_eod=True,
+                              workers=2)
+    prefixes = preprocess(config, report=lambda line: None).output_prefixes
+    for key, ours in zip(("text", "title"), prefixes):
+        mega = str(tmp_path / f"mega_{key}")
+        builder = megatron_indexed.IndexedDatasetBuilder(
+            mega + ".bin", dtype=optimal_token_dtype(tok.vocab_size))
+        for row in rows:  # Megatron-LM's Encoder.encode for one key, then add_document
+            ids = tok.tokenize(row[key])
+            ids += [tok.eod] if ids else []
+            builder.add_document(torch.tensor(ids, dtype=torch.int64), [len(ids)] if ids else [])
+        builder.finalize(mega + ".idx")
+        for ext in (".bin", ".idx"):
+            assert open(ours + ext, "rb").read() == open(mega + ext, "rb").read(), key + ext
+    assert len(megatron_indexed.IndexedDataset(prefixes[1]).document_indices) == len(rows) + 1
+    train, valid, test = build([prefixes[0]], megatron_gpt2, tmp_path / "cache")
+    assert len(train) >= 50 and len(valid) >= 5 and len(test) >= 5
+    assert all(train[i]["tokens"].shape == (16,) for i in range(len(train)))
+
+
 def test_build_tokenizer_gives_megatron_tokenizers(tiny_gpt2_files, sp_model, hf_tokenizer_dir):
     from megatron.core.datasets.megatron_tokenizer import MegatronLegacyTokenizer
 

@@ -145,25 +145,45 @@ def test_blank_lines_are_ignored_and_counted(tmp_path, tokenizer_spec_for):
 
 @pytest.mark.parametrize("kind", TOKENIZER_KINDS)
 @pytest.mark.parametrize("workers", [1, 2])
-def test_documents_without_tokens_are_skipped_and_counted(tmp_path, tokenizer_spec_for, kind,
-                                                          workers):
-    """Megatron's rule: no tokens, no eod. Whitespace the tokenizer keeps is a document."""
+def test_documents_without_tokens_are_written_empty_and_counted(tmp_path, tokenizer_spec_for,
+                                                                 kind, workers):
+    """Megatron's rule: no tokens, no eod; its builder still adds the document, with zero
+    sequences. Whitespace the tokenizer keeps is an ordinary document."""
     spec = tokenizer_spec_for(kind)
     tok = spec.build()
     real = null_texts(2) if kind == "null" else sample_docs(2)
     docs = [real[0], "", "   ", " \n\t", [], ["", ""], real[1], ""]
     src = write_jsonl(tmp_path / "in.jsonl", docs)
     result = run(tmp_path, spec, [src], append_eod=True, workers=workers)
-    kept = [d for d in docs if any(tok.tokenize(s) for s in ([d] if isinstance(d, str) else d))]
+    ids = [[i for s in ([d] if isinstance(d, str) else d) for i in tok.tokenize(s)]
+           for d in docs]
     written = read_documents(result.output_prefixes[0])
-    assert [t for t, _ in written] == [tok.tokenize(d) + [tok.eod] for d in kept]
+    assert written == [(t + [tok.eod], [len(t) + 1]) if t else ([], []) for t in ids]
     if kind in ("gpt2", "huggingface"):
-        assert "   " in kept  # byte-level BPE has tokens for spaces, as in Megatron
-    empty = len(docs) - len(kept)
+        assert ids[2]  # byte-level BPE has tokens for spaces, as in Megatron
+    empty = sum(not t for t in ids)
     assert empty >= 4  # "", [], ["", ""] and the last "" have no tokens with any tokenizer
-    assert result.progress.documents == len(kept)
+    assert result.progress.documents == len(docs)
     assert result.progress.empty_documents == empty
-    assert f"skipped {empty} empty documents" in result.summary
+    assert f"{empty} empty documents (no tokens)" in result.summary
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_empty_value_keeps_documents_aligned_across_keys(tmp_path, tokenizer_spec_for,
+                                                            workers):
+    """An empty title used to drop the document from the title dataset only, so document i of
+    one key's dataset was no longer document i of the other's."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(d) + "\n" for d in (
+        {"text": "1 2", "title": "7"}, {"text": "3", "title": ""}, {"text": "", "title": "8 9"},
+        {"text": "4", "title": "5"})))
+    result = run(tmp_path, tokenizer_spec_for("null"), [src], json_keys=("text", "title"),
+                 workers=workers)
+    text, title = (read_documents(p) for p in result.output_prefixes)
+    assert [t for t, _ in text] == [[1, 2], [3], [], [4]]
+    assert [t for t, _ in title] == [[7], [], [8, 9], [5]]
+    assert read_index(result.output_prefixes[1]).document_indices.tolist() == [0, 1, 1, 2, 3]
+    assert result.progress.documents == 4 and result.progress.empty_documents == 2
 
 
 def test_only_empty_documents_is_an_error_naming_them(tmp_path, tokenizer_spec_for):
@@ -195,6 +215,15 @@ def test_bad_line_stops_with_file_line_and_leaves_no_output(tmp_path, tokenizer_
     assert f"{src}:6: " in str(err.value)
     assert reason in str(err.value)
     assert files_in(tmp_path / "out") == []
+
+
+def test_malformed_json_message_does_not_double_at(tmp_path, tokenizer_spec_for):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"text": "1\x01 2"}\n')
+    with pytest.raises(BadInputError) as err:
+        run(tmp_path, tokenizer_spec_for("null"), [src])
+    assert "malformed JSON: Invalid control character at column 12" in str(err.value)
+    assert "at at" not in str(err.value)
 
 
 def test_skip_bad_lines_skips_and_counts(tmp_path, tokenizer_spec_for):

@@ -77,11 +77,49 @@ def test_huggingface_tokenizer_json(hf_tokenizer_dir, tiny_gpt2_files):
     assert tok.eod == raw.token_to_id("</s>")
     assert tok.vocab_size == raw.get_vocab_size(with_added_tokens=True) == 601
     for text in ADVERSARIAL:
-        assert tok.tokenize(text) == raw.encode(text, add_special_tokens=False).ids
+        assert tok.tokenize(text) == raw.encode(text).ids  # no post-processor: no extra ids
     # The file path works too, and the byte-level part agrees with GPT-2 BPE.
     by_file = build_text_tokenizer("HuggingFaceTokenizer",
                                    tokenizer_model=f"{hf_tokenizer_dir}/tokenizer.json")
     assert by_file.tokenize(TRICKY_TEXTS[2]) == gpt2(tiny_gpt2_files).tokenize(TRICKY_TEXTS[2])
+
+
+def test_huggingface_includes_special_tokens_by_default_like_megatron(hf_bos_tokenizer_dir):
+    """Megatron-LM writes AutoTokenizer(text).input_ids: Llama's BOS starts every document.
+    megastack used to encode with add_special_tokens=False and dropped it."""
+    from tokenizers import Tokenizer
+
+    raw = Tokenizer.from_file(f"{hf_bos_tokenizer_dir}/tokenizer.json")
+    bos = raw.token_to_id("<s>")
+    plain = raw.encode("hello world", add_special_tokens=False).ids
+    tok = TokenizerSpec("HuggingFaceTokenizer", tokenizer_model=hf_bos_tokenizer_dir).build()
+    assert tok.tokenize("hello world") == [bos] + plain
+    assert tok.eod == raw.token_to_id("</s>")
+    # Megatron's --tokenizer-hf-no-include-special-tokens.
+    without = TokenizerSpec("HuggingFaceTokenizer", tokenizer_model=hf_bos_tokenizer_dir,
+                            hf_include_special_tokens=False).build()
+    assert without.tokenize("hello world") == plain
+    assert without.unique_identifiers["include_special_tokens"] == "False"
+    assert "include_special_tokens" not in tok.unique_identifiers  # default: cache names kept
+
+
+def test_huggingface_eos_from_special_tokens_map(tmp_path, tiny_gpt2_files):
+    """AutoTokenizer reads eos from special_tokens_map.json when tokenizer_config.json has none;
+    the guess from common names would have taken </s> here."""
+    from tokenizers import AddedToken, Tokenizer, models
+
+    tok = Tokenizer(models.BPE.from_file(*tiny_gpt2_files))
+    tok.add_special_tokens([AddedToken("</s>", special=True),
+                            AddedToken("<|im_end|>", special=True)])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": None}))
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps(
+        {"eos_token": {"content": "<|im_end|>", "special": True}}))
+    built = build_text_tokenizer("HuggingFaceTokenizer", tokenizer_model=str(tmp_path))
+    assert built.eod == tok.token_to_id("<|im_end|>")
+    (tmp_path / "special_tokens_map.json").write_text("{eos")
+    with pytest.raises(ValueError, match="special_tokens_map.json is not valid JSON"):
+        build_text_tokenizer("HuggingFaceTokenizer", tokenizer_model=str(tmp_path))
 
 
 def test_huggingface_without_known_eos_is_refused(tmp_path, tiny_gpt2_files):

@@ -246,3 +246,85 @@ def test_duplicate_json_keys_are_refused_before_any_work(tmp_path):
     assert result.returncode == 2
     assert "--json-keys names text more than once" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_preprocess_accepts_megatron_partitions_flags(tmp_path):
+    """Megatron-LM scripts pass --partitions and --keep-sequential-samples; they were
+    'unrecognized arguments'. The output does not change."""
+    src = write_jsonl(tmp_path / "in.jsonl", null_texts(30))
+    common = ["--input", src, "--tokenizer-type", "NullTokenizer", "--vocab-size", 70000,
+              "--append-eod", "--log-interval", 0]
+    plain = tool("preprocess_data.py", *common, "--output-prefix", tmp_path / "plain")
+    flagged = tool("preprocess_data.py", *common, "--output-prefix", tmp_path / "flagged",
+                   "--partitions", 2, "--keep-sequential-samples", "--workers", 2)
+    assert plain.returncode == 0 and flagged.returncode == 0, flagged.stderr
+    for ext in (".bin", ".idx"):
+        assert (tmp_path / f"plain_text_document{ext}").read_bytes() == \
+            (tmp_path / f"flagged_text_document{ext}").read_bytes()
+    bad = tool("preprocess_data.py", *common, "--output-prefix", tmp_path / "bad",
+               "--partitions", 0)
+    assert bad.returncode == 2 and "--partitions must be >= 1" in bad.stderr
+
+
+def test_preprocess_hf_special_tokens_flags(tmp_path, hf_bos_tokenizer_dir):
+    """Special tokens (here a Llama-style BOS) are written by default, as Megatron-LM does;
+    --tokenizer-hf-no-include-special-tokens leaves them out."""
+    from tokenizers import Tokenizer
+
+    raw = Tokenizer.from_file(f"{hf_bos_tokenizer_dir}/tokenizer.json")
+    bos, eos = raw.token_to_id("<s>"), raw.token_to_id("</s>")
+    src = write_jsonl(tmp_path / "in.jsonl", ["hello world", "the cat"])
+    plain = [raw.encode(t, add_special_tokens=False).ids + [eos]
+             for t in ("hello world", "the cat")]
+    cases = {(): [[bos] + p for p in plain],
+             ("--tokenizer-hf-include-special-tokens",): [[bos] + p for p in plain],
+             ("--tokenizer-hf-no-include-special-tokens",): plain}
+    for i, (flags, expected) in enumerate(cases.items()):
+        result = tool("preprocess_data.py", "--input", src, "--output-prefix", tmp_path / f"o{i}",
+                      "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model",
+                      hf_bos_tokenizer_dir, "--append-eod", *flags)
+        assert result.returncode == 0, result.stderr
+        prefix = str(tmp_path / f"o{i}_text_document")
+        index = read_index(prefix)
+        tokens = np.fromfile(prefix + ".bin", dtype=index.dtype).tolist()
+        assert tokens == [t for doc in expected for t in doc], flags
+
+
+def _dataset(prefix):
+    from megastack.data.indexed_writer import IndexedDatasetWriter
+
+    with IndexedDatasetWriter(str(prefix), np.uint16) as writer:
+        writer.add_document([1, 2, 3], [3])
+        writer.finalize()
+
+
+def test_merge_directory_refuses_incomplete_datasets(tmp_path):
+    """A .idx without its .bin (or the reverse) used to be skipped: 'merged 1 datasets'."""
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for name in ("a", "b", "c"):
+        _dataset(parts / name)
+    (parts / "b.bin").unlink()
+    (parts / "c.idx").unlink()
+    result = tool("merge_datasets.py", "--input", parts, "--output-prefix", tmp_path / "m")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{parts / 'b.idx'} without its .bin" in result.stderr
+    assert f"{parts / 'c.bin'} without its .idx" in result.stderr
+    assert not list(tmp_path.glob("m.*"))
+
+
+def test_merge_output_path_errors_are_one_line(tmp_path):
+    """Were FileExistsError / IsADirectoryError tracebacks."""
+    _dataset(tmp_path / "a")
+    (tmp_path / "afile").write_text("")
+    result = tool("merge_datasets.py", "--input", tmp_path / "a",
+                  "--output-prefix", tmp_path / "afile" / "m")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: --output-prefix {tmp_path / 'afile' / 'm'}: {tmp_path / 'afile'} is a file, " \
+        "not a directory" in result.stderr
+    (tmp_path / "out" / "m.bin").mkdir(parents=True)  # an OSError only the rename meets
+    result = tool("merge_datasets.py", "--input", tmp_path / "a",
+                  "--output-prefix", tmp_path / "out" / "m")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: {tmp_path / 'out' / 'm.bin'}: Is a directory"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.bin"]
