@@ -43,9 +43,15 @@ def build_tokenizer_from_args(args):
         if vocab is None:
             raise ValueError("--mock-data without a tokenizer needs --vocab-size or --model")
         return build_tokenizer("NullTokenizer", vocab_size=vocab - 1)
-    return build_tokenizer(args.tokenizer_type, tokenizer_model=args.tokenizer_model,
+    from megastack.training.arguments import SENTENCEPIECE_ALIASES
+
+    tokenizer_type = args.tokenizer_type
+    if tokenizer_type in SENTENCEPIECE_ALIASES:
+        tokenizer_type = "SentencePieceTokenizer"
+    return build_tokenizer(tokenizer_type, tokenizer_model=args.tokenizer_model,
                            vocab_file=args.vocab_file, merge_file=args.merge_file,
-                           vocab_size=args.vocab_size)
+                           vocab_size=args.vocab_size,
+                           hf_include_special_tokens=args.tokenizer_hf_include_special_tokens)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

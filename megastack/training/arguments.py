@@ -222,6 +222,13 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                         "default 1 with --recompute-granularity full")
 
 
+# Megatron-LM's SentencePiece tokenizer types for GPT training. Training takes only the
+# vocabulary size and the end-of-document id from the tokenizer, which these share with
+# SentencePieceTokenizer (the model's size and eos id); only their text encoding differs
+# (Llama2Tokenizer adds BOS), which matters to tools/preprocess_data.py, not here.
+SENTENCEPIECE_ALIASES = ("GPTSentencePieceTokenizer", "Llama2Tokenizer")
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data-path", nargs="*", default=[],
@@ -229,11 +236,17 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--split", default="969,30,1")
     g.add_argument("--mock-data", action="store_true")
     g.add_argument("--tokenizer-type", choices=["SentencePieceTokenizer", "GPT2BPETokenizer",
-                                                "HuggingFaceTokenizer", "NullTokenizer"])
+                                                "HuggingFaceTokenizer", "NullTokenizer",
+                                                *SENTENCEPIECE_ALIASES])
     g.add_argument("--tokenizer-model")
     g.add_argument("--vocab-file")
     g.add_argument("--merge-file")
     g.add_argument("--vocab-size", type=int)
+    # Megatron-LM's flags; training reads no text, so they only name the tokenizer's options.
+    g.add_argument("--tokenizer-hf-no-include-special-tokens", dest="tokenizer_hf_include_special_tokens",
+                   action="store_false", default=True)
+    g.add_argument("--tokenizer-hf-include-special-tokens", dest="tokenizer_hf_include_special_tokens",
+                   action="store_true", default=True)
     g.add_argument("--data-cache-path")
     g.add_argument("--num-workers", type=int, default=0)
     g.add_argument("--reset-position-ids", action="store_true",

@@ -183,3 +183,29 @@ def test_unreadable_tokenizer_files_name_the_flag_and_path(tmp_path, tiny_gpt2_f
     (broken / "tokenizer_config.json").write_text("{eos")
     with pytest.raises(ValueError, match="tokenizer_config.json is not valid JSON"):
         TokenizerSpec("HuggingFaceTokenizer", tokenizer_model=str(broken)).build()
+
+
+@pytest.mark.parametrize("alias", ["GPTSentencePieceTokenizer", "Llama2Tokenizer"])
+def test_pretrain_takes_megatrons_sentencepiece_type_names(sp_model, alias):
+    """Megatron-LM GPT scripts name their SentencePiece model with these types (refused as an
+    invalid choice); training needs only the vocabulary size and eod, which they share."""
+    from megastack.pretrain import build_tokenizer_from_args
+    from megastack.training.arguments import parse_args
+
+    def tokenizer(tokenizer_type):
+        return build_tokenizer_from_args(parse_args(
+            ["--model", "tiny-2l", "--tokenizer-type", tokenizer_type, "--tokenizer-model",
+             sp_model, "--data-path", "unused", "--train-iters", "1"]))
+
+    got, want = tokenizer(alias), tokenizer("SentencePieceTokenizer")
+    assert (got.vocab_size, got.eod) == (want.vocab_size, want.eod)
+
+
+def test_pretrain_takes_the_hf_special_token_flags():
+    from megastack.training.arguments import parse_args
+
+    base = ["--model", "tiny-2l", "--mock-data", "--train-iters", "1"]
+    assert parse_args(base).tokenizer_hf_include_special_tokens
+    assert parse_args(base + ["--tokenizer-hf-include-special-tokens"]).tokenizer_hf_include_special_tokens
+    assert not parse_args(base + ["--tokenizer-hf-no-include-special-tokens"]
+                          ).tokenizer_hf_include_special_tokens
