@@ -264,6 +264,20 @@ class Trainer:
             logger.info("resuming at iteration %d, %d samples consumed", self.state.iteration,
                         self.state.consumed_train_samples)
 
+    def _check_megatron_vocab(self, path: str, megatron_args: Any) -> None:
+        padded = getattr(megatron_args, "padded_vocab_size", None)
+        if padded is None or padded == self.cfg.model.vocab_size:
+            return
+        tp = getattr(megatron_args, "tensor_model_parallel_size", 1) or 1
+        divisible_by = getattr(megatron_args, "make_vocab_size_divisible_by", 128) or 128
+        raise ValueError(
+            f"--load {path}: the Megatron-LM checkpoint's embedding has {padded} rows, this run "
+            f"{self.cfg.model.vocab_size}: Megatron-LM pads the vocabulary to a multiple of "
+            f"--make-vocab-size-divisible-by x the TP size it was saved at ({divisible_by} x "
+            f"{tp}), megastack to a multiple of --make-vocab-size-divisible-by alone, so that "
+            f"the size does not change with TP. Relaunch with --make-vocab-size-divisible-by "
+            f"{divisible_by * tp}")
+
     def _check_model_matches(self, path: str, common: dict[str, Any]) -> None:
         """A checkpoint of another architecture would fail deep in megatron-core's loader with a
         tensor-shape error; name the flags that differ instead (as Megatron-LM's
@@ -271,7 +285,9 @@ class Trainer:
         recorded = (common.get("megastack") or {}).get("model")
         if not recorded:
             # A Megatron-LM checkpoint: its args may predate some model flags, so only
-            # megatron-core's shape checks judge it.
+            # megatron-core's shape checks judge it, except for the vocabulary padding, which
+            # differs by design (see padded_vocab_size) and would fail as a bare shape error.
+            self._check_megatron_vocab(path, common.get("args"))
             return
         diffs = ModelConfig.from_dict(recorded).weight_differences(self.cfg.model)
         if diffs:

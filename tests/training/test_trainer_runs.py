@@ -276,3 +276,22 @@ def test_resume_reads_the_sample_count_from_megatron_lm_args(tmp_path):
     trainer.setup(tokenizer)
     assert (trainer.state.iteration, trainer.state.consumed_train_samples) == (2, consumed)
     trainer.close()
+
+
+def test_megatron_lm_vocabulary_padding_is_named(tmp_path):
+    """Megatron-LM pads to divisible_by x TP: a checkpoint saved at TP 2 failed on a bare
+    tensor-shape error here; the message gives the --make-vocab-size-divisible-by to use."""
+    import argparse
+
+    root = tmp_path / "ckpt"
+    run(["--train-iters", "1", "--save", str(root)])
+    common_pt = root / "iter_0000001" / "common.pt"
+    common = torch.load(common_pt, weights_only=False)
+    vocab = common["megastack"]["model"]["vocab_size"]
+    del common["megastack"]  # as Megatron-LM writes it: args only
+    common["args"] = argparse.Namespace(padded_vocab_size=vocab + 128, tensor_model_parallel_size=2,
+                                        make_vocab_size_divisible_by=128)
+    torch.save(common, common_pt)
+    trainer, tokenizer = make_trainer(["--train-iters", "1", "--load", str(root)])
+    with pytest.raises(ValueError, match="Relaunch with --make-vocab-size-divisible-by 256"):
+        trainer.setup(tokenizer)
