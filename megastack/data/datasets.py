@@ -23,27 +23,29 @@ def _is_number(word: str) -> bool:
     return True
 
 
-def parse_data_path(data_path: Sequence[str]) -> Tuple[List[str], Optional[List[float]]]:
-    """Megatron's --data-path: ``[p1, p2, ...]`` or ``[w1, p1, w2, p2, ...]``; entries may
-    also hold several space-separated words (as when the flag value was one quoted string)."""
+def parse_data_path(data_path: Sequence[str],
+                    flag: str = "--data-path") -> Tuple[List[str], Optional[List[float]]]:
+    """Megatron's --data-path (or a per-split `flag`): ``[p1, p2, ...]`` or
+    ``[w1, p1, w2, p2, ...]``; entries may also hold several space-separated words (as when the
+    flag value was one quoted string)."""
     from megatron.core.datasets.utils import get_blend_from_list
 
     words = [w for entry in data_path for w in str(entry).split()]
     if not words:
-        raise ValueError("--data-path is empty: give dataset prefixes (PATH for PATH.bin/.idx) "
+        raise ValueError(f"{flag} is empty: give dataset prefixes (PATH for PATH.bin/.idx) "
                          "or 'weight prefix' pairs")
     if len(words) % 2 == 1 and any(_is_number(w) for w in words[::2]):
         # megatron-core would take the odd list as plain prefixes and look for "0.3.bin".
-        raise ValueError(f"--data-path {' '.join(words)}: {len(words)} words, but a weighted "
-                         f"blend takes 'weight prefix' pairs (e.g. --data-path 0.3 a_text_document "
+        raise ValueError(f"{flag} {' '.join(words)}: {len(words)} words, but a weighted "
+                         f"blend takes 'weight prefix' pairs (e.g. {flag} 0.3 a_text_document "
                          f"0.7 b_text_document); give every prefix its weight, or no weights")
     prefixes, weights = get_blend_from_list(words)
     if weights is not None and any(w <= 0 for w in weights):
-        raise ValueError(f"--data-path weights must be positive, got {weights}")
+        raise ValueError(f"{flag} weights must be positive, got {weights}")
     return prefixes, weights
 
 
-def check_prefixes_exist(prefixes: Sequence[str]) -> None:
+def check_prefixes_exist(prefixes: Sequence[str], flag: str = "--data-path") -> None:
     """Each prefix has its .bin and .idx, and the .bin is as long as the .idx says: megatron-core
     fails on a truncated pair with "buffer is smaller than requested size", naming no file."""
     from megastack.data.indexed_writer import check_bin_size, read_index
@@ -51,13 +53,13 @@ def check_prefixes_exist(prefixes: Sequence[str]) -> None:
     for prefix in prefixes:
         for suffix in (".bin", ".idx"):
             if not os.path.isfile(prefix + suffix):
-                raise ValueError(f"--data-path {prefix!r}: {prefix + suffix} does not exist "
+                raise ValueError(f"{flag} {prefix!r}: {prefix + suffix} does not exist "
                                  "(a prefix names PATH for PATH.bin/PATH.idx, e.g. "
                                  "out/corpus_text_document)")
         try:
             check_bin_size(prefix, read_index(prefix))
         except ValueError as err:
-            raise ValueError(f"--data-path {prefix!r}: {err}") from None
+            raise ValueError(f"{flag} {prefix!r}: {err}") from None
 
 
 def check_splits_have_tokens(prefixes: Sequence[str], split: str) -> None:
@@ -86,7 +88,7 @@ def check_splits_have_tokens(prefixes: Sequence[str], split: str) -> None:
 
 
 def check_token_ids_fit(prefixes: Sequence[str], vocab_size: int,
-                        tokens_to_read: int = 1 << 20) -> None:
+                        tokens_to_read: int = 1 << 20, flag: str = "--data-path") -> None:
     """Token ids must index the model's embedding (`vocab_size` rows, padded): data tokenized
     with a larger vocabulary than this run's tokenizer fails deep in the embedding (an
     IndexError on CPU, a device-side assert on GPU). The first ~1M tokens of each dataset (and
@@ -110,11 +112,25 @@ def check_token_ids_fit(prefixes: Sequence[str], vocab_size: int,
             top = max(top, int(np.max(last)))
         if top >= vocab_size:
             raise ValueError(
-                f"--data-path {prefix}: holds token id {top}, beyond the model's vocabulary "
+                f"{flag} {prefix}: holds token id {top}, beyond the model's vocabulary "
                 f"of {vocab_size} (the tokenizer's, padded): it was preprocessed with another "
                 f"tokenizer; pass that one "
                 f"(--tokenizer-type/--tokenizer-model/--vocab-size) or preprocess again with "
                 f"this one")
+
+
+def check_has_tokens(prefixes: Sequence[str], flag: str) -> None:
+    """A per-split dataset without tokens would make GPTDataset count epochs forever."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    for prefix in prefixes:
+        dataset = IndexedDataset(prefix, mmap=True)  # its index buffer lives as long as it does
+        if int(dataset.sequence_lengths.sum()) == 0:
+            raise ValueError(f"{flag} {prefix}: the dataset holds no tokens")
+
+
+# Megatron-LM's flags for datasets given per split (instead of --data-path and --split).
+PER_SPLIT_FLAGS = ("--train-data-path", "--valid-data-path", "--test-data-path")
 
 
 def _validate_split(split: str) -> str:
@@ -149,13 +165,16 @@ def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_le
                        seed: int, train_valid_test_num_samples: Tuple[int, int, int], tokenizer,
                        mock: bool = False, path_to_cache: Optional[str] = None,
                        reset_position_ids: bool = False, reset_attention_mask: bool = False,
-                       eod_mask_loss: bool = False, model_vocab_size: Optional[int] = None):
+                       eod_mask_loss: bool = False, model_vocab_size: Optional[int] = None,
+                       per_split_data_path: Optional[Sequence[Sequence[str]]] = None):
     """(train, valid, test) megatron-core GPT datasets; an entry is None when its split is empty.
 
     Each item is a dict of torch tensors: tokens, labels, loss_mask, attention_mask,
     position_ids, each ``seq_length`` long. ``mock=True`` ignores ``data_path`` and serves
-    MockGPTDataset samples (for smoke tests without data). With ``model_vocab_size`` (the
-    embedding's padded rows) data holding larger token ids is refused up front.
+    MockGPTDataset samples (for smoke tests without data). ``per_split_data_path`` (Megatron's
+    --train/--valid/--test-data-path, each possibly empty) replaces ``data_path`` and ``split``.
+    With ``model_vocab_size`` (the embedding's padded rows) data holding larger token ids is
+    refused up front.
     """
     from megatron.core.datasets.blended_megatron_dataset_builder import (
         BlendedMegatronDatasetBuilder)
@@ -166,9 +185,29 @@ def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_le
     if len(train_valid_test_num_samples) != 3 or any(n < 0 for n in train_valid_test_num_samples):
         raise ValueError("train_valid_test_num_samples must be three non-negative counts, got "
                          f"{train_valid_test_num_samples}")
-    split = _validate_split(split)
-    blend = None
-    if not mock:
+    blend, blend_per_split = None, None
+    if not mock and per_split_data_path is not None:
+        if data_path:
+            raise ValueError("give --data-path (with --split) or the per-split "
+                             f"{'/'.join(PER_SPLIT_FLAGS)}, not both")
+        blend_per_split = []
+        for flag, words in zip(PER_SPLIT_FLAGS, per_split_data_path):
+            if not words:
+                blend_per_split.append(None)
+                continue
+            prefixes, weights = parse_data_path(words, flag)
+            check_prefixes_exist(prefixes, flag)
+            check_has_tokens(prefixes, flag)
+            if model_vocab_size is not None:
+                check_token_ids_fit(prefixes, model_vocab_size, flag=flag)
+            blend_per_split.append((prefixes, weights))
+        if blend_per_split[0] is None:
+            raise ValueError(f"{PER_SPLIT_FLAGS[0]} is needed with "
+                             f"{' or '.join(PER_SPLIT_FLAGS[1:])}")
+        split = None  # megatron-core: the per-split blends take the place of --split
+    else:
+        split = _validate_split(split)
+    if not mock and blend_per_split is None:
         prefixes, weights = parse_data_path(data_path or [])
         check_prefixes_exist(prefixes)
         check_splits_have_tokens(prefixes, split)
@@ -179,6 +218,7 @@ def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_le
         random_seed=seed,
         sequence_length=seq_length,
         blend=blend,
+        blend_per_split=blend_per_split,
         split=split,
         path_to_cache=path_to_cache,
         tokenizer=tokenizer,

@@ -52,6 +52,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class DataConfig:
     data_path: tuple[str, ...] = ()
+    # --train/--valid/--test-data-path, in place of data_path and split; None when not given.
+    per_split_data_path: Optional[tuple[tuple[str, ...], ...]] = None
     split: str = "969,30,1"
     mock_data: bool = False
     tokenizer_type: Optional[str] = None
@@ -234,6 +236,10 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-path", nargs="*", default=[],
                    help="dataset prefixes, optionally weighted: 'W1 PREFIX1 W2 PREFIX2'")
     g.add_argument("--split", default="969,30,1")
+    for split in ("train", "valid", "test"):
+        g.add_argument(f"--{split}-data-path", nargs="*",
+                       help=f"the {split} split's dataset prefixes (optionally weighted), "
+                            f"instead of --data-path and --split")
     g.add_argument("--mock-data", action="store_true")
     g.add_argument("--tokenizer-type", choices=["SentencePieceTokenizer", "GPT2BPETokenizer",
                                                 "HuggingFaceTokenizer", "NullTokenizer",
@@ -423,21 +429,41 @@ def _check(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+def per_split_data_path(args: argparse.Namespace) -> Optional[tuple[tuple[str, ...], ...]]:
+    """(train, valid, test) prefixes of --train/--valid/--test-data-path, or None when none
+    of them is given."""
+    given = (args.train_data_path, args.valid_data_path, args.test_data_path)
+    if all(words is None for words in given):
+        return None
+    return tuple(tuple(words or ()) for words in given)
+
+
 def _validate_data(args: argparse.Namespace) -> None:
     if args.mock_data:
         return
-    _check(bool(args.data_path),
-           "no training data: give --data-path PREFIX (a preprocessed .bin/.idx prefix from "
-           "tools/preprocess_data.py) or --mock-data for synthetic tokens")
+    per_split = per_split_data_path(args)
+    if per_split is not None:
+        _check(not args.data_path, "give --data-path (with --split) or the per-split "
+                                   "--train-data-path/--valid-data-path/--test-data-path, not both")
+        _check(bool(per_split[0]), "--train-data-path is needed with --valid-data-path or "
+                                   "--test-data-path")
+        sources = list(zip(("--train-data-path", "--valid-data-path", "--test-data-path"),
+                           per_split))
+    else:
+        _check(bool(args.data_path),
+               "no training data: give --data-path PREFIX (a preprocessed .bin/.idx prefix from "
+               "tools/preprocess_data.py) or --mock-data for synthetic tokens")
+        sources = [("--data-path", args.data_path)]
     _check(args.tokenizer_type is not None,
-           "--data-path needs --tokenizer-type (the tokenizer the data was preprocessed with)")
-    prefixes = [p for p in args.data_path if not _is_number(p)]
-    for prefix in prefixes:
-        for ext in (".bin", ".idx"):
-            _check(os.path.exists(prefix + ext),
-                   f"--data-path {prefix}: {prefix + ext} does not exist; run "
-                   f"tools/preprocess_data.py --output-prefix ... first, and pass the prefix "
-                   f"without the extension (e.g. data/corpus_text_document)")
+           f"{sources[0][0]} needs --tokenizer-type (the tokenizer the data was preprocessed "
+           f"with)")
+    for flag, words in sources:
+        for prefix in (p for p in words if not _is_number(p)):
+            for ext in (".bin", ".idx"):
+                _check(os.path.exists(prefix + ext),
+                       f"{flag} {prefix}: {prefix + ext} does not exist; run "
+                       f"tools/preprocess_data.py --output-prefix ... first, and pass the prefix "
+                       f"without the extension (e.g. data/corpus_text_document)")
 
 
 def _schedule_lengths(args: argparse.Namespace, gbs: int,
@@ -622,7 +648,8 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         overlap_grad_reduce=args.overlap_grad_reduce, ddp_bucket_size=args.ddp_bucket_size,
     )
     data = DataConfig(
-        data_path=tuple(args.data_path), split=args.split, mock_data=args.mock_data,
+        data_path=tuple(args.data_path), per_split_data_path=per_split_data_path(args),
+        split=args.split, mock_data=args.mock_data,
         tokenizer_type=args.tokenizer_type, tokenizer_model=args.tokenizer_model,
         vocab_file=args.vocab_file, merge_file=args.merge_file, vocab_size=args.vocab_size,
         data_cache_path=args.data_cache_path, num_workers=args.num_workers,

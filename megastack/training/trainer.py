@@ -79,6 +79,7 @@ def build_phase_datasets(cfg: PretrainConfig, total_train_samples: int, tokenize
         model_vocab_size=cfg.model.vocab_size,
         reset_position_ids=cfg.data.reset_position_ids,
         reset_attention_mask=cfg.data.reset_attention_mask, eod_mask_loss=cfg.data.eod_mask_loss,
+        per_split_data_path=cfg.data.per_split_data_path,
     )
 
 

@@ -64,3 +64,38 @@ def test_truncated_bin_or_idx_is_named_before_training(tmp_path):
     with pytest.raises(ValueError, match=f"--data-path .*{prefix}.idx has .* the index is "
                                          "truncated"):
         check_prefixes_exist([prefix])
+
+
+def _dataset(prefix, first_token, docs=40, length=50):
+    from megastack.data.indexed_writer import IndexedDatasetWriter
+
+    with IndexedDatasetWriter(prefix, np.uint16) as writer:
+        for d in range(docs):
+            writer.add_document([first_token] * (length - 1) + [0], [length])
+        writer.finalize()
+    return prefix
+
+
+def test_per_split_data_paths_build_each_split_from_its_own_data(tmp_path):
+    """Megatron-LM's --train-data-path/--valid-data-path/--test-data-path were refused."""
+    from megastack.data.datasets import build_gpt_datasets
+    from megastack.data.tokenizers import build_tokenizer
+
+    train = _dataset(str(tmp_path / "train"), 7)
+    valid = _dataset(str(tmp_path / "valid"), 9)
+    tokenizer = build_tokenizer("NullTokenizer", vocab_size=15)
+    common = dict(data_path=None, split="969,30,1", seq_length=16, seed=1, tokenizer=tokenizer,
+                  train_valid_test_num_samples=(8, 4, 4), path_to_cache=str(tmp_path / "cache"),
+                  model_vocab_size=16)
+    tr, va, te = build_gpt_datasets(per_split_data_path=([train], [valid], []), **common)
+    assert te is None  # no --test-data-path: no test split, as in Megatron-LM
+    assert set(np.unique(tr[0]["tokens"].numpy())) <= {0, 7}
+    assert set(np.unique(va[0]["tokens"].numpy())) <= {0, 9}
+    with pytest.raises(ValueError, match="--train-data-path is needed"):
+        build_gpt_datasets(per_split_data_path=([], [valid], []), **common)
+    with pytest.raises(ValueError, match="not both"):
+        build_gpt_datasets(**dict(common, data_path=[train]),
+                           per_split_data_path=([train], [valid], []))
+    with pytest.raises(ValueError, match=f"--valid-data-path {str(tmp_path / 'nope')!r}"):
+        build_gpt_datasets(per_split_data_path=([train], [str(tmp_path / "nope")], []),
+                           **common)

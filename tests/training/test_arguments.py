@@ -410,3 +410,21 @@ def test_megatron_flags_asking_for_what_megastack_does_are_accepted(caplog):
                 "--kv-channels", str(head), "--rotary-percent", "1.0",
                 "--ckpt-format", "torch_dist", "--overlap-grad-reduce"])
     assert "--log-throughput: nothing to change" in caplog.text
+
+
+def test_per_split_data_path_flags(tmp_path):
+    for name in ("tr", "va"):
+        for ext in (".bin", ".idx"):
+            (tmp_path / f"{name}{ext}").write_bytes(b"")
+    tr, va = str(tmp_path / "tr"), str(tmp_path / "va")
+    base = ["--model", "tiny-4l", "--train-iters", "2", "--tokenizer-type", "NullTokenizer",
+            "--vocab-size", "100"]
+    cfg = config(base + ["--train-data-path", tr, "--valid-data-path", "1.0", va])
+    assert cfg.data.per_split_data_path == ((tr,), ("1.0", va), ())
+    assert config(base + ["--data-path", tr]).data.per_split_data_path is None
+    with pytest.raises(ValueError, match="not both"):
+        config(base + ["--data-path", tr, "--train-data-path", tr])
+    with pytest.raises(ValueError, match="--train-data-path is needed"):
+        config(base + ["--valid-data-path", va])
+    with pytest.raises(ValueError, match=f"--valid-data-path {tmp_path / 'x'}: "):
+        config(base + ["--train-data-path", tr, "--valid-data-path", str(tmp_path / "x")])
