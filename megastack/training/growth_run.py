@@ -281,6 +281,7 @@ class GrowthRun:
             return _train_large(self.large)
         cfg, small = self.cfg, self.small
         start = small.state.iteration
+        small.test_at_end = False  # the run goes on at the target size
         small.train()
         exit_interval = cfg.checkpoint.exit_interval
         if small.state.iteration < self.small_iters or (

@@ -104,6 +104,9 @@ class Trainer:
         self.tb: Optional[TensorBoardWriter] = None
         self.last_saved_iteration: Optional[int] = None
         self.last_eval: Optional[tuple[int, float]] = None  # (iteration, validation loss)
+        # As Megatron-LM, the test split is evaluated once, where the run ends (not where the
+        # small phase of a growth run does).
+        self.test_at_end = True
 
     # ---------------------------------------------------------------- setup
     def setup(self, tokenizer=None, datasets=None, load: Optional[str] = None,
@@ -402,8 +405,10 @@ class Trainer:
                 "skipped": not update_ok}
 
     @torch.no_grad()
-    def evaluate(self) -> Optional[float]:
-        valid = self.datasets[1]
+    def evaluate(self, split: int = 1) -> Optional[float]:
+        """Mean loss over the first --eval-iters batches of the validation (split 1) or test
+        (split 2) dataset; None without that split or off the last pipeline stage."""
+        valid = self.datasets[split]
         if valid is None:
             return None
         t = self.cfg.train
@@ -502,6 +507,12 @@ class Trainer:
         --eval-interval 0 turned evaluation off."""
         if self.cfg.logging.eval_iters > 0 and self.cfg.logging.eval_interval > 0:
             self._log_eval(self.state.iteration)
+            if self.test_at_end and self.datasets[2] is not None:
+                loss = self.evaluate(split=2)
+                if loss is not None:
+                    self._log({"iteration": self.state.iteration,
+                               "lm loss test": loss,
+                               "lm loss test ppl": math.exp(min(loss, 20.0))})
 
     def _log_eval(self, iteration: int, extra: Optional[dict] = None) -> Optional[float]:
         if self.last_eval is None or self.last_eval[0] != iteration:

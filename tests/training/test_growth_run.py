@@ -31,6 +31,9 @@ def test_grow_in_one_run_with_tensorboard(tmp_path):
     assert lrs[5] == pytest.approx(2.5e-4) and lrs[6] == pytest.approx(5e-4)
     assert (save / "grown" / "iter_0000000" / "metadata.json").exists()
     assert (save / "latest_checkpointed_iteration.txt").read_text() == "8"
+    # The test split once, where the run ends, as in Megatron-LM (not at the growth point).
+    assert [(r.get("phase"), r["iteration"]) for r in records if "lm loss test" in r] == [
+        ("large", 8)]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -295,3 +295,14 @@ def test_megatron_lm_vocabulary_padding_is_named(tmp_path):
     trainer, tokenizer = make_trainer(["--train-iters", "1", "--load", str(root)])
     with pytest.raises(ValueError, match="Relaunch with --make-vocab-size-divisible-by 256"):
         trainer.setup(tokenizer)
+
+
+def test_test_split_is_evaluated_once_where_training_ends():
+    """Megatron-LM evaluates the test split after training; it was built here and never read."""
+    trainer = run(["--train-iters", "4", "--eval-interval", "2"])
+    tests = [m for m in trainer.state.history if "lm loss test" in m]
+    assert [m["iteration"] for m in tests] == [4]
+    assert math.isfinite(tests[0]["lm loss test"])
+    assert tests[0]["lm loss test ppl"] == pytest.approx(math.exp(tests[0]["lm loss test"]))
+    assert not any("lm loss test" in m for m in run(["--train-iters", "2", "--eval-interval",
+                                                      "0"]).state.history)
