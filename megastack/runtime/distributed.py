@@ -64,11 +64,14 @@ def init_process_group(timeout_minutes: int = 10) -> torch.device:
     return device
 
 
-def initialize(parallel: ParallelConfig, num_layers: int, seed: int) -> RankInfo:
-    """Process groups, megatron-core's model-parallel state and Megatron-style seeds."""
+def initialize(parallel: ParallelConfig, num_layers: int, seed: int,
+               timeout_minutes: int = 10) -> RankInfo:
+    """Process groups, megatron-core's model-parallel state and Megatron-style seeds.
+    `timeout_minutes` (--distributed-timeout-minutes) bounds every collective, including the
+    barriers behind which rank 0 builds dataset indices or writes a checkpoint."""
     from megatron.core import parallel_state
 
-    device = init_process_group()
+    device = init_process_group(timeout_minutes)
     mcore_patches.apply()
     world_size = dist.get_world_size()
     tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size

@@ -47,6 +47,8 @@ class TrainConfig:
     use_checkpoint_opt_param_scheduler: bool = False
     overlap_grad_reduce: bool = False
     ddp_bucket_size: Optional[int] = None
+    grad_reduce_in_bf16: bool = False
+    distributed_timeout_minutes: int = 10
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,13 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overlap-grad-reduce", action="store_true",
                    help="start each gradient bucket's data-parallel reduction during the "
                         "backward pass")
+    g.add_argument("--grad-reduce-in-bf16", action="store_true",
+                   help="reduce gradients over data parallelism in bf16 (default fp32)")
+    g.add_argument("--distributed-timeout-minutes", type=int, default=10,
+                   help="timeout of every collective (raise it when rank 0 builds large dataset "
+                        "indices or writes large checkpoints while the others wait)")
+    g.add_argument("--context-parallel-size", type=int, default=1,
+                   help="only 1: megastack has no context parallelism")
     g.add_argument("--ddp-bucket-size", type=int,
                    help="parameters per gradient bucket with --overlap-grad-reduce (default "
                         "Megatron-LM's: max(40M, 1M x data-parallel size))")
@@ -317,6 +326,9 @@ def add_growth_args(p: argparse.ArgumentParser) -> None:
 ALWAYS_SO_FLAGS = {
     "use_mcore_models": ("--use-mcore-models", "megatron-core models are the only ones"),
     "log_throughput": ("--log-throughput", "throughput is always logged (TFLOP/s on GPU)"),
+    "no_create_attention_mask_in_dataloader": (
+        "--no-create-attention-mask-in-dataloader",
+        "batches carry an attention mask only with --reset-attention-mask"),
     **{name.replace("-", "_"): (f"--{name}", "megastack builds megatron-core without this fusion")
        for name in ("no-masked-softmax-fusion", "no-bias-gelu-fusion", "no-bias-swiglu-fusion",
                     "no-bias-dropout-fusion", "no-rope-fusion", "no-gradient-accumulation-fusion")},
@@ -620,6 +632,13 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     recompute_num_layers = _validate_recompute(args)
     warmup_iters, lr_decay_iters = _schedule_lengths(args, gbs, train_iters)
     _validate_schedule(args, train_iters, warmup_iters, lr_decay_iters)
+    _check(args.distributed_timeout_minutes >= 1,
+           f"--distributed-timeout-minutes must be >= 1, got {args.distributed_timeout_minutes}")
+    _check(args.context_parallel_size == 1,
+           f"--context-parallel-size {args.context_parallel_size}: context parallelism is not "
+           f"implemented; use 1")
+    _check(not args.grad_reduce_in_bf16 or args.bf16,
+           "--grad-reduce-in-bf16 needs --bf16")
     _check(args.ddp_bucket_size is None or args.ddp_bucket_size >= 1,
            f"--ddp-bucket-size must be >= 1, got {args.ddp_bucket_size}")
     _check(args.exit_duration_in_mins is None or args.exit_duration_in_mins > 0,
@@ -646,6 +665,8 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         override_opt_param_scheduler=args.override_opt_param_scheduler,
         use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,
         overlap_grad_reduce=args.overlap_grad_reduce, ddp_bucket_size=args.ddp_bucket_size,
+        grad_reduce_in_bf16=args.grad_reduce_in_bf16,
+        distributed_timeout_minutes=args.distributed_timeout_minutes,
     )
     data = DataConfig(
         data_path=tuple(args.data_path), per_split_data_path=per_split_data_path(args),

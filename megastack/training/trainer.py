@@ -116,7 +116,8 @@ class Trainer:
         from an earlier phase (growth in one run) instead of a checkpoint's."""
         cfg = self.cfg
         self._start_time = time.time()  # --exit-duration-in-mins counts from here
-        self.rank = runtime.initialize(cfg.parallel, cfg.model.num_layers, cfg.train.seed)
+        self.rank = runtime.initialize(cfg.parallel, cfg.model.num_layers, cfg.train.seed,
+                                       timeout_minutes=cfg.train.distributed_timeout_minutes)
         self.chunks = build_model_chunks(
             cfg.model, cfg.parallel, seed=cfg.train.seed, bf16=cfg.train.bf16,
             transformer_impl=cfg.train.transformer_impl,
@@ -153,7 +154,7 @@ class Trainer:
         if bucket is None:
             bucket = max(40_000_000, 1_000_000 * self.rank.dp_size)
         ddp_config = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True,
+            grad_reduce_in_fp32=not self.cfg.train.grad_reduce_in_bf16,
             overlap_grad_reduce=overlap,
             use_distributed_optimizer=self.cfg.parallel.use_distributed_optimizer,
             check_for_nan_in_grad=False,

@@ -394,6 +394,10 @@ def test_sample_based_schedule_flags_become_iterations():
     (["--train-iters", "4", "--ckpt-format", "torch"], "--ckpt-format torch: megastack writes"),
     (["--train-iters", "4", "--exit-duration-in-mins", "0"], "--exit-duration-in-mins must be > 0"),
     (["--train-iters", "4", "--ddp-bucket-size", "0"], "--ddp-bucket-size must be >= 1"),
+    (["--train-iters", "4", "--context-parallel-size", "2"], "--context-parallel-size 2: context"),
+    (["--train-iters", "4", "--grad-reduce-in-bf16"], "--grad-reduce-in-bf16 needs --bf16"),
+    (["--train-iters", "4", "--distributed-timeout-minutes", "0"],
+     "--distributed-timeout-minutes must be >= 1"),
 ])
 def test_megatron_flags_megastack_cannot_honour_are_named(argv, needle):
     with pytest.raises(ValueError) as e:
@@ -408,8 +412,12 @@ def test_megatron_flags_asking_for_what_megastack_does_are_accepted(caplog):
                 "--log-throughput", "--no-masked-softmax-fusion", "--no-rope-fusion",
                 "--no-gradient-accumulation-fusion", "--no-bias-swiglu-fusion",
                 "--kv-channels", str(head), "--rotary-percent", "1.0",
-                "--ckpt-format", "torch_dist", "--overlap-grad-reduce"])
+                "--ckpt-format", "torch_dist", "--overlap-grad-reduce",
+                "--no-create-attention-mask-in-dataloader", "--context-parallel-size", "1"])
     assert "--log-throughput: nothing to change" in caplog.text
+    cfg = config(["--model", "tiny-4l", "--mock-data", "--train-iters", "2", "--bf16",
+                  "--grad-reduce-in-bf16", "--distributed-timeout-minutes", "45"])
+    assert cfg.train.grad_reduce_in_bf16 and cfg.train.distributed_timeout_minutes == 45
 
 
 def test_per_split_data_path_flags(tmp_path):

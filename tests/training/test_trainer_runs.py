@@ -306,3 +306,35 @@ def test_test_split_is_evaluated_once_where_training_ends():
     assert tests[0]["lm loss test ppl"] == pytest.approx(math.exp(tests[0]["lm loss test"]))
     assert not any("lm loss test" in m for m in run(["--train-iters", "2", "--eval-interval",
                                                       "0"]).state.history)
+
+
+def test_distributed_timeout_reaches_the_process_group(monkeypatch):
+    """--distributed-timeout-minutes bounds the collectives (rank 0 building dataset indices or
+    writing a checkpoint while the others wait at a barrier)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from megastack import runtime
+    from megastack.runtime import distributed
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_initialize(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(runtime, "initialize", fake_initialize)
+    trainer, tokenizer = make_trainer(["--train-iters", "1", "--distributed-timeout-minutes", "45"])
+    with pytest.raises(Stop):
+        trainer.setup(tokenizer)
+    assert seen["timeout_minutes"] == 45
+
+    groups = {}
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: groups.update(kwargs))
+    distributed.init_process_group(45)
+    assert groups["timeout"] == datetime.timedelta(minutes=45)
