@@ -11,7 +11,7 @@ from tests.training.launch import read_metrics, run_pretrain
 
 GROW = ["--model", "tiny-2l", "--mock-data", "--micro-batch-size", "2", "--global-batch-size", "4",
         "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "1", "--lr", "1e-3",
-        "--train-iters", "6", "--grow-at-tokens", "512", "--stacking-list", "0-1*4",
+        "--lr-decay-style", "cosine", "--train-iters", "6", "--grow-at-tokens", "512", "--stacking-list", "0-1*4",
         "--target-num-layers", "8"]  # 2 small iterations, then 4 large ones
 
 
