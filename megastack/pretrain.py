@@ -40,8 +40,13 @@ def build_tokenizer_from_args(args):
         from megastack.config import PRESETS
 
         vocab = args.vocab_size or (PRESETS[args.model]["vocab_size"] if args.model else None)
+        if vocab is None and args.use_checkpoint_args and args.load:
+            from megastack.checkpoint.training_checkpoint import read_model_record
+
+            vocab = read_model_record(args.load).get("vocab_size")
         if vocab is None:
-            raise ValueError("--mock-data without a tokenizer needs --vocab-size or --model")
+            raise ValueError("--mock-data without a tokenizer needs --vocab-size, --model or "
+                             "--use-checkpoint-args")
         return build_tokenizer("NullTokenizer", vocab_size=vocab - 1)
     from megastack.training.arguments import SENTENCEPIECE_ALIASES
 

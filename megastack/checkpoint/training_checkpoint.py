@@ -77,6 +77,44 @@ def resolve_checkpoint(path: str) -> str:
     return ckpt
 
 
+# Megatron-LM's saved args -> ModelConfig fields, for a checkpoint without megastack's record.
+_MEGATRON_MODEL_ARGS = {
+    "num_layers": "num_layers", "hidden_size": "hidden_size", "ffn_hidden_size": "ffn_hidden_size",
+    "num_attention_heads": "num_attention_heads", "seq_length": "seq_length",
+    "max_position_embeddings": "max_position_embeddings",
+    "position_embedding_type": "position_embedding_type", "rotary_base": "rotary_base",
+    "normalization": "normalization", "norm_epsilon": "norm_epsilon", "swiglu": "swiglu",
+    "add_bias_linear": "add_bias_linear", "init_method_std": "init_method_std",
+    "untie_embeddings_and_output_weights": "untie_embeddings_and_output_weights",
+    "attention_dropout": "attention_dropout", "hidden_dropout": "hidden_dropout",
+    "padded_vocab_size": "vocab_size",
+}
+
+
+def read_model_record(path: str) -> dict[str, Any]:
+    """The architecture a checkpoint was saved with, as ModelConfig fields: megastack's record,
+    or what Megatron-LM's saved args say. `path` is a checkpoint directory or a save root."""
+    from megatron.core import dist_checkpointing
+
+    if not has_checkpoint(path):
+        raise ValueError(f"--load {path}: no checkpoint there (no metadata.json, no "
+                         f"{LATEST_FILE}) to take the model flags from")
+    found = resolve_checkpoint(path)
+    common = dist_checkpointing.load_common_state_dict(found)
+    record = (common.get("megastack") or {}).get("model")
+    if record:
+        return dict(record)
+    args = common.get("args")
+    if args is None:
+        raise ValueError(f"--load {path}: {found} records no model flags (neither megastack's "
+                         f"record nor Megatron-LM's args); give them on the command line")
+    record = {field: getattr(args, name) for name, field in _MEGATRON_MODEL_ARGS.items()
+              if getattr(args, name, None) is not None}
+    if getattr(args, "group_query_attention", False):
+        record["num_query_groups"] = args.num_query_groups
+    return record
+
+
 def _model_state(chunks: list[torch.nn.Module]) -> dict[str, Any]:
     if len(chunks) == 1:
         return {"model": chunks[0].sharded_state_dict()}

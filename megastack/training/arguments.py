@@ -289,6 +289,9 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--exit-duration-in-mins", type=float,
                    help="stop (after saving) at the first iteration that ends this many minutes "
                         "after training started (e.g. before a cluster job's time limit)")
+    g.add_argument("--use-checkpoint-args", action="store_true",
+                   help="take the model flags not given here from the --load checkpoint (its "
+                        "megastack record, or a Megatron-LM checkpoint's saved args)")
     g.add_argument("--ckpt-format", default="torch_dist",
                    help="checkpoint format: torch_dist (megatron-core's distributed checkpoint) "
                         "is the one megastack writes and reads")
@@ -404,13 +407,29 @@ def _megatron_ffn_hidden_size(hidden_size: int, swiglu: bool) -> int:
     return int(4 * hidden_size * 2 / 3 / 64) * 64 if swiglu else 4 * hidden_size
 
 
+def _checkpoint_model_flags(args: argparse.Namespace) -> dict:
+    """--use-checkpoint-args: the --load checkpoint's model, in place of a preset."""
+    from megastack.checkpoint.training_checkpoint import read_model_record
+
+    _check(args.load is not None, "--use-checkpoint-args needs --load CHECKPOINT")
+    _check(args.model is None, "give --model or --use-checkpoint-args, not both: the checkpoint "
+                               "names the architecture")
+    return read_model_record(args.load)
+
+
 def model_config_from_args(args: argparse.Namespace, vocab_size: Optional[int]) -> ModelConfig:
-    base = dict(PRESETS[args.model]) if args.model else dict(MEGATRON_MODEL_DEFAULTS)
+    if args.use_checkpoint_args:
+        base = _checkpoint_model_flags(args)
+    elif args.model:
+        base = dict(PRESETS[args.model])
+    else:
+        base = dict(MEGATRON_MODEL_DEFAULTS)
     for name in _MODEL_FLAGS:
         value = getattr(args, name)
         if value is not None:
             base[name] = value
-    if args.num_query_groups is not None and not args.group_query_attention and not args.model:
+    if (args.num_query_groups is not None and not args.group_query_attention and not args.model
+            and not args.use_checkpoint_args):
         raise ValueError("--num-query-groups needs --group-query-attention (as in Megatron-LM)")
     if args.group_query_attention and args.num_query_groups is None:
         # Megatron-LM's --num-query-groups default is one group; a preset's own grouping stands.
@@ -427,13 +446,13 @@ def model_config_from_args(args: argparse.Namespace, vocab_size: Optional[int]) 
     if missing:
         raise ValueError(f"missing {', '.join(missing)}: give them or a preset with --model "
                          f"({', '.join(sorted(PRESETS))})")
-    if not args.model and "ffn_hidden_size" not in base:
+    if not args.model and not args.use_checkpoint_args and "ffn_hidden_size" not in base:
         base["ffn_hidden_size"] = _megatron_ffn_hidden_size(base["hidden_size"], base["swiglu"])
     if vocab_size is not None:
         base["vocab_size"] = padded_vocab_size(
             vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size
         )
-    return ModelConfig(**base)
+    return ModelConfig.from_dict(base)
 
 
 def _check(cond: bool, msg: str) -> None:

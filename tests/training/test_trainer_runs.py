@@ -338,3 +338,51 @@ def test_distributed_timeout_reaches_the_process_group(monkeypatch):
     monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: groups.update(kwargs))
     distributed.init_process_group(45)
     assert groups["timeout"] == datetime.timedelta(minutes=45)
+
+
+def test_use_checkpoint_args_takes_the_model_from_the_checkpoint(tmp_path):
+    """Megatron-LM's --use-checkpoint-args: resume (or train a grown checkpoint) without
+    repeating its model flags; flags given on the command line still win."""
+    from megastack.pretrain import build_tokenizer_from_args
+
+    root = str(tmp_path / "ckpt")
+    saved = run(["--train-iters", "1", "--save", root, "--num-layers", "3"]).cfg.model
+    no_model = [a for a in BASE if a not in ("--model", "tiny-2l")]
+    argv = no_model + ["--use-checkpoint-args", "--load", root, "--train-iters", "2",
+                       "--override-opt_param-scheduler"]
+    args = parse_args(argv)
+    cfg = build_pretrain_config(args, build_tokenizer_from_args(args).vocab_size)
+    assert cfg.model == saved and cfg.model.num_layers == 3
+    trainer = Trainer(cfg, args)
+    trainer.setup(build_tokenizer_from_args(args))
+    assert trainer.state.iteration == 1  # loaded: the architecture matched
+    trainer.close()
+    args = parse_args(argv + ["--seq-length", "32"])
+    assert build_pretrain_config(args, None).model.seq_length == 32
+    with pytest.raises(ValueError, match="give --model or --use-checkpoint-args, not both"):
+        build_pretrain_config(parse_args(argv + ["--model", "tiny-2l"]), None)
+    with pytest.raises(ValueError, match="--use-checkpoint-args needs --load"):
+        build_pretrain_config(parse_args(no_model + ["--use-checkpoint-args", "--train-iters",
+                                                     "1"]), None)
+
+
+def test_model_record_of_a_megatron_lm_checkpoint_comes_from_its_args(tmp_path):
+    import argparse
+
+    from megastack.checkpoint.training_checkpoint import read_model_record
+
+    root = tmp_path / "ckpt"
+    run(["--train-iters", "1", "--save", str(root)])
+    common_pt = root / "iter_0000001" / "common.pt"
+    common = torch.load(common_pt, weights_only=False)
+    del common["megastack"]
+    common["args"] = argparse.Namespace(num_layers=6, hidden_size=256, num_attention_heads=8,
+                                        group_query_attention=True, num_query_groups=2,
+                                        padded_vocab_size=50304, swiglu=True, seq_length=1024,
+                                        kv_channels=32)
+    torch.save(common, common_pt)
+    assert read_model_record(str(root)) == dict(
+        num_layers=6, hidden_size=256, num_attention_heads=8, num_query_groups=2,
+        vocab_size=50304, swiglu=True, seq_length=1024)
+    with pytest.raises(ValueError, match="no checkpoint there"):
+        read_model_record(str(tmp_path / "nothing"))
