@@ -199,9 +199,9 @@ def test_logged_iteration_time_excludes_eval_and_save(tmp_path):
     trainer.setup(tokenizer)
     real_evaluate = trainer.evaluate
 
-    def slow_evaluate():
+    def slow_evaluate(*args, **kwargs):
         time.sleep(delay)
-        return real_evaluate()
+        return real_evaluate(*args, **kwargs)
 
     def slow_save(*args, **kwargs):  # stands in for writing a large checkpoint
         time.sleep(delay)
