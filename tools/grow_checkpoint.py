@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from megastack.growth.depth import DEPTH_OPERATORS
@@ -34,7 +35,9 @@ def get_args(argv=None) -> argparse.Namespace:
                              "'0,1,(2-5)*5,4,5', or the paper's 1-based 'paper:12-3456*5-56'")
     growth.add_argument("--target-num-layers", type=int,
                         help="expected target depth; checked against the stacking list's length")
-    growth.add_argument("--operator", choices=DEPTH_OPERATORS, default="stack",
+    # Also under megastack.pretrain's names for growth in one run, so either spelling works.
+    growth.add_argument("--operator", "--growth-operator", dest="operator",
+                        choices=DEPTH_OPERATORS, default="stack",
                         help="depth operator: stack (G_stack), zero (G_zero), random (G_random), "
                              "shrink (Inheritune)")
     growth.add_argument("--keep-optimizer-state", action="store_true",
@@ -52,15 +55,23 @@ def get_args(argv=None) -> argparse.Namespace:
     width.add_argument("--width-operator", choices=WIDTH_OPERATORS, default="direct")
 
     layout = parser.add_argument_group("target layout (default: the source's)")
-    layout.add_argument("--target-tensor-parallel-size", type=int)
-    layout.add_argument("--target-pipeline-parallel-size", type=int)
-    layout.add_argument("--target-num-layers-per-virtual-pipeline-stage", type=int)
+    layout.add_argument("--target-tensor-parallel-size", "--target-tensor-model-parallel-size",
+                        dest="target_tensor_parallel_size", type=int)
+    layout.add_argument("--target-pipeline-parallel-size",
+                        "--target-pipeline-model-parallel-size",
+                        dest="target_pipeline_parallel_size", type=int)
+    layout.add_argument("--target-num-layers-per-virtual-pipeline-stage", type=int,
+                        help="default: the source's when --target-pipeline-parallel-size is not "
+                             "given; 0 for no interleaving")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = get_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # A scheduler's SIGTERM (job cancelled, time limit) unwinds like Ctrl-C, so the temporary
+    # directory is removed instead of left beside --save.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     from megastack.growth.grow_checkpoint import grow_checkpoint
 
     try:

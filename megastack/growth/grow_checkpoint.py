@@ -294,8 +294,12 @@ def _target_model(depth_model: ModelConfig, hidden: Optional[int], ffn: Optional
 
 def _target_parallel(src: ParallelConfig, model: ModelConfig, tp: Optional[int],
                      pp: Optional[int], vp_layers: Optional[int]) -> ParallelConfig:
+    inherited = vp_layers is None and pp is None and \
+        src.num_layers_per_virtual_pipeline_stage is not None
     if vp_layers is None and pp is None:
         vp_layers = src.num_layers_per_virtual_pipeline_stage
+    if vp_layers == 0:  # said explicitly: no interleaving
+        vp_layers = None
     target = dataclasses.replace(
         src,
         tensor_model_parallel_size=tp if tp is not None else src.tensor_model_parallel_size,
@@ -308,8 +312,11 @@ def _target_parallel(src: ParallelConfig, model: ModelConfig, tp: Optional[int],
     try:
         target.validate(model)
     except ValueError as e:
+        hint = (f" (the {vp_layers} layers per virtual stage are the source's: give "
+                f"--target-num-layers-per-virtual-pipeline-stage with a divisor of the target's "
+                f"layers per pipeline stage, or 0 for no interleaving)" if inherited else "")
         raise ValueError(f"invalid target layout ({flags}) for the {model.num_layers}-layer "
-                         f"target: {e}") from None
+                         f"target: {e}{hint}") from None
     if model.vocab_size % target.tensor_model_parallel_size != 0:
         raise ValueError(f"invalid target layout ({flags}): the vocabulary of {model.vocab_size} "
                          f"rows does not split over {target.tensor_model_parallel_size} "

@@ -289,7 +289,9 @@ class GrowthRun:
                 and small.state.iteration % exit_interval == 0):
             small.close()  # --exit-interval stopped the small phase (it saved): --load resumes it
             return small.state
-        small._log_eval(small.state.iteration, {"growth": "before"})
+        evaluating = cfg.logging.eval_interval > 0 and cfg.logging.eval_iters > 0
+        if evaluating:  # the growth point's before/after losses, unless evaluation is off
+            small._log_eval(small.state.iteration, {"growth": "before"})
         if small.last_saved_iteration != small.state.iteration:  # else --save-interval just did
             small.save()
         datasets, state = small.datasets, small.state
@@ -310,7 +312,8 @@ class GrowthRun:
             # A fresh model, optimizer and LR schedule at the target size and layout.
             large = self._large_trainer().setup(self.tokenizer, datasets=datasets, load=grown,
                                                 finetune=True, start_state=state)
-        large._log_eval(large.state.iteration, {"growth": "after"})
+        if evaluating:
+            large._log_eval(large.state.iteration, {"growth": "after"})
         return _train_large(large)
 
 

@@ -249,7 +249,7 @@ class Trainer:
             scheduler=self.scheduler if load_optim else None,
             load_rng=not (finetune or c.no_load_rng),
             check_scheduler=partial(self._check_scheduler_matches, path),
-            check_common=partial(self._check_model_matches, path),
+            check_common=partial(self._check_checkpoint_matches, path, load_optim),
         )
         if not finetune:
             self.state.iteration = int(common.get("iteration", 0))
@@ -268,6 +268,29 @@ class Trainer:
         else:
             logger.info("resuming at iteration %d, %d samples consumed", self.state.iteration,
                         self.state.consumed_train_samples)
+
+    def _check_checkpoint_matches(self, path: str, load_optim: bool,
+                                  common: dict[str, Any]) -> None:
+        self._check_model_matches(path, common)
+        if load_optim and "optimizer" in common:
+            self._check_optimizer_kind(path, common)
+
+    def _check_optimizer_kind(self, path: str, common: dict[str, Any]) -> None:
+        """megatron-core's distributed and regular optimizers save different state: loading one
+        into the other fails deep in its loader with a KeyError."""
+        parallel = (common.get("megastack") or {}).get("parallel") or {}
+        saved = parallel.get("use_distributed_optimizer")
+        if saved is None:  # a Megatron-LM checkpoint
+            saved = getattr(common.get("args"), "use_distributed_optimizer", None)
+        now = self.cfg.parallel.use_distributed_optimizer
+        if saved is None or bool(saved) == now:
+            return
+        with_or = {True: "with", False: "without"}
+        raise ValueError(
+            f"--load {path}: its optimizer state was saved {with_or[bool(saved)]} "
+            f"--use-distributed-optimizer, and this run is {with_or[now]} it (megatron-core cannot "
+            f"load one into the other). Relaunch {with_or[bool(saved)]} --use-distributed-optimizer, "
+            f"or add --no-load-optim to start a fresh optimizer from the checkpoint's weights")
 
     def _check_megatron_vocab(self, path: str, megatron_args: Any) -> None:
         padded = getattr(megatron_args, "padded_vocab_size", None)

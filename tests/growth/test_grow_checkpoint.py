@@ -384,3 +384,49 @@ def test_tool_exits_non_zero_with_the_message(src, tmp_path, capsys):
     assert rc != 0
     assert "error: --stacking-list refers to source layer(s)" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "dst")
+
+
+def test_sigterm_removes_the_temporary_directory(src, tmp_path):
+    """A cancelled job (SIGTERM) left DST.tmp-XXXXXXXX behind; Ctrl-C did not."""
+    import signal
+
+    dst = str(tmp_path / "dst")
+    script = (
+        "import sys, time\n"
+        "import megastack.growth.grow_checkpoint as g\n"
+        "def slow_publish(*args):\n"
+        "    print('written', flush=True)\n"
+        "    time.sleep(120)\n"
+        "g._publish = slow_publish\n"
+        "from tests.scripts import load_script\n"
+        f"sys.exit(load_script('tools/grow_checkpoint.py').main(['--load', {src!r}, '--save', "
+        f"{dst!r}, '--stacking-list', '0-3*2', '--no-fsync']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "written"  # everything is in the temporary dir
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    assert not glob.glob(dst + ".tmp-*") and not os.path.exists(dst)
+
+
+def test_tool_takes_pretrains_growth_flag_names():
+    tool = load_script("tools/grow_checkpoint.py")
+    args = tool.get_args(["--load", "a", "--save", "b", "--stacking-list", "0-1*2",
+                          "--growth-operator", "zero", "--target-tensor-model-parallel-size", "2",
+                          "--target-pipeline-model-parallel-size", "4"])
+    assert (args.operator, args.target_tensor_parallel_size,
+            args.target_pipeline_parallel_size) == ("zero", 2, 4)
+
+
+def test_inherited_virtual_stages_are_named_and_can_be_turned_off():
+    from megastack.config import ModelConfig, ParallelConfig
+    from megastack.growth.grow_checkpoint import _target_parallel
+
+    src = ParallelConfig(pipeline_model_parallel_size=2, num_layers_per_virtual_pipeline_stage=2)
+    six = ModelConfig.from_name("tiny-4l").replace(num_layers=6)  # 3 layers per stage
+    with pytest.raises(ValueError, match="the 2 layers per virtual stage are the source's.*or 0 "
+                                         "for no interleaving"):
+        _target_parallel(src, six, None, None, None)
+    assert _target_parallel(src, six, None, None, 0).num_layers_per_virtual_pipeline_stage is None
+    eight = six.replace(num_layers=8)
+    assert _target_parallel(src, eight, None, None, None).num_layers_per_virtual_pipeline_stage == 2

@@ -74,3 +74,15 @@ def test_learn_operator_needs_one_rank(monkeypatch):
                        "--target-num-layers", "4", "--growth-operator", "learn"])
     with pytest.raises(ValueError, match="--growth-operator learn"):
         build_pretrain_config(args, vocab_size=None)
+
+
+def test_eval_interval_zero_means_no_evaluation_in_a_growth_run(tmp_path):
+    """The growth point evaluated before and after growing even with evaluation off."""
+    metrics = tmp_path / "m.jsonl"
+    run_pretrain(["--model", "tiny-2l", "--mock-data", "--train-iters", "4",
+                  "--global-batch-size", "4", "--micro-batch-size", "2", "--log-interval", "1",
+                  "--eval-interval", "0", "--save", str(tmp_path / "ckpt"),
+                  "--grow-at-tokens", "512", "--stacking-list", "0-1*2"], nproc=1, metrics=metrics)
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert sorted(read_metrics(metrics)) == [1, 2, 3, 4]
+    assert not [r for r in records if "lm loss validation" in r or "lm loss test" in r]

@@ -386,3 +386,17 @@ def test_model_record_of_a_megatron_lm_checkpoint_comes_from_its_args(tmp_path):
         vocab_size=50304, swiglu=True, seq_length=1024)
     with pytest.raises(ValueError, match="no checkpoint there"):
         read_model_record(str(tmp_path / "nothing"))
+
+
+def test_resume_with_the_other_optimizer_kind_names_the_flag(tmp_path):
+    """The distributed and regular optimizers save different state: loading one into the other
+    failed with a KeyError from megatron-core."""
+    root = str(tmp_path / "ckpt")
+    run(["--train-iters", "1", "--save", root, "--use-distributed-optimizer"])
+    trainer, tokenizer = make_trainer(["--train-iters", "1", "--load", root])
+    with pytest.raises(ValueError) as e:
+        trainer.setup(tokenizer)
+    assert ("saved with --use-distributed-optimizer, and this run is without it" in str(e.value)
+            and "--no-load-optim" in str(e.value))
+    trainer = run(["--train-iters", "2", "--load", root, "--no-load-optim"])  # weights only
+    assert trainer.state.iteration == 2
