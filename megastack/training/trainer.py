@@ -32,6 +32,10 @@ from megastack.training.metrics import TensorBoardWriter, peak_tflops
 
 logger = logging.getLogger(__name__)
 
+# --exit-duration-in-mins counts from the start of the process, as Megatron-LM's from the start
+# of pretrain(): a growth run's two phases share one budget.
+_PROCESS_START = time.time()
+
 
 @dataclass
 class TrainState:
@@ -115,7 +119,6 @@ class Trainer:
         """Build everything for this phase. `start_state` continues iteration and data position
         from an earlier phase (growth in one run) instead of a checkpoint's."""
         cfg = self.cfg
-        self._start_time = time.time()  # --exit-duration-in-mins counts from here
         self.rank = runtime.initialize(cfg.parallel, cfg.model.num_layers, cfg.train.seed,
                                        timeout_minutes=cfg.train.distributed_timeout_minutes)
         self.chunks = build_model_chunks(
@@ -432,12 +435,12 @@ class Trainer:
     def evaluate(self, split: int = 1) -> Optional[float]:
         """Mean loss over the first --eval-iters batches of the validation (split 1) or test
         (split 2) dataset; None without that split or off the last pipeline stage."""
-        valid = self.datasets[split]
-        if valid is None:
+        dataset = self.datasets[split]
+        if dataset is None:
             return None
         t = self.cfg.train
         total, count = 0.0, 0
-        its = [build_iterator(valid, 0, t.micro_batch_size, self.rank.dp_rank, self.rank.dp_size,
+        its = [build_iterator(dataset, 0, t.micro_batch_size, self.rank.dp_rank, self.rank.dp_size,
                               attention_mask=self.cfg.data.reset_attention_mask)
                for _ in self.chunks]
         for m in self.ddp_chunks:
@@ -503,7 +506,7 @@ class Trainer:
                     self.save()
                 # No final evaluation: the time is up (e.g. a cluster job's limit is near).
                 logger.info("exiting at iteration %d after %.1f minutes (--exit-duration-in-mins "
-                            "%g)", it, (time.time() - self._start_time) / 60,
+                            "%g)", it, (time.time() - _PROCESS_START) / 60,
                             cfg.checkpoint.exit_duration_in_mins)
                 return self.state
             if cfg.checkpoint.exit_interval and it % cfg.checkpoint.exit_interval == 0:
@@ -519,7 +522,7 @@ class Trainer:
         limit = self.cfg.checkpoint.exit_duration_in_mins
         if limit is None:
             return False
-        over = (time.time() - self._start_time) / 60 > limit
+        over = (time.time() - _PROCESS_START) / 60 > limit
         # Every rank must stop at the same iteration: any rank past the limit stops all (as in
         # Megatron-LM, an all-reduce MAX each iteration).
         flag = torch.tensor([1 if over else 0], dtype=torch.int32, device=self.rank.device)
