@@ -288,7 +288,7 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
                         "(Megatron-LM's rule, also after a resume)")
     g.add_argument("--exit-duration-in-mins", type=float,
                    help="stop (after saving) at the first iteration that ends this many minutes "
-                        "after training started (e.g. before a cluster job's time limit)")
+                        "after the process started (e.g. before a cluster job's time limit)")
     g.add_argument("--use-checkpoint-args", action="store_true",
                    help="take the model flags not given here from the --load checkpoint (its "
                         "megastack record, or a Megatron-LM checkpoint's saved args)")
