@@ -418,7 +418,9 @@ def _checkpoint_model_flags(args: argparse.Namespace) -> dict:
 
 
 def model_config_from_args(args: argparse.Namespace, vocab_size: Optional[int]) -> ModelConfig:
-    if args.use_checkpoint_args:
+    # getattr: tools/plan.py builds a ModelConfig from its own parser, without checkpoint flags.
+    use_checkpoint_args = getattr(args, "use_checkpoint_args", False)
+    if use_checkpoint_args:
         base = _checkpoint_model_flags(args)
     elif args.model:
         base = dict(PRESETS[args.model])
@@ -429,7 +431,7 @@ def model_config_from_args(args: argparse.Namespace, vocab_size: Optional[int]) 
         if value is not None:
             base[name] = value
     if (args.num_query_groups is not None and not args.group_query_attention and not args.model
-            and not args.use_checkpoint_args):
+            and not use_checkpoint_args):
         raise ValueError("--num-query-groups needs --group-query-attention (as in Megatron-LM)")
     if args.group_query_attention and args.num_query_groups is None:
         # Megatron-LM's --num-query-groups default is one group; a preset's own grouping stands.
@@ -446,7 +448,7 @@ def model_config_from_args(args: argparse.Namespace, vocab_size: Optional[int]) 
     if missing:
         raise ValueError(f"missing {', '.join(missing)}: give them or a preset with --model "
                          f"({', '.join(sorted(PRESETS))})")
-    if not args.model and not args.use_checkpoint_args and "ffn_hidden_size" not in base:
+    if not args.model and not use_checkpoint_args and "ffn_hidden_size" not in base:
         base["ffn_hidden_size"] = _megatron_ffn_hidden_size(base["hidden_size"], base["swiglu"])
     if vocab_size is not None:
         base["vocab_size"] = padded_vocab_size(
