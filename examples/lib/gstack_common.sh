@@ -125,6 +125,19 @@ gstack_defaults() {
     : "${GPU_MEMORY_GIB:=80}"
     : "${EXTRA_TRAIN_ARGS:=}"
 
+    # The trainer and tools run from the repo root: paths given relative to the caller's
+    # directory are made absolute, so that both (and the phase markers) see the same files.
+    OUTPUT_DIR="$(realpath -m "$OUTPUT_DIR")"
+    [[ -n "$TOKENIZER_MODEL" ]] && TOKENIZER_MODEL="$(realpath -m "$TOKENIZER_MODEL")"
+    if [[ -n "$DATA_PATH" ]]; then
+        local word resolved=()
+        for word in $DATA_PATH; do  # 'PREFIX ...' or 'WEIGHT PREFIX ...'
+            if [[ "$word" =~ ^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$ ]]; then resolved+=("$word")
+            else resolved+=("$(realpath -m "$word")"); fi
+        done
+        DATA_PATH="${resolved[*]}"
+    fi
+
     SMALL_CKPT="${OUTPUT_DIR}/checkpoints/small"
     GROWN_CKPT="${OUTPUT_DIR}/checkpoints/grown"
     LARGE_CKPT="${OUTPUT_DIR}/checkpoints/large"
@@ -144,8 +157,25 @@ gstack_num_parameters() {
     gstack_python -c "from megastack.config import ModelConfig; print(ModelConfig.from_name('$1').num_parameters())"
 }
 
+# A token count as an integer: 3e11, 300B, 1.5T ... (megastack.growth.timing.parse_count).
+gstack_count() {
+    gstack_python -c "import sys
+from megastack.growth.timing import parse_count
+try:
+    print(int(parse_count(sys.argv[2])))
+except ValueError as e:
+    sys.exit(f'{sys.argv[1]}={sys.argv[2]}: {e}')" "$1" "$2" || exit 2
+}
+
 # Tokens before growth: SMALL_TRAIN_TOKENS, or the guideline's d for MODEL_LARGE and TRAIN_TOKENS.
 gstack_resolve_tokens() {
+    TRAIN_TOKENS="$(gstack_count TRAIN_TOKENS "$TRAIN_TOKENS")" || exit 2
+    if [[ -n "${SMALL_TRAIN_TOKENS:-}" ]]; then
+        SMALL_TRAIN_TOKENS="$(gstack_count SMALL_TRAIN_TOKENS "$SMALL_TRAIN_TOKENS")" || exit 2
+    fi
+    if [[ -n "${LARGE_TRAIN_TOKENS:-}" ]]; then
+        LARGE_TRAIN_TOKENS="$(gstack_count LARGE_TRAIN_TOKENS "$LARGE_TRAIN_TOKENS")" || exit 2
+    fi
     if [[ -z "${SMALL_TRAIN_TOKENS:-}" ]]; then
         local n
         n="$(gstack_num_parameters "$MODEL_LARGE")"
@@ -154,12 +184,12 @@ gstack_resolve_tokens() {
         gstack_log "growth guideline: N=$n D=$TRAIN_TOKENS -> train the small model for d=$SMALL_TRAIN_TOKENS tokens"
     fi
     if [[ -z "${LARGE_TRAIN_TOKENS:-}" ]]; then
-        LARGE_TRAIN_TOKENS="$(gstack_python -c "print(int(float('$TRAIN_TOKENS') - float('$SMALL_TRAIN_TOKENS')))")"
+        LARGE_TRAIN_TOKENS=$((TRAIN_TOKENS - SMALL_TRAIN_TOKENS))
     fi
-    if gstack_python -c "import sys; sys.exit(0 if float('$LARGE_TRAIN_TOKENS') <= 0 else 1)"; then
+    if ((LARGE_TRAIN_TOKENS <= 0)); then
         gstack_die "SMALL_TRAIN_TOKENS=$SMALL_TRAIN_TOKENS leaves no tokens of TRAIN_TOKENS=$TRAIN_TOKENS \
-for the grown model (the guideline's d is not below D at this scale): set SMALL_TRAIN_TOKENS, or \
-SMALL_TRAIN_ITERS and LARGE_TRAIN_ITERS"
+for the grown model: lower SMALL_TRAIN_TOKENS (or raise TRAIN_TOKENS), set LARGE_TRAIN_TOKENS, or \
+set SMALL_TRAIN_ITERS and LARGE_TRAIN_ITERS"
     fi
 }
 
@@ -277,6 +307,20 @@ gstack_wait_done() {
     done
 }
 
+# A phase is done when its checkpoint reached the phase's iterations. A clean stop before that
+# (--exit-duration-in-mins ahead of a job's time limit, in EXTRA_TRAIN_ARGS) exits 75
+# (EX_TEMPFAIL) without marking it: the next submission resumes the phase from its checkpoint.
+gstack_finish_phase() {
+    local phase="$1" ckpt="$2" target="$3" reached
+    reached="$(cat "$ckpt/latest_checkpointed_iteration.txt" 2>/dev/null || echo none)"
+    if [[ "$reached" != "$target" ]]; then
+        gstack_log "$phase phase stopped at iteration $reached of $target (checkpoint $ckpt): \
+submit again to continue it"
+        exit 75
+    fi
+    gstack_mark_done "$phase"
+}
+
 gstack_train_small() {
     if gstack_is_done small; then gstack_log "small phase already done: skipping"; return; fi
     gstack_phase_args small
@@ -284,7 +328,7 @@ gstack_train_small() {
     GSTACK_ARGS+=(--save "$SMALL_CKPT")
     gstack_has_checkpoint "$SMALL_CKPT" && GSTACK_ARGS+=(--load "$SMALL_CKPT")
     gstack_torchrun "$MASTER_PORT" "${GSTACK_ARGS[@]}"
-    gstack_mark_done small
+    gstack_finish_phase small "$SMALL_CKPT" "$SMALL_TRAIN_ITERS"
 }
 
 gstack_grow() {
@@ -314,7 +358,7 @@ gstack_train_large() {
         GSTACK_ARGS+=(--load "$GROWN_CKPT" --no-load-optim --no-load-rng)
     fi
     gstack_torchrun "$((MASTER_PORT + 1))" "${GSTACK_ARGS[@]}"
-    gstack_mark_done large
+    gstack_finish_phase large "$LARGE_CKPT" "$LARGE_TRAIN_ITERS"
 }
 
 gstack_dry_run() {
@@ -331,7 +375,9 @@ gstack_dry_run() {
            --target-recompute-granularity "${LARGE_RECOMPUTE:-none}")
     [[ -n "$LARGE_VPP_LAYERS" ]] && plan+=(--target-num-layers-per-virtual-pipeline-stage "$LARGE_VPP_LAYERS")
     if ((GSTACK_ITERS_FROM_TOKENS)); then
-        plan+=(--small-train-tokens "$SMALL_TRAIN_TOKENS" --train-tokens "$TRAIN_TOKENS")
+        # The tokens the two phases will train (LARGE_TRAIN_TOKENS may not be the rest of D).
+        plan+=(--small-train-tokens "$SMALL_TRAIN_TOKENS"
+               --train-tokens "$((SMALL_TRAIN_TOKENS + LARGE_TRAIN_TOKENS))")
     fi
     gstack_python "${plan[@]}"
 }

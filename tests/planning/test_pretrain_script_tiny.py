@@ -72,3 +72,31 @@ def test_7b_script_runs_three_tiny_phases_on_8_cpu_ranks(repo_root, tmp_path):
     again = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert again.stderr.count("already done: skipping") == 3
+
+
+@pytest.mark.slow
+def test_a_phase_stopped_early_is_resumed_not_marked_done(repo_root, tmp_path):
+    """--exit-duration-in-mins stops a phase cleanly (exit 0): the recipe marked it done and
+    grew from a half-trained model. Also: a relative OUTPUT_DIR (from another directory than
+    the repo root, where the trainer runs) kept markers and checkpoints apart."""
+    env = tiny_recipe_env("out")  # relative to cwd=tmp_path
+    env.update(GPUS_PER_NODE="1", TP="1", PP="1", LARGE_VPP_LAYERS="", GLOBAL_BATCH_SIZE="2",
+               DISTRIBUTED_OPTIMIZER="0", EXTRA_TRAIN_ARGS="--exit-duration-in-mins 1e-9")
+    script = str(repo_root / "examples" / "pretrain_7b_gstack.sh")
+    out = tmp_path / "out"
+
+    stopped = subprocess.run(["bash", script], env=env, cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600)
+    assert stopped.returncode == 75, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    assert "small phase stopped at iteration 1 of 3" in stopped.stderr
+    assert not (out / ".small.done").exists()
+    assert (out / "checkpoints" / "small" / "latest_checkpointed_iteration.txt").read_text() == "1"
+
+    env["EXTRA_TRAIN_ARGS"] = ""
+    resumed = subprocess.run(["bash", script], env=env, cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming at iteration 1" in resumed.stdout + resumed.stderr
+    for phase in ("small", "grow", "large"):
+        assert (out / f".{phase}.done").exists()
+    assert (out / "checkpoints" / "large" / "latest_checkpointed_iteration.txt").read_text() == "3"
