@@ -405,6 +405,12 @@ gstack_main() {
         exit $?
     fi
     mkdir -p "$OUTPUT_DIR"
+    # Both phases' layouts checked before the small phase trains (a large-phase layout the
+    # world cannot hold failed only after the small phase and the growth); node 0 keeps the plan.
+    local plan_out=/dev/null
+    [[ "$NODE_RANK" == 0 ]] && plan_out="${OUTPUT_DIR}/plan.txt"
+    gstack_dry_run > "$plan_out" || gstack_die "the plan of this run is invalid (message above): \
+fix the layout before training (bash $0 --dry-run shows the whole plan)"
     export CUDA_DEVICE_MAX_CONNECTIONS="${CUDA_DEVICE_MAX_CONNECTIONS:-1}"  # TP/SP comm overlap ordering
     gstack_log "G_stack: ${MODEL_SMALL} -> ${MODEL_LARGE} on ${NNODES}x${GPUS_PER_NODE}, output ${OUTPUT_DIR}"
     gstack_train_small
