@@ -9,7 +9,9 @@ One training phase:
 
 A G_stack recipe (train --model, grow to --grow-to, train that), all three phases:
     python tools/plan.py --model 8L4096H --grow-to llama2-7b --stacking-list "0-7*4" \
-        --target-tensor-parallel-size 2 --target-pipeline-parallel-size 2 ...
+        --nnodes 8 --bf16 --global-batch-size 1024 \
+        --target-tensor-parallel-size 2 --target-pipeline-parallel-size 2 \
+        --small-train-tokens 20B --train-tokens 300B
 
 Needs no GPU and no torch.distributed. Exits 2 on a layout megatron-core would reject; a phase
 that will not fit the GPU prints a warning with the settings that would make it fit.
@@ -112,6 +114,9 @@ def check_flags(args) -> None:
     for flag, value in positive.items():
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
+    if args.small_train_tokens is not None and args.train_tokens is None:
+        raise ValueError("--small-train-tokens needs --train-tokens (the whole budget) for the "
+                         "token summary")
     if (args.small_train_tokens is not None and args.train_tokens is not None
             and args.small_train_tokens >= args.train_tokens):
         raise ValueError(f"--small-train-tokens {args.small_train_tokens:g} leaves nothing of "

@@ -82,3 +82,17 @@ def test_planner_runs_without_torch(repo_root):
     # The sequence-parallel check ran (and refused the local layers) without torch.
     assert result.returncode == 2, result.stderr
     assert "--sequence-parallel" in result.stderr and "transformer_engine" in result.stderr
+
+
+def test_plan_tool_help_example_and_token_flags(capsys):
+    """The help's growth example runs as written (it ended in '...'); a small-phase token
+    count without the budget was accepted and then summarised nothing."""
+    from tests.scripts import load_script
+
+    plan = load_script("tools/plan.py")
+    example = plan.__doc__.split("all three phases:\n")[1].split("\n\n")[0]
+    argv = example.replace("\\\n", " ").split()[2:]  # drop "python tools/plan.py"
+    assert plan.main([a.strip('"') for a in argv]) == 0
+    assert "small model 20,000,000,000 tokens before growth" in capsys.readouterr().out
+    assert plan.main(["--model", "tiny-8l", "--small-train-tokens", "20B"]) == 2
+    assert "--small-train-tokens needs --train-tokens" in capsys.readouterr().err
