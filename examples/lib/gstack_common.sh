@@ -51,6 +51,8 @@ Environment (current value in brackets):
   output     OUTPUT_DIR [${OUTPUT_DIR}] SAVE_INTERVAL [${SAVE_INTERVAL}] LOG_INTERVAL [${LOG_INTERVAL}]
              EVAL_INTERVAL [${EVAL_INTERVAL}] EVAL_ITERS [${EVAL_ITERS}] GROW_WAIT_TIMEOUT [${GROW_WAIT_TIMEOUT}]
   extra      EXTRA_TRAIN_ARGS (appended to both training phases), GPU_MEMORY_GIB [${GPU_MEMORY_GIB}] (dry run)
+  time       EXIT_DURATION_MINS [${EXIT_DURATION_MINS:-none}]: this job's minutes, for all its phases; a phase
+             that runs out saves and exits 75, and the next submission continues it
 EOF
 }
 
@@ -124,6 +126,7 @@ gstack_defaults() {
     : "${GROW_WAIT_TIMEOUT:=14400}"
     : "${GPU_MEMORY_GIB:=80}"
     : "${EXTRA_TRAIN_ARGS:=}"
+    : "${EXIT_DURATION_MINS:=}"
 
     # The trainer and tools run from the repo root: paths given relative to the caller's
     # directory are made absolute, so that both (and the phase markers) see the same files.
@@ -275,11 +278,25 @@ gstack_train_args() {
         GSTACK_ARGS+=(--data-path $DATA_PATH --tokenizer-type "$TOKENIZER_TYPE")
         [[ -n "$TOKENIZER_MODEL" ]] && GSTACK_ARGS+=(--tokenizer-model "$TOKENIZER_MODEL")
     fi
+    gstack_check_time "$phase phase"
+    # One budget for the whole job (bash's SECONDS count from its start): each phase gets what
+    # the phases before it left.
+    [[ -n "$EXIT_DURATION_MINS" ]] && \
+        GSTACK_ARGS+=(--exit-duration-in-mins "$((EXIT_DURATION_MINS - SECONDS / 60))")
     if [[ -n "$EXTRA_TRAIN_ARGS" ]]; then
         # shellcheck disable=SC2206
         GSTACK_ARGS+=($EXTRA_TRAIN_ARGS)
     fi
     return 0
+}
+
+# Exits 75 (submit again) when EXIT_DURATION_MINS leaves less than a minute for the next step.
+gstack_check_time() {
+    [[ -z "$EXIT_DURATION_MINS" ]] && return 0
+    if ((EXIT_DURATION_MINS - SECONDS / 60 < 1)); then
+        gstack_log "EXIT_DURATION_MINS=$EXIT_DURATION_MINS is used up before the $1: submit again to continue"
+        exit 75
+    fi
 }
 
 gstack_has_checkpoint() { [[ -f "$1/latest_checkpointed_iteration.txt" ]]; }
@@ -308,7 +325,7 @@ gstack_wait_done() {
 }
 
 # A phase is done when its checkpoint reached the phase's iterations. A clean stop before that
-# (--exit-duration-in-mins ahead of a job's time limit, in EXTRA_TRAIN_ARGS) exits 75
+# (EXIT_DURATION_MINS or --exit-duration-in-mins ahead of a job's time limit) exits 75
 # (EX_TEMPFAIL) without marking it: the next submission resumes the phase from its checkpoint.
 gstack_finish_phase() {
     local phase="$1" ckpt="$2" target="$3" reached
@@ -334,6 +351,7 @@ gstack_train_small() {
 gstack_grow() {
     if gstack_is_done grow; then gstack_log "growth already done: skipping"; return; fi
     if [[ "$NODE_RANK" != 0 ]]; then gstack_wait_done grow; return; fi
+    gstack_check_time growth
     local args=(
         --load "$SMALL_CKPT" --save "$GROWN_CKPT"
         --stacking-list "$STACKING_LIST" --operator "$GROWTH_OPERATOR"

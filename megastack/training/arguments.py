@@ -478,8 +478,9 @@ def _validate_data(args: argparse.Namespace) -> None:
     if per_split is not None:
         _check(not args.data_path, "give --data-path (with --split) or the per-split "
                                    "--train-data-path/--valid-data-path/--test-data-path, not both")
-        _check(bool(per_split[0]), "--train-data-path is needed with --valid-data-path or "
-                                   "--test-data-path")
+        _check(bool(per_split[0]),
+               "--train-data-path needs dataset prefixes" if args.train_data_path is not None
+               else "--train-data-path is needed with --valid-data-path or --test-data-path")
         sources = list(zip(("--train-data-path", "--valid-data-path", "--test-data-path"),
                            per_split))
     else:
@@ -536,11 +537,19 @@ def _validate_schedule(args: argparse.Namespace, train_iters: int, warmup_iters:
            f"--lr-decay-iters must be >= 1, got {lr_decay_iters}")
     decay_iters = lr_decay_iters or train_iters
     _check(warmup_iters >= 0, f"--lr-warmup-iters must be >= 0, got {warmup_iters}")
+    # The flags the user gave, for the messages (samples and fractions became iterations).
+    if args.lr_warmup_samples is not None:
+        warmup = f"--lr-warmup-samples {args.lr_warmup_samples} ({warmup_iters} iterations)"
+    elif args.lr_warmup_fraction is not None:
+        warmup = f"--lr-warmup-fraction {args.lr_warmup_fraction} ({warmup_iters} iterations)"
+    else:
+        warmup = f"--lr-warmup-iters {warmup_iters}"
+    decay = ("--lr-decay-samples" if args.lr_decay_samples is not None
+             else "--lr-decay-iters, default --train-iters")
     # Megatron-LM refuses these too (its scheduler asserts them).
     _check(args.lr_decay_style == "constant" or warmup_iters < decay_iters,
-           f"--lr-warmup-iters {warmup_iters} must be smaller than the {decay_iters} "
-           f"iterations of the LR schedule (--lr-decay-iters, default --train-iters), which "
-           f"include the warmup: shorten the warmup or lengthen the decay")
+           f"{warmup} must be smaller than the {decay_iters} iterations of the LR schedule "
+           f"({decay}), which include the warmup: shorten the warmup or lengthen the decay")
     _check(0 <= args.min_lr <= args.lr,
            f"--min-lr {args.min_lr} must be between 0 and --lr {args.lr}")
     if args.lr_decay_style == "WSD":
@@ -550,8 +559,8 @@ def _validate_schedule(args: argparse.Namespace, train_iters: int, warmup_iters:
                "annealing (e.g. 10-20% of --train-iters)")
         _check(1 <= wsd <= decay_iters - warmup_iters,
                f"--lr-wsd-decay-iters {wsd} must be between 1 and the {decay_iters - warmup_iters} "
-               f"iterations from the end of warmup (--lr-warmup-iters {warmup_iters}) to "
-               f"the end of the decay (--lr-decay-iters, default --train-iters: {decay_iters})")
+               f"iterations from the end of warmup ({warmup}) to the end of the decay "
+               f"({decay}: {decay_iters})")
     _check(not (args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler),
            "give only one of --override-opt_param-scheduler (schedule from the flags) and "
            "--use-checkpoint-opt_param-scheduler (schedule from the checkpoint)")
@@ -613,6 +622,9 @@ def _is_number(s: str) -> bool:
 def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -> PretrainConfig:
     """Validate everything that can be checked before training and return the typed config."""
     _validate_data(args)
+    _check(not (args.use_checkpoint_args and args.grow_at_tokens is not None),
+           "--use-checkpoint-args does not apply to growth in one run (its --load holds either "
+           "phase's model): give the small model's flags (--model ...)")
     model = model_config_from_args(args, vocab_size)
     _check_megatron_compat(args, model)
     parallel = ParallelConfig(
@@ -662,6 +674,9 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
            "--grad-reduce-in-bf16 needs --bf16")
     _check(args.ddp_bucket_size is None or args.ddp_bucket_size >= 1,
            f"--ddp-bucket-size must be >= 1, got {args.ddp_bucket_size}")
+    _check(args.ddp_bucket_size is None or args.overlap_grad_reduce,
+           "--ddp-bucket-size applies with --overlap-grad-reduce (without it the gradients are "
+           "reduced in one bucket): add --overlap-grad-reduce or drop --ddp-bucket-size")
     _check(args.exit_duration_in_mins is None or args.exit_duration_in_mins > 0,
            f"--exit-duration-in-mins must be > 0, got {args.exit_duration_in_mins}")
     _check(args.save_interval is None or args.save is not None,
@@ -751,6 +766,9 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
                           f"tools/grow_checkpoint.py")
         return None
     _check(args.stacking_list is not None, "--grow-at-tokens needs --stacking-list")
+    _check(not (args.growth_operator == "learn" and args.reset_attention_mask),
+           "--growth-operator learn fits its growth maps with causal attention only: drop "
+           "--reset-attention-mask, or grow with another operator")
     _check(args.save is not None, "--grow-at-tokens needs --save DIR (the small model is saved "
                                   "there before growing)")
     from megastack.growth.plans import parse_stacking_list

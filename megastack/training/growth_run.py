@@ -283,6 +283,13 @@ class GrowthRun:
         start = small.state.iteration
         small.test_at_end = False  # the run goes on at the target size
         small.train()
+        if small._past_exit_duration():
+            # --exit-duration-in-mins: out of time at (or before) the growth point; --load
+            # resumes from the small phase's checkpoint and grows then.
+            if small.last_saved_iteration != small.state.iteration:
+                small.save()
+            small.close()
+            return small.state
         exit_interval = cfg.checkpoint.exit_interval
         if small.state.iteration < self.small_iters or (
                 exit_interval and small.state.iteration > start

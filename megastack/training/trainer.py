@@ -153,17 +153,13 @@ class Trainer:
     def _wrap_ddp(self, chunks):
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
-        overlap, bucket = self.cfg.train.overlap_grad_reduce, self.cfg.train.ddp_bucket_size
-        if bucket is None:
-            bucket = max(40_000_000, 1_000_000 * self.rank.dp_size)
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=not self.cfg.train.grad_reduce_in_bf16,
-            overlap_grad_reduce=overlap,
+            overlap_grad_reduce=self.cfg.train.overlap_grad_reduce,
             use_distributed_optimizer=self.cfg.parallel.use_distributed_optimizer,
             check_for_nan_in_grad=False,
-            # Megatron-LM's bucket size: one bucket when nothing overlaps; with overlap, buckets
-            # large enough for the reduction to stay bandwidth-bound at large DP.
-            bucket_size=bucket if overlap else None,
+            # None: megatron-core's default, max(40M, 1M x DP) with overlap, one bucket without.
+            bucket_size=self.cfg.train.ddp_bucket_size,
         )
         return [
             DistributedDataParallel(config=chunk.config, ddp_config=ddp_config, module=chunk,
@@ -593,7 +589,8 @@ def format_metrics(m: dict[str, Any]) -> str:
     for key, fmt in (("consumed tokens", "{:d}"), ("lm loss", "{:.6E}"), ("learning-rate", "{:.3E}"),
                      ("grad-norm", "{:.4f}"), ("tokens-per-sec", "{:.0f}"),
                      ("throughput", "{:.1f} TFLOP/s/GPU"), ("mfu", "{:.1%}"),
-                     ("lm loss validation", "{:.6E}"), ("lm loss validation ppl", "{:.3f}")):
+                     ("lm loss validation", "{:.6E}"), ("lm loss validation ppl", "{:.3f}"),
+                     ("lm loss test", "{:.6E}"), ("lm loss test ppl", "{:.3f}")):
         if key in m:
             value = int(m[key]) if fmt == "{:d}" else m[key]
             parts.append(f"{key}: {fmt.format(value)}")

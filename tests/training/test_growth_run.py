@@ -86,3 +86,18 @@ def test_eval_interval_zero_means_no_evaluation_in_a_growth_run(tmp_path):
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert sorted(read_metrics(metrics)) == [1, 2, 3, 4]
     assert not [r for r in records if "lm loss validation" in r or "lm loss test" in r]
+
+
+def test_out_of_time_at_the_growth_point_stops_before_growing(tmp_path):
+    """--exit-duration-in-mins reached in the small phase: the run grew and trained on."""
+    save, metrics = tmp_path / "ckpt", tmp_path / "m.jsonl"
+    proc = run_pretrain(["--model", "tiny-2l", "--mock-data", "--train-iters", "4",
+                         "--global-batch-size", "4", "--micro-batch-size", "2",
+                         "--log-interval", "1", "--eval-interval", "0", "--save", str(save),
+                         "--grow-at-tokens", "512", "--stacking-list", "0-1*2",
+                         "--exit-duration-in-mins", "1e-9"], nproc=1, metrics=metrics)
+    assert sorted(read_metrics(metrics, phase="small")) == [1]
+    assert read_metrics(metrics, phase="large") == {}
+    assert not (save / "grown").exists()
+    assert (save / "small" / "latest_checkpointed_iteration.txt").read_text() == "1"
+    assert "exiting at iteration 1" in proc.stdout + proc.stderr

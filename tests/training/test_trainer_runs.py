@@ -400,3 +400,26 @@ def test_resume_with_the_other_optimizer_kind_names_the_flag(tmp_path):
             and "--no-load-optim" in str(e.value))
     trainer = run(["--train-iters", "2", "--load", root, "--no-load-optim"])  # weights only
     assert trainer.state.iteration == 2
+
+
+def test_overlap_grad_reduce_is_wired_into_ddp_and_the_schedules():
+    """Same losses with or without overlap (test_parallel_training): check that the flag
+    reached megatron-core at all."""
+    trainer, tokenizer = make_trainer(["--train-iters", "1", "--overlap-grad-reduce",
+                                       "--ddp-bucket-size", "5000"])
+    trainer.setup(tokenizer)
+    ddp = trainer.ddp_chunks[0]
+    assert ddp.ddp_config.overlap_grad_reduce and ddp.ddp_config.bucket_size == 5000
+    assert trainer.chunks[0].config.grad_sync_func == ddp.start_grad_sync
+    trainer.close()
+    trainer, tokenizer = make_trainer(["--train-iters", "1"])
+    trainer.setup(tokenizer)
+    assert not trainer.ddp_chunks[0].ddp_config.overlap_grad_reduce
+    trainer.close()
+
+
+def test_test_loss_is_printed():
+    from megastack.training.trainer import format_metrics
+
+    line = format_metrics({"iteration": 4, "lm loss test": 5.25, "lm loss test ppl": 190.566})
+    assert line.endswith("lm loss test: 5.250000E+00 | lm loss test ppl: 190.566")
