@@ -12,6 +12,8 @@ import sys
 
 
 def get_args(argv=None) -> argparse.Namespace:
+    from megastack.data.tokenizers import add_hf_special_token_flags
+
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_argument_group("input data")
@@ -38,14 +40,7 @@ def get_args(argv=None) -> argparse.Namespace:
     group.add_argument("--vocab-file", default=None, help="GPT-2 encoder.json")
     group.add_argument("--merge-file", default=None, help="GPT-2 vocab.bpe")
     group.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer vocabulary")
-    group.add_argument("--tokenizer-hf-no-include-special-tokens", dest="hf_include_special_tokens",
-                       action="store_false", default=True,
-                       help="HuggingFaceTokenizer: leave out the special tokens its post-processor "
-                            "adds (e.g. Llama's BOS before every document); by default they are "
-                            "written, as Megatron-LM does")
-    # Older Megatron-LM scripts pass the opt-in form; including them is the default here.
-    group.add_argument("--tokenizer-hf-include-special-tokens", dest="hf_include_special_tokens",
-                       action="store_true", default=True, help=argparse.SUPPRESS)
+    add_hf_special_token_flags(group)
     group.add_argument("--append-eod", action="store_true",
                        help="append the end-of-document token to every document")
 

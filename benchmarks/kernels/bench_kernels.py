@@ -23,7 +23,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from megastack.kernels import functions, kernels_available, reference
+from megastack.kernels import cuda_graph, functions, kernels_available, reference
 from megastack.kernels._extension import extension
 
 logger = logging.getLogger("bench_kernels")
@@ -89,17 +89,7 @@ def graph_time(step: Callable[[], None], repeats: int) -> float | None:
     time with the host's launch and autograd overhead taken out. None (logged) when the step
     cannot be captured."""
     try:
-        # Capture needs the step warmed up (allocator pools, torch.compile) off the default
-        # stream first, as torch.cuda.graph's documentation says.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
+        graph, _ = cuda_graph.capture(step)
     except Exception as e:  # noqa: BLE001 - one diagnostic column: keep the run's other numbers
         logger.warning("CUDA graph capture failed, no graph time: %s", e)
         torch.cuda.synchronize()

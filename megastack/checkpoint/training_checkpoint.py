@@ -77,16 +77,14 @@ def resolve_checkpoint(path: str) -> str:
     return ckpt
 
 
-# Megatron-LM's saved args -> ModelConfig fields, for a checkpoint without megastack's record.
+# Megatron-LM's saved args -> ModelConfig fields, for a checkpoint without megastack's record:
+# the same names, but for the vocabulary, which Megatron-LM saves padded under another name.
 _MEGATRON_MODEL_ARGS = {
-    "num_layers": "num_layers", "hidden_size": "hidden_size", "ffn_hidden_size": "ffn_hidden_size",
-    "num_attention_heads": "num_attention_heads", "seq_length": "seq_length",
-    "max_position_embeddings": "max_position_embeddings",
-    "position_embedding_type": "position_embedding_type", "rotary_base": "rotary_base",
-    "normalization": "normalization", "norm_epsilon": "norm_epsilon", "swiglu": "swiglu",
-    "add_bias_linear": "add_bias_linear", "init_method_std": "init_method_std",
-    "untie_embeddings_and_output_weights": "untie_embeddings_and_output_weights",
-    "attention_dropout": "attention_dropout", "hidden_dropout": "hidden_dropout",
+    **{name: name for name in (
+        "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "seq_length",
+        "max_position_embeddings", "position_embedding_type", "rotary_base", "normalization",
+        "norm_epsilon", "swiglu", "add_bias_linear", "init_method_std",
+        "untie_embeddings_and_output_weights", "attention_dropout", "hidden_dropout")},
     "padded_vocab_size": "vocab_size",
 }
 

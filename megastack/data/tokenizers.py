@@ -354,6 +354,20 @@ def _build(classes: dict, tokenizer_type: str, tokenizer_model, vocab_file, merg
     return cls(tokenizer_model)
 
 
+def add_hf_special_token_flags(group, dest: str = "hf_include_special_tokens") -> None:
+    """Megatron-LM's flags for TokenizerSpec.hf_include_special_tokens (default True)."""
+    import argparse
+
+    group.add_argument("--tokenizer-hf-no-include-special-tokens", dest=dest,
+                       action="store_false", default=True,
+                       help="HuggingFaceTokenizer: leave out the special tokens its post-processor "
+                            "adds (e.g. Llama's BOS before every document); by default they are "
+                            "written, as Megatron-LM does")
+    # Older Megatron-LM scripts pass the opt-in form; including them is the default here.
+    group.add_argument("--tokenizer-hf-include-special-tokens", dest=dest,
+                       action="store_true", default=True, help=argparse.SUPPRESS)
+
+
 def build_text_tokenizer(tokenizer_type: str, *, tokenizer_model: Optional[str] = None,
                          vocab_file: Optional[str] = None, merge_file: Optional[str] = None,
                          vocab_size: Optional[int] = None,

@@ -4,6 +4,7 @@
 - `reference`: the plain-PyTorch definition of every op (and of each cross-entropy phase).
 - `modules`: drop-in replacements for megatron-core's local-spec modules.
 - `spec`: `get_gpt_layer_fused_spec`, the third layer spec beside local and Transformer Engine.
+- `cuda_graph`: `capture`, a step captured in a CUDA graph (the benchmark and GPU tests).
 
 Which path runs is logged once ("fused CUDA kernels" or "PyTorch reference").
 """

@@ -241,14 +241,18 @@ SENTENCEPIECE_ALIASES = ("GPTSentencePieceTokenizer", "Llama2Tokenizer")
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
+    # Here, not at module level: tools/plan.py imports this module without the data package.
+    from megastack.data.datasets import PER_SPLIT_FLAGS
+    from megastack.data.tokenizers import add_hf_special_token_flags
+
     g = p.add_argument_group("data")
     g.add_argument("--data-path", nargs="*", default=[],
                    help="dataset prefixes, optionally weighted: 'W1 PREFIX1 W2 PREFIX2'")
     g.add_argument("--split", default="969,30,1")
-    for split in ("train", "valid", "test"):
-        g.add_argument(f"--{split}-data-path", nargs="*",
-                       help=f"the {split} split's dataset prefixes (optionally weighted), "
-                            f"instead of --data-path and --split")
+    for flag in PER_SPLIT_FLAGS:  # --train-data-path ...
+        g.add_argument(flag, nargs="*",
+                       help=f"the {flag.split('-')[2]} split's dataset prefixes (optionally "
+                            f"weighted), instead of --data-path and --split")
     g.add_argument("--mock-data", action="store_true")
     g.add_argument("--tokenizer-type", choices=["SentencePieceTokenizer", "GPT2BPETokenizer",
                                                 "HuggingFaceTokenizer", "NullTokenizer",
@@ -257,11 +261,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vocab-file")
     g.add_argument("--merge-file")
     g.add_argument("--vocab-size", type=int)
-    # Megatron-LM's flags; training reads no text, so they only name the tokenizer's options.
-    g.add_argument("--tokenizer-hf-no-include-special-tokens", dest="tokenizer_hf_include_special_tokens",
-                   action="store_false", default=True)
-    g.add_argument("--tokenizer-hf-include-special-tokens", dest="tokenizer_hf_include_special_tokens",
-                   action="store_true", default=True)
+    # Training reads no text, so these only name the tokenizer's options.
+    add_hf_special_token_flags(g, dest="tokenizer_hf_include_special_tokens")
     g.add_argument("--data-cache-path")
     g.add_argument("--num-workers", type=int, default=0)
     g.add_argument("--reset-position-ids", action="store_true",
@@ -417,11 +418,12 @@ def _checkpoint_model_flags(args: argparse.Namespace) -> dict:
     return read_model_record(args.load)
 
 
-def model_config_from_args(args: argparse.Namespace, vocab_size: Optional[int]) -> ModelConfig:
-    # getattr: tools/plan.py builds a ModelConfig from its own parser, without checkpoint flags.
-    use_checkpoint_args = getattr(args, "use_checkpoint_args", False)
-    if use_checkpoint_args:
-        base = _checkpoint_model_flags(args)
+def model_config_from_args(args: argparse.Namespace, vocab_size: Optional[int],
+                           checkpoint_model: Optional[dict] = None) -> ModelConfig:
+    """The model the flags describe, on top of a --model preset, the --load checkpoint's
+    model (`checkpoint_model`, --use-checkpoint-args) or Megatron-LM's defaults."""
+    if checkpoint_model is not None:
+        base = dict(checkpoint_model)
     elif args.model:
         base = dict(PRESETS[args.model])
     else:
@@ -431,7 +433,7 @@ def model_config_from_args(args: argparse.Namespace, vocab_size: Optional[int]) 
         if value is not None:
             base[name] = value
     if (args.num_query_groups is not None and not args.group_query_attention and not args.model
-            and not use_checkpoint_args):
+            and checkpoint_model is None):
         raise ValueError("--num-query-groups needs --group-query-attention (as in Megatron-LM)")
     if args.group_query_attention and args.num_query_groups is None:
         # Megatron-LM's --num-query-groups default is one group; a preset's own grouping stands.
@@ -448,7 +450,7 @@ def model_config_from_args(args: argparse.Namespace, vocab_size: Optional[int]) 
     if missing:
         raise ValueError(f"missing {', '.join(missing)}: give them or a preset with --model "
                          f"({', '.join(sorted(PRESETS))})")
-    if not args.model and not use_checkpoint_args and "ffn_hidden_size" not in base:
+    if not args.model and checkpoint_model is None and "ffn_hidden_size" not in base:
         base["ffn_hidden_size"] = _megatron_ffn_hidden_size(base["hidden_size"], base["swiglu"])
     if vocab_size is not None:
         base["vocab_size"] = padded_vocab_size(
@@ -476,13 +478,14 @@ def _validate_data(args: argparse.Namespace) -> None:
         return
     per_split = per_split_data_path(args)
     if per_split is not None:
-        _check(not args.data_path, "give --data-path (with --split) or the per-split "
-                                   "--train-data-path/--valid-data-path/--test-data-path, not both")
+        from megastack.data.datasets import PER_SPLIT_FLAGS
+
+        _check(not args.data_path, f"give --data-path (with --split) or the per-split "
+                                   f"{'/'.join(PER_SPLIT_FLAGS)}, not both")
         _check(bool(per_split[0]),
                "--train-data-path needs dataset prefixes" if args.train_data_path is not None
                else "--train-data-path is needed with --valid-data-path or --test-data-path")
-        sources = list(zip(("--train-data-path", "--valid-data-path", "--test-data-path"),
-                           per_split))
+        sources = list(zip(PER_SPLIT_FLAGS, per_split))
     else:
         _check(bool(args.data_path),
                "no training data: give --data-path PREFIX (a preprocessed .bin/.idx prefix from "
@@ -625,7 +628,8 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _check(not (args.use_checkpoint_args and args.grow_at_tokens is not None),
            "--use-checkpoint-args does not apply to growth in one run (its --load holds either "
            "phase's model): give the small model's flags (--model ...)")
-    model = model_config_from_args(args, vocab_size)
+    model = model_config_from_args(
+        args, vocab_size, _checkpoint_model_flags(args) if args.use_checkpoint_args else None)
     _check_megatron_compat(args, model)
     parallel = ParallelConfig(
         tensor_model_parallel_size=args.tensor_model_parallel_size,

@@ -88,36 +88,39 @@ def sp_model(tmp_path_factory, training_text_file) -> str:
         num_threads=1))
 
 
-@pytest.fixture(scope="session")
-def hf_tokenizer_dir(tmp_path_factory, tiny_gpt2_files) -> str:
-    """A tokenizer.json (byte-level BPE with an added </s>) plus tokenizer_config.json."""
+def _byte_level_bpe(tiny_gpt2_files, special: list[str]):
+    """The tiny GPT-2 BPE as a Hugging Face byte-level tokenizer with `special` tokens added."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    out = tmp_path_factory.mktemp("hf")
     tok = Tokenizer(models.BPE.from_file(*tiny_gpt2_files))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken("</s>", special=True)])
+    tok.add_special_tokens([AddedToken(t, special=True) for t in special])
+    return tok
+
+
+def _save_hf_dir(tok, out) -> str:
     tok.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer_dir(tmp_path_factory, tiny_gpt2_files) -> str:
+    """A tokenizer.json (byte-level BPE with an added </s>) plus tokenizer_config.json."""
+    return _save_hf_dir(_byte_level_bpe(tiny_gpt2_files, ["</s>"]),
+                        tmp_path_factory.mktemp("hf"))
 
 
 @pytest.fixture(scope="session")
 def hf_bos_tokenizer_dir(tmp_path_factory, tiny_gpt2_files) -> str:
     """Like hf_tokenizer_dir, but its post-processor puts <s> first, as Llama's does."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import processors
 
-    out = tmp_path_factory.mktemp("hf_bos")
-    tok = Tokenizer(models.BPE.from_file(*tiny_gpt2_files))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken("<s>", special=True), AddedToken("</s>", special=True)])
+    tok = _byte_level_bpe(tiny_gpt2_files, ["<s>", "</s>"])
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
-    return str(out)
+    return _save_hf_dir(tok, tmp_path_factory.mktemp("hf_bos"))
 
 
 TOKENIZER_KINDS = ["gpt2", "sentencepiece", "huggingface", "null"]

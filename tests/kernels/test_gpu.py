@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megastack.kernels import functions, kernels_available, reference
+from megastack.kernels import cuda_graph, functions, kernels_available, reference
 from megastack.kernels._extension import extension
 
 pytestmark = pytest.mark.gpu
@@ -278,15 +278,7 @@ def test_fused_ops_replay_in_a_cuda_graph(bwd_path, path, name):
         outs = out if isinstance(out, tuple) else (out,)
         return list(outs) + list(torch.autograd.grad(outs, static_in, static_grad))
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = step()
+    graph, static_out = cuda_graph.capture(step)
 
     for seed in (1, 2):  # replays must follow the new inputs, not the captured ones
         torch.manual_seed(seed)

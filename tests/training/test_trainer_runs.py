@@ -261,17 +261,27 @@ def test_exit_duration_saves_and_stops_without_a_final_evaluation(tmp_path):
     assert not any("lm loss validation" in m for m in trainer.state.history)
 
 
-def test_resume_reads_the_sample_count_from_megatron_lm_args(tmp_path):
-    """Megatron-LM stores consumed samples in the checkpoint's args, not at the top level."""
+def _common_state(checkpoint_dir) -> dict:
+    return torch.load(checkpoint_dir / "common.pt", weights_only=False)
+
+
+def _rewrite_as_megatron_lm(checkpoint_dir, drop=("megastack",), **args) -> None:
+    """A megastack checkpoint's common state laid out as Megatron-LM writes it: without the
+    keys in `drop`, with `args` as its saved argparse namespace."""
     import argparse
 
+    common = {k: v for k, v in _common_state(checkpoint_dir).items() if k not in drop}
+    common["args"] = argparse.Namespace(**args)
+    torch.save(common, checkpoint_dir / "common.pt")
+
+
+def test_resume_reads_the_sample_count_from_megatron_lm_args(tmp_path):
+    """Megatron-LM stores consumed samples in the checkpoint's args, not at the top level."""
     root = tmp_path / "ckpt"
     run(["--train-iters", "2", "--save", str(root)])
-    common_pt = root / "iter_0000002" / "common.pt"
-    common = torch.load(common_pt, weights_only=False)
-    consumed = common.pop("consumed_train_samples")
-    common["args"] = argparse.Namespace(consumed_train_samples=consumed)
-    torch.save(common, common_pt)
+    consumed = _common_state(root / "iter_0000002")["consumed_train_samples"]
+    _rewrite_as_megatron_lm(root / "iter_0000002", drop=("consumed_train_samples",),
+                            consumed_train_samples=consumed)
     trainer, tokenizer = make_trainer(["--train-iters", "2", "--load", str(root)])
     trainer.setup(tokenizer)
     assert (trainer.state.iteration, trainer.state.consumed_train_samples) == (2, consumed)
@@ -281,17 +291,11 @@ def test_resume_reads_the_sample_count_from_megatron_lm_args(tmp_path):
 def test_megatron_lm_vocabulary_padding_is_named(tmp_path):
     """Megatron-LM pads to divisible_by x TP: a checkpoint saved at TP 2 failed on a bare
     tensor-shape error here; the message gives the --make-vocab-size-divisible-by to use."""
-    import argparse
-
     root = tmp_path / "ckpt"
     run(["--train-iters", "1", "--save", str(root)])
-    common_pt = root / "iter_0000001" / "common.pt"
-    common = torch.load(common_pt, weights_only=False)
-    vocab = common["megastack"]["model"]["vocab_size"]
-    del common["megastack"]  # as Megatron-LM writes it: args only
-    common["args"] = argparse.Namespace(padded_vocab_size=vocab + 128, tensor_model_parallel_size=2,
-                                        make_vocab_size_divisible_by=128)
-    torch.save(common, common_pt)
+    vocab = _common_state(root / "iter_0000001")["megastack"]["model"]["vocab_size"]
+    _rewrite_as_megatron_lm(root / "iter_0000001", padded_vocab_size=vocab + 128,
+                            tensor_model_parallel_size=2, make_vocab_size_divisible_by=128)
     trainer, tokenizer = make_trainer(["--train-iters", "1", "--load", str(root)])
     with pytest.raises(ValueError, match="Relaunch with --make-vocab-size-divisible-by 256"):
         trainer.setup(tokenizer)
@@ -367,20 +371,14 @@ def test_use_checkpoint_args_takes_the_model_from_the_checkpoint(tmp_path):
 
 
 def test_model_record_of_a_megatron_lm_checkpoint_comes_from_its_args(tmp_path):
-    import argparse
-
     from megastack.checkpoint.training_checkpoint import read_model_record
 
     root = tmp_path / "ckpt"
     run(["--train-iters", "1", "--save", str(root)])
-    common_pt = root / "iter_0000001" / "common.pt"
-    common = torch.load(common_pt, weights_only=False)
-    del common["megastack"]
-    common["args"] = argparse.Namespace(num_layers=6, hidden_size=256, num_attention_heads=8,
-                                        group_query_attention=True, num_query_groups=2,
-                                        padded_vocab_size=50304, swiglu=True, seq_length=1024,
-                                        kv_channels=32)
-    torch.save(common, common_pt)
+    _rewrite_as_megatron_lm(root / "iter_0000001", num_layers=6, hidden_size=256,
+                            num_attention_heads=8, group_query_attention=True,
+                            num_query_groups=2, padded_vocab_size=50304, swiglu=True,
+                            seq_length=1024, kv_channels=32)
     assert read_model_record(str(root)) == dict(
         num_layers=6, hidden_size=256, num_attention_heads=8, num_query_groups=2,
         vocab_size=50304, swiglu=True, seq_length=1024)
