@@ -35,6 +35,7 @@ Environment (current value in brackets):
              LARGE_TP [${LARGE_TP}] LARGE_PP [${LARGE_PP}] LARGE_VPP_LAYERS [${LARGE_VPP_LAYERS}]
              (TP, PP, VPP_LAYERS set both phases; VPP_LAYERS = layers per virtual pipeline stage)
              SEQUENCE_PARALLEL [${SEQUENCE_PARALLEL}] DISTRIBUTED_OPTIMIZER [${DISTRIBUTED_OPTIMIZER}]
+             OVERLAP_COMM [${OVERLAP_COMM}] (overlapped gradient reduce and parameter gather)
              BF16 [${BF16}] TRANSFORMER_IMPL [${TRANSFORMER_IMPL}] (USE_TE=0 -> local)
              SMALL_RECOMPUTE [${SMALL_RECOMPUTE}] LARGE_RECOMPUTE [${LARGE_RECOMPUTE}] (selective|full)
              RECOMPUTE_METHOD [${RECOMPUTE_METHOD}] RECOMPUTE_NUM_LAYERS [${RECOMPUTE_NUM_LAYERS}] (full only)
@@ -86,6 +87,9 @@ gstack_defaults() {
         : "${SEQUENCE_PARALLEL:=0}"
     fi
     : "${DISTRIBUTED_OPTIMIZER:=1}"
+    # As Megatron-LM's recipes: the data-parallel gradient reductions overlap the backward pass
+    # and, with the distributed optimizer, the parameter all-gathers the next forward pass.
+    : "${OVERLAP_COMM:=1}"
     : "${BF16:=1}"
     : "${SMALL_RECOMPUTE:=${RECOMPUTE:-}}"
     : "${LARGE_RECOMPUTE:=${RECOMPUTE:-}}"
@@ -256,6 +260,10 @@ gstack_train_args() {
     # One data stream: both phases build GPTDataset for the whole run's samples (its sample
     # order depends on the count), each stops after its own iterations and decays its LR over
     # them.
+    if [[ "$OVERLAP_COMM" == 1 ]]; then
+        GSTACK_ARGS+=(--overlap-grad-reduce)
+        [[ "$DISTRIBUTED_OPTIMIZER" == 1 ]] && GSTACK_ARGS+=(--overlap-param-gather)
+    fi
     GSTACK_ARGS+=(--train-iters "$STREAM_ITERS" --exit-interval "${!iters_var}"
                   --lr-decay-iters "${!iters_var}")
     GSTACK_ARGS+=(

@@ -46,6 +46,8 @@ class TrainConfig:
     override_opt_param_scheduler: bool = False
     use_checkpoint_opt_param_scheduler: bool = False
     overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+    align_param_gather: bool = True  # applies with --overlap-param-gather and interleaving
     ddp_bucket_size: Optional[int] = None
     grad_reduce_in_bf16: bool = False
     distributed_timeout_minutes: int = 10
@@ -158,6 +160,14 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overlap-grad-reduce", action="store_true",
                    help="start each gradient bucket's data-parallel reduction during the "
                         "backward pass")
+    g.add_argument("--overlap-param-gather", action="store_true",
+                   help="with --use-distributed-optimizer and --overlap-grad-reduce: all-gather "
+                        "each bucket's updated parameters during the next forward pass instead "
+                        "of right after the optimizer step")
+    g.add_argument("--no-align-param-gather", dest="align_param_gather", action="store_false",
+                   help="with --overlap-param-gather and an interleaved schedule: let each "
+                        "pipeline stage start its parameter all-gathers when it needs them "
+                        "instead of all stages at once")
     g.add_argument("--grad-reduce-in-bf16", action="store_true",
                    help="reduce gradients over data parallelism in bf16 (default fp32)")
     g.add_argument("--distributed-timeout-minutes", type=int, default=10,
@@ -344,8 +354,6 @@ UNSUPPORTED_FLAGS = {
     "fp16": ("--fp16", "fp16 with loss scaling is not implemented: use --bf16"),
     "rampup_batch_size": ("--rampup-batch-size", "batch-size ramp-up is not implemented: use a "
                           "fixed --global-batch-size"),
-    "overlap_param_gather": ("--overlap-param-gather", "not implemented (--overlap-grad-reduce "
-                             "is): drop it"),
     "use_flash_attn": ("--use-flash-attn", "the attention kernel comes with --transformer-impl "
                        "(Transformer Engine picks flash attention when it can): drop it"),
 }
@@ -681,6 +689,11 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _check(args.ddp_bucket_size is None or args.overlap_grad_reduce,
            "--ddp-bucket-size applies with --overlap-grad-reduce (without it the gradients are "
            "reduced in one bucket): add --overlap-grad-reduce or drop --ddp-bucket-size")
+    _check(not args.overlap_param_gather or (args.use_distributed_optimizer
+                                             and args.overlap_grad_reduce),
+           "--overlap-param-gather gathers the distributed optimizer's parameter shards and, "
+           "as in Megatron-LM, goes with the overlapped gradient reduction: add "
+           "--use-distributed-optimizer and --overlap-grad-reduce, or drop it")
     _check(args.exit_duration_in_mins is None or args.exit_duration_in_mins > 0,
            f"--exit-duration-in-mins must be > 0, got {args.exit_duration_in_mins}")
     _check(args.save_interval is None or args.save is not None,
@@ -705,6 +718,8 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         override_opt_param_scheduler=args.override_opt_param_scheduler,
         use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,
         overlap_grad_reduce=args.overlap_grad_reduce, ddp_bucket_size=args.ddp_bucket_size,
+        overlap_param_gather=args.overlap_param_gather,
+        align_param_gather=args.align_param_gather,
         grad_reduce_in_bf16=args.grad_reduce_in_bf16,
         distributed_timeout_minutes=args.distributed_timeout_minutes,
     )

@@ -124,6 +124,7 @@ def _learn_growth(cfg: PretrainConfig, small: Trainer, large_cfg: PretrainConfig
     from megastack.growth.state import model_global_state
 
     g = cfg.growth
+    small.gather_params()
     source_state = model_global_state(small.chunks)
     growth = LearnedGrowth(small.cfg.model, large_cfg.model, keys=source_state.keys(),
                            plan=parse_stacking_list(g.stacking_list), seed=cfg.train.seed)

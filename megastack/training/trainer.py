@@ -111,6 +111,9 @@ class Trainer:
         # As Megatron-LM, the test split is evaluated once, where the run ends (not where the
         # small phase of a growth run does).
         self.test_at_end = True
+        # --overlap-param-gather: after an optimizer step each rank holds only its own updated
+        # shard until the next forward pass gathers the rest (see gather_params).
+        self._params_stale = False
 
     # ---------------------------------------------------------------- setup
     def setup(self, tokenizer=None, datasets=None, load: Optional[str] = None,
@@ -156,6 +159,9 @@ class Trainer:
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=not self.cfg.train.grad_reduce_in_bf16,
             overlap_grad_reduce=self.cfg.train.overlap_grad_reduce,
+            overlap_param_gather=self.cfg.train.overlap_param_gather,
+            # As Megatron-LM: only the interleaved schedule starts the gathers itself.
+            align_param_gather=self._aligns_param_gather(chunks),
             use_distributed_optimizer=self.cfg.parallel.use_distributed_optimizer,
             check_for_nan_in_grad=False,
             # None: megatron-core's default, max(40M, 1M x DP) with overlap, one bucket without.
@@ -167,6 +173,10 @@ class Trainer:
             for i, chunk in enumerate(chunks)
         ]
 
+    def _aligns_param_gather(self, chunks) -> bool:
+        t = self.cfg.train
+        return t.overlap_param_gather and t.align_param_gather and len(chunks) > 1
+
     def _build_optimizer(self):
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
@@ -177,6 +187,7 @@ class Trainer:
             clip_grad=t.clip_grad, bf16=t.bf16,
             params_dtype=torch.bfloat16 if t.bf16 else torch.float32,
             use_distributed_optimizer=self.cfg.parallel.use_distributed_optimizer,
+            overlap_param_gather=t.overlap_param_gather,  # kept equal to the DDP config's
         )
         return get_megatron_optimizer(opt_config, self.ddp_chunks)
 
@@ -212,6 +223,10 @@ class Trainer:
                 # its last micro-batch's backward is done.
                 grad_sync = [m.start_grad_sync for m in self.ddp_chunks]
                 config.grad_sync_func = grad_sync[0] if len(grad_sync) == 1 else grad_sync
+            if self._aligns_param_gather(self.chunks):
+                # The interleaved schedule starts every stage's chunk gathers at the same
+                # points; the forward hooks then only wait for them.
+                config.param_sync_func = [m.start_param_sync for m in self.ddp_chunks]
 
     def _build_datasets(self, tokenizer):
         return build_phase_datasets(self.cfg, self.total_train_samples, tokenizer)
@@ -372,6 +387,7 @@ class Trainer:
 
     def save(self, root: Optional[str] = None, extra: Optional[dict] = None) -> str:
         root = root or self.cfg.checkpoint.save
+        self.gather_params()
         common = {
             "consumed_train_samples": self.state.consumed_train_samples,
             "megastack": {
@@ -419,6 +435,7 @@ class Trainer:
         self.optimizer.zero_grad()
         losses = self._forward_backward(self.train_iterators, forward_only=False)
         update_ok, grad_norm, _ = self.optimizer.step()
+        self._params_stale = self.cfg.train.overlap_param_gather
         t = self.cfg.train
         if update_ok:
             self.scheduler.step(increment=t.global_batch_size)
@@ -426,6 +443,15 @@ class Trainer:
         self.state.consumed_train_samples += t.global_batch_size
         return {"lm loss": self._reduce_lm_loss(losses), "grad-norm": grad_norm,
                 "skipped": not update_ok}
+
+    def gather_params(self) -> None:
+        """Make every rank's weights whole after an optimizer step with --overlap-param-gather,
+        which leaves the all-gathers to the next forward pass's hooks: checkpoints and growth
+        read the weights without one. (Evaluation needs no call: its forward gathers.)"""
+        if self._params_stale:
+            for m in self.ddp_chunks:
+                m.start_param_sync(force_sync=True)
+            self._params_stale = False
 
     @torch.no_grad()
     def evaluate(self, split: int = 1) -> Optional[float]:

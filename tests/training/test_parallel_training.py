@@ -12,12 +12,16 @@ ITERS = ["--train-iters", "6"]
 
 @pytest.fixture(scope="module")
 def one_rank(tmp_path_factory):
-    metrics = tmp_path_factory.mktemp("one_rank") / "metrics.jsonl"
-    run_pretrain(TINY + ITERS, nproc=1, metrics=metrics)
+    out = tmp_path_factory.mktemp("one_rank")
+    metrics = out / "metrics.jsonl"
+    run_pretrain(TINY + ITERS + ["--eval-interval", "4", "--save", str(out / "ckpt")], nproc=1,
+                 metrics=metrics)
     losses = read_metrics(metrics)
     assert sorted(losses) == [1, 2, 3, 4, 5, 6]
     assert losses[6] < losses[1], "the tiny model must learn something in 6 steps"
-    return {"loss": losses, "grad-norm": read_metrics(metrics, "grad-norm")}
+    return {"loss": losses, "grad-norm": read_metrics(metrics, "grad-norm"),
+            "validation": read_metrics(metrics, "lm loss validation"),
+            "checkpoint": out / "ckpt" / "iter_0000006"}
 
 
 def _assert_same(reference, values, iters, tol):
@@ -26,11 +30,17 @@ def _assert_same(reference, values, iters, tol):
 
 
 def test_tp1_pp2_dp2_interleaved_matches_one_rank(one_rank, tmp_path):
+    """With the overlapped reductions and gathers, which the interleaved schedule starts for
+    every model chunk itself (Megatron-LM's aligned parameter gathers)."""
     metrics = tmp_path / "m.jsonl"
     run_pretrain(TINY + ITERS + ["--pipeline-model-parallel-size", "2",
-                                 "--num-layers-per-virtual-pipeline-stage", "1"],
+                                 "--num-layers-per-virtual-pipeline-stage", "1",
+                                 "--use-distributed-optimizer", "--overlap-grad-reduce",
+                                 "--overlap-param-gather", "--eval-interval", "4"],
                  nproc=4, metrics=metrics)
-    _assert_same(one_rank["loss"], read_metrics(metrics), range(1, 6), 1e-4)
+    _assert_same(one_rank["loss"], read_metrics(metrics), range(1, 7), 1e-4)
+    _assert_same(one_rank["validation"], read_metrics(metrics, "lm loss validation"), [4, 6],
+                 1e-4)
 
 
 def test_tp2_pp2_dp2_matches_one_rank(one_rank, tmp_path):
@@ -58,12 +68,34 @@ def test_resume_at_another_layout_matches_straight_run(one_rank, tmp_path):
     _assert_same(one_rank["loss"], losses, [4, 5, 6], 1e-5)
 
 
-def test_overlapped_grad_reduce_matches_one_rank(one_rank, tmp_path):
-    """--overlap-grad-reduce at DP 2 with several buckets and the distributed optimizer (each
-    bucket's reduce-scatter started during the backward): the same losses. The wiring itself is
+def test_overlapped_grad_reduce_and_param_gather_match_one_rank(one_rank, tmp_path):
+    """--overlap-grad-reduce and --overlap-param-gather at DP 2 with several buckets (each
+    bucket's reduce-scatter started during the backward, its all-gather during the next forward):
+    the same losses, evaluations, and weights in the checkpoint of iteration 6 (saved right after
+    the step, before any forward pass gathered the other rank's shards). The wiring itself is
     checked in test_trainer_runs.py."""
     metrics = tmp_path / "m.jsonl"
     run_pretrain(TINY + ITERS + ["--use-distributed-optimizer", "--overlap-grad-reduce",
-                                 "--ddp-bucket-size", "20000"], nproc=2, metrics=metrics)
+                                 "--overlap-param-gather", "--ddp-bucket-size", "20000",
+                                 "--eval-interval", "4", "--save", str(tmp_path / "ckpt"),
+                                 "--save-interval", "3"], nproc=2, metrics=metrics)
     _assert_same(one_rank["loss"], read_metrics(metrics), range(1, 7), 1e-4)
     _assert_same(one_rank["grad-norm"], read_metrics(metrics, "grad-norm"), range(1, 7), 1e-4)
+    validation = read_metrics(metrics, "lm loss validation")
+    assert sorted(validation) == [4, 6]
+    _assert_same(one_rank["validation"], validation, [4, 6], 1e-4)
+    _assert_same_weights(one_rank["checkpoint"], tmp_path / "ckpt" / "iter_0000006")
+
+
+def _assert_same_weights(reference_dir, checkpoint_dir, tol=1e-5):
+    from megastack.checkpoint.dist_reader import DistCheckpointReader, single_process_dcp
+
+    with single_process_dcp():
+        reference = DistCheckpointReader(str(reference_dir))
+        saved = DistCheckpointReader(str(checkpoint_dir))
+        keys = [k for k in reference.tensor_keys() if not k.startswith("optimizer")]
+        assert keys and sorted(keys) == sorted(
+            k for k in saved.tensor_keys() if not k.startswith("optimizer"))
+        for key in keys:
+            diff = (reference.load_tensor(key) - saved.load_tensor(key)).abs().max().item()
+            assert diff <= tol, (key, diff)

@@ -412,7 +412,26 @@ def test_overlap_grad_reduce_is_wired_into_ddp_and_the_schedules():
     trainer.close()
     trainer, tokenizer = make_trainer(["--train-iters", "1"])
     trainer.setup(tokenizer)
-    assert not trainer.ddp_chunks[0].ddp_config.overlap_grad_reduce
+    ddp = trainer.ddp_chunks[0]
+    assert not ddp.ddp_config.overlap_grad_reduce and not ddp.ddp_config.overlap_param_gather
+    trainer.close()
+
+
+def test_overlap_param_gather_is_wired_into_ddp():
+    """The DP 2 and interleaved runs in test_parallel_training check the results; here, that the
+    forward hooks are on and that the weights are gathered only after a step."""
+    trainer, tokenizer = make_trainer(["--train-iters", "1", "--use-distributed-optimizer",
+                                       "--overlap-grad-reduce", "--overlap-param-gather"])
+    trainer.setup(tokenizer)
+    ddp = trainer.ddp_chunks[0]
+    assert ddp.ddp_config.overlap_param_gather and ddp.use_forward_hook
+    assert not ddp.ddp_config.align_param_gather  # one model chunk: no interleaved schedule
+    assert trainer.chunks[0].config.param_sync_func is None
+    assert not trainer._params_stale
+    trainer.train_step()
+    assert trainer._params_stale
+    trainer.gather_params()
+    assert not trainer._params_stale
     trainer.close()
 
 
