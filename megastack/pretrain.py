@@ -88,7 +88,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         except ValueError as e:
             print(f"megastack.pretrain: error: {e}", file=sys.stderr)
             return 2
-        run.train()
+        from megastack.training.exit_signal import exit_signal_handler
+
+        from megastack.training.trainer import TrainingDiverged
+
+        try:
+            with exit_signal_handler(cfg.checkpoint.exit_signal):
+                run.train()
+        except TrainingDiverged as e:
+            print(f"megastack.pretrain: error: {e}", file=sys.stderr)
+            return 1
         if cfg.growth is None:  # a growth run saves and closes each phase itself
             if (cfg.checkpoint.save and run.state.iteration == cfg.train.train_iters
                     and run.last_saved_iteration != run.state.iteration):

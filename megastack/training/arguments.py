@@ -16,6 +16,7 @@ from typing import Optional
 
 from megastack.config import PRESETS, ModelConfig, ParallelConfig
 from megastack.paths import check_output_dir
+from megastack.training.exit_signal import SIGNALS as EXIT_SIGNALS
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class TrainConfig:
     ddp_bucket_size: Optional[int] = None
     grad_reduce_in_bf16: bool = False
     distributed_timeout_minutes: int = 10
+    check_for_nan_in_loss_and_grad: bool = True
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class CheckpointConfig:
     finetune: bool = False
     exit_interval: Optional[int] = None
     exit_duration_in_mins: Optional[float] = None
+    exit_signal: Optional[str] = None  # with --exit-signal-handler: the signal that stops
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,10 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
                    help="with --overlap-param-gather and an interleaved schedule: let each "
                         "pipeline stage start its parameter all-gathers when it needs them "
                         "instead of all stages at once")
+    g.add_argument("--check-for-nan-in-loss-and-grad", action="store_true", default=True,
+                   help="stop with an error at a NaN or infinite loss or gradient norm (default)")
+    g.add_argument("--no-check-for-nan-in-loss-and-grad", dest="check_for_nan_in_loss_and_grad",
+                   action="store_false", help="train on through NaN or infinite values")
     g.add_argument("--grad-reduce-in-bf16", action="store_true",
                    help="reduce gradients over data parallelism in bf16 (default fp32)")
     g.add_argument("--distributed-timeout-minutes", type=int, default=10,
@@ -297,6 +304,11 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--exit-interval", type=int,
                    help="stop (after saving) at the first iteration that is a multiple of this "
                         "(Megatron-LM's rule, also after a resume)")
+    g.add_argument("--exit-signal-handler", action="store_true",
+                   help="on --exit-signal, save and stop at the end of the iteration (e.g. "
+                        "Slurm's --signal ahead of a job's time limit, or a preemption)")
+    g.add_argument("--exit-signal", default="SIGTERM", choices=EXIT_SIGNALS,
+                   help="the signal --exit-signal-handler catches (default SIGTERM)")
     g.add_argument("--exit-duration-in-mins", type=float,
                    help="stop (after saving) at the first iteration that ends this many minutes "
                         "after the process started (e.g. before a cluster job's time limit)")
@@ -722,6 +734,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         align_param_gather=args.align_param_gather,
         grad_reduce_in_bf16=args.grad_reduce_in_bf16,
         distributed_timeout_minutes=args.distributed_timeout_minutes,
+        check_for_nan_in_loss_and_grad=args.check_for_nan_in_loss_and_grad,
     )
     data = DataConfig(
         data_path=tuple(args.data_path), per_split_data_path=per_split_data_path(args),
@@ -737,6 +750,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         no_load_optim=args.no_load_optim, no_load_rng=args.no_load_rng,
         finetune=args.finetune, exit_interval=args.exit_interval,
         exit_duration_in_mins=args.exit_duration_in_mins,
+        exit_signal=args.exit_signal if args.exit_signal_handler else None,
     )
     logging_cfg = LoggingConfig(
         log_interval=args.log_interval, eval_interval=args.eval_interval,

@@ -284,9 +284,9 @@ class GrowthRun:
         start = small.state.iteration
         small.test_at_end = False  # the run goes on at the target size
         small.train()
-        if small._past_exit_duration():
-            # --exit-duration-in-mins: out of time at (or before) the growth point; --load
-            # resumes from the small phase's checkpoint and grows then.
+        if small.stop_reason():
+            # --exit-duration-in-mins or --exit-signal-handler at (or before) the growth point;
+            # --load resumes from the small phase's checkpoint and grows then.
             if small.last_saved_iteration != small.state.iteration:
                 small.save()
             small.close()

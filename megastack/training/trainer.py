@@ -27,6 +27,7 @@ from megastack.checkpoint import training_checkpoint as ckpt
 from megastack.config import ModelConfig
 from megastack.model import build_model_chunks
 from megastack.training.arguments import PretrainConfig
+from megastack.training import exit_signal
 from megastack.training.data_iterators import build_iterator
 from megastack.training.metrics import TensorBoardWriter, peak_tflops
 
@@ -35,6 +36,10 @@ logger = logging.getLogger(__name__)
 # --exit-duration-in-mins counts from the start of the process, as Megatron-LM's from the start
 # of pretrain(): a growth run's two phases share one budget.
 _PROCESS_START = time.time()
+
+
+class TrainingDiverged(RuntimeError):
+    """A NaN or infinite loss or gradient norm (--check-for-nan-in-loss-and-grad, the default)."""
 
 
 @dataclass
@@ -163,7 +168,7 @@ class Trainer:
             # As Megatron-LM: only the interleaved schedule starts the gathers itself.
             align_param_gather=self._aligns_param_gather(chunks),
             use_distributed_optimizer=self.cfg.parallel.use_distributed_optimizer,
-            check_for_nan_in_grad=False,
+            check_for_nan_in_grad=False,  # train_step checks the global grad norm instead
             # None: megatron-core's default, max(40M, 1M x DP) with overlap, one bucket without.
             bucket_size=self.cfg.train.ddp_bucket_size,
         )
@@ -434,15 +439,28 @@ class Trainer:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
         losses = self._forward_backward(self.train_iterators, forward_only=False)
-        update_ok, grad_norm, _ = self.optimizer.step()
+        update_ok, grad_norm, num_zeros = self.optimizer.step()
         self._params_stale = self.cfg.train.overlap_param_gather
         t = self.cfg.train
         if update_ok:
             self.scheduler.step(increment=t.global_batch_size)
         self.state.iteration += 1
         self.state.consumed_train_samples += t.global_batch_size
-        return {"lm loss": self._reduce_lm_loss(losses), "grad-norm": grad_norm,
+        lm_loss = self._reduce_lm_loss(losses)
+        if t.check_for_nan_in_loss_and_grad:
+            # The loss lives on the last pipeline stage, the grad norm (global) on every rank.
+            self._check_finite("lm loss", lm_loss)
+            self._check_finite("grad norm", grad_norm)
+        return {"lm loss": lm_loss, "grad-norm": grad_norm, "num-zeros": num_zeros,
                 "skipped": not update_ok}
+
+    def _check_finite(self, name: str, value: Optional[float]) -> None:
+        if value is not None and not math.isfinite(value):
+            raise TrainingDiverged(
+                f"iteration {self.state.iteration}: the {name} is {value} (rank "
+                f"{self.rank.rank}). Training diverged or the data holds bad samples: resume "
+                f"from the last checkpoint with a lower --lr or a longer --lr-warmup-iters. "
+                f"--no-check-for-nan-in-loss-and-grad trains on regardless")
 
     def gather_params(self) -> None:
         """Make every rank's weights whole after an optimizer step with --overlap-param-gather,
@@ -523,13 +541,12 @@ class Trainer:
             if cfg.checkpoint.save and cfg.checkpoint.save_interval and it % cfg.checkpoint.save_interval == 0:
                 self.save()
             last_log_time += time.perf_counter() - paused_at
-            if self._past_exit_duration():
+            reason = self.stop_reason()
+            if reason:
                 if cfg.checkpoint.save and self.last_saved_iteration != it:
                     self.save()
                 # No final evaluation: the time is up (e.g. a cluster job's limit is near).
-                logger.info("exiting at iteration %d after %.1f minutes (--exit-duration-in-mins "
-                            "%g)", it, (time.time() - _PROCESS_START) / 60,
-                            cfg.checkpoint.exit_duration_in_mins)
+                logger.info("exiting at iteration %d: %s", it, reason)
                 return self.state
             if cfg.checkpoint.exit_interval and it % cfg.checkpoint.exit_interval == 0:
                 if cfg.checkpoint.save and self.last_saved_iteration != it:
@@ -540,16 +557,24 @@ class Trainer:
         self._final_eval()
         return self.state
 
-    def _past_exit_duration(self) -> bool:
-        limit = self.cfg.checkpoint.exit_duration_in_mins
-        if limit is None:
-            return False
-        over = (time.time() - _PROCESS_START) / 60 > limit
-        # Every rank must stop at the same iteration: any rank past the limit stops all (as in
-        # Megatron-LM, an all-reduce MAX each iteration).
-        flag = torch.tensor([1 if over else 0], dtype=torch.int32, device=self.rank.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+    def stop_reason(self) -> Optional[str]:
+        """Why training must stop now, the same answer on every rank: --exit-duration-in-mins
+        is used up or --exit-signal-handler caught its signal (on any rank: as in Megatron-LM,
+        an all-reduce MAX each iteration); None to go on."""
+        c = self.cfg.checkpoint
+        if c.exit_duration_in_mins is None and c.exit_signal is None:
+            return None
+        minutes = (time.time() - _PROCESS_START) / 60
+        over = c.exit_duration_in_mins is not None and minutes > c.exit_duration_in_mins
+        signalled = c.exit_signal is not None and exit_signal.received() is not None
+        flags = torch.tensor([int(over), int(signalled)], dtype=torch.int32,
+                             device=self.rank.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[1]:
+            return f"{c.exit_signal} received (--exit-signal-handler)"
+        if flags[0]:
+            return f"{minutes:.1f} minutes (--exit-duration-in-mins {c.exit_duration_in_mins:g})"
+        return None
 
     def _final_eval(self) -> None:
         """Like Megatron-LM, evaluate once more where training stops, unless just done or

@@ -440,3 +440,20 @@ def test_test_loss_is_printed():
 
     line = format_metrics({"iteration": 4, "lm loss test": 5.25, "lm loss test ppl": 190.566})
     assert line.endswith("lm loss test: 5.250000E+00 | lm loss test ppl: 190.566")
+
+
+def test_a_diverged_run_stops_with_the_iteration_named():
+    """As Megatron-LM's --check-for-nan-in-loss-and-grad (on by default): an LR of 1e12 blows
+    the weights up within a few steps; the run stops there instead of training on NaN."""
+    from megastack.training.trainer import TrainingDiverged
+
+    trainer, tokenizer = make_trainer(["--train-iters", "8", "--lr", "1e12"])
+    trainer.setup(tokenizer)
+    with pytest.raises(TrainingDiverged, match=r"iteration \d: the (lm loss|grad norm) is "
+                                               r"(nan|inf).*--no-check-for-nan-in-loss-and-grad"):
+        trainer.train()
+    assert trainer.state.iteration < 8
+    trainer.close()
+    trainer = run(["--train-iters", "8", "--lr", "1e12", "--no-check-for-nan-in-loss-and-grad"])
+    assert trainer.state.iteration == 8
+    assert not all(math.isfinite(v) for v in train_losses(trainer).values())
