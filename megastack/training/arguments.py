@@ -93,6 +93,14 @@ class LoggingConfig:
     eval_interval: int = 1000
     eval_iters: int = 100
     tensorboard_dir: Optional[str] = None
+    tensorboard_log_interval: int = 1  # per-iteration scalars, as Megatron-LM
+    tensorboard_queue_size: int = 1000
+    log_params_norm: bool = False
+    log_num_zeros_in_grad: bool = False
+    log_timers_to_tensorboard: bool = False
+    log_memory_to_tensorboard: bool = False
+    log_world_size_to_tensorboard: bool = False
+    log_loss_scale_to_tensorboard: bool = False
 
 
 @dataclass(frozen=True)
@@ -326,6 +334,23 @@ def add_logging_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-interval", type=int, default=1000, help="0: no evaluation")
     g.add_argument("--eval-iters", type=int, default=100)
     g.add_argument("--tensorboard-dir")
+    g.add_argument("--tensorboard-log-interval", type=int, default=1,
+                   help="iterations between TensorBoard points of the loss, learning rate, grad "
+                        "norm, batch size (and the --log-*-to-tensorboard values); the printed "
+                        "averages come every --log-interval")
+    g.add_argument("--tensorboard-queue-size", type=int, default=1000,
+                   help="TensorBoard events held in memory before a write")
+    g.add_argument("--log-params-norm", action="store_true",
+                   help="log the L2 norm of all weights every --log-interval")
+    g.add_argument("--log-num-zeros-in-grad", action="store_true",
+                   help="log the number of zero gradient entries")
+    g.add_argument("--log-timers-to-tensorboard", action="store_true",
+                   help="write the forward-backward and optimizer times of each iteration")
+    g.add_argument("--log-memory-to-tensorboard", action="store_true",
+                   help="write the CUDA memory counters (nothing on CPU)")
+    g.add_argument("--log-world-size-to-tensorboard", action="store_true")
+    g.add_argument("--log-loss-scale-to-tensorboard", action="store_true",
+                   help="write the loss scale (1 in bf16 and fp32 training)")
 
 
 def add_growth_args(p: argparse.ArgumentParser) -> None:
@@ -352,6 +377,8 @@ def add_growth_args(p: argparse.ArgumentParser) -> None:
 ALWAYS_SO_FLAGS = {
     "use_mcore_models": ("--use-mcore-models", "megatron-core models are the only ones"),
     "log_throughput": ("--log-throughput", "throughput is always logged (TFLOP/s on GPU)"),
+    "log_validation_ppl_to_tensorboard": (
+        "--log-validation-ppl-to-tensorboard", "the validation perplexity is always written"),
     "no_create_attention_mask_in_dataloader": (
         "--no-create-attention-mask-in-dataloader",
         "batches carry an attention mask only with --reset-attention-mask"),
@@ -683,6 +710,8 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         train_iters = int(math.ceil(args.train_tokens / (gbs * model.seq_length)))
     _check(train_iters >= 1, f"--train-iters must be >= 1, got {train_iters}")
     _check(args.log_interval >= 1, "--log-interval must be >= 1")
+    _check(args.tensorboard_log_interval >= 1, "--tensorboard-log-interval must be >= 1")
+    _check(args.tensorboard_queue_size >= 1, "--tensorboard-queue-size must be >= 1")
     _check(args.eval_interval >= 0,
            f"--eval-interval must be >= 0 (0: no evaluation), got {args.eval_interval}")
     _check(args.eval_iters >= 0, f"--eval-iters must be >= 0, got {args.eval_iters}")
@@ -755,6 +784,13 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     logging_cfg = LoggingConfig(
         log_interval=args.log_interval, eval_interval=args.eval_interval,
         eval_iters=args.eval_iters, tensorboard_dir=args.tensorboard_dir,
+        tensorboard_log_interval=args.tensorboard_log_interval,
+        tensorboard_queue_size=args.tensorboard_queue_size,
+        log_params_norm=args.log_params_norm, log_num_zeros_in_grad=args.log_num_zeros_in_grad,
+        log_timers_to_tensorboard=args.log_timers_to_tensorboard,
+        log_memory_to_tensorboard=args.log_memory_to_tensorboard,
+        log_world_size_to_tensorboard=args.log_world_size_to_tensorboard,
+        log_loss_scale_to_tensorboard=args.log_loss_scale_to_tensorboard,
     )
     growth = growth_config_from_args(args, model, parallel, gbs)
     if args.reset_attention_mask:

@@ -23,15 +23,45 @@ def peak_tflops() -> Optional[float]:
     return None
 
 
+def params_l2_norm(chunks) -> float:
+    """The L2 norm of the whole model's weights, the same at every TP/PP layout: each weight
+    counted once (not the tensor-parallel copies of norms and row-parallel biases, not the output
+    layer's copy of a tied embedding), summed over the model-parallel ranks. Collective over
+    them; data-parallel ranks hold the same weights."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+    from megatron.core.transformer.module import param_is_not_shared
+
+    device = next(chunks[0].parameters()).device
+    squares = torch.zeros(1, dtype=torch.float64, device=device)
+    for chunk in chunks:
+        for p in chunk.parameters():
+            if param_is_not_shared(p) and param_is_not_tensor_parallel_duplicate(p):
+                squares += p.detach().double().square().sum()
+    torch.distributed.all_reduce(squares, group=parallel_state.get_model_parallel_group())
+    return squares.sqrt().item()
+
+
+def cuda_memory_scalars() -> dict[str, float]:
+    """Megatron-LM's --log-memory-to-tensorboard counters; empty without CUDA."""
+    if not torch.cuda.is_available():
+        return {}
+    stats = torch.cuda.memory_stats()
+    return {"mem-reserved-bytes": stats["reserved_bytes.all.current"],
+            "mem-allocated-bytes": stats["allocated_bytes.all.current"],
+            "mem-max-allocated-bytes": stats["allocated_bytes.all.peak"],
+            "mem-allocated-count": stats["allocation.all.current"]}
+
+
 class TensorBoardWriter:
     """Scalars under Megatron-LM's tag names, the iteration as the step; a no-op without a dir."""
 
-    def __init__(self, log_dir: Optional[str]):
+    def __init__(self, log_dir: Optional[str], queue_size: int = 1000):
         self._writer = None
         if log_dir:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=log_dir, max_queue=100)
+            self._writer = SummaryWriter(log_dir=log_dir, max_queue=queue_size)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self._writer is None:

@@ -29,13 +29,37 @@ from megastack.model import build_model_chunks
 from megastack.training.arguments import PretrainConfig
 from megastack.training import exit_signal
 from megastack.training.data_iterators import build_iterator
-from megastack.training.metrics import TensorBoardWriter, peak_tflops
+from megastack.training.metrics import (TensorBoardWriter, cuda_memory_scalars, params_l2_norm,
+                                        peak_tflops)
 
 logger = logging.getLogger(__name__)
 
 # --exit-duration-in-mins counts from the start of the process, as Megatron-LM's from the start
 # of pretrain(): a growth run's two phases share one budget.
 _PROCESS_START = time.time()
+
+
+# Written to TensorBoard every --tensorboard-log-interval from the iteration's own values.
+_PER_ITERATION_TAGS = ("lm loss", "learning-rate", "grad-norm", "num-zeros")
+
+
+class _StepTimer:
+    """--log-timers-to-tensorboard: seconds between laps (the device synchronised first)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.times: dict[str, float] = {}
+        self._last = self._now() if enabled else 0.0
+
+    def _now(self) -> float:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.enabled:
+            now = self._now()
+            self.times[name], self._last = now - self._last, now
 
 
 class TrainingDiverged(RuntimeError):
@@ -150,7 +174,8 @@ class Trainer:
         self.datasets = datasets if datasets is not None else self._build_datasets(tokenizer)
         self.train_iterators = self._iterators(self.datasets[0], self.state.consumed_train_samples)
         if self.rank.is_logging_rank:
-            self.tb = TensorBoardWriter(cfg.logging.tensorboard_dir)
+            self.tb = TensorBoardWriter(cfg.logging.tensorboard_dir,
+                                        cfg.logging.tensorboard_queue_size)
             self._tb_steps: dict[str, int] = {}  # tag -> the last step written
         n_params = sum(p.numel() for m in self.chunks for p in m.parameters())
         logger.info("rank %d: %d parameters on this rank (%s), model total %.3fM",
@@ -193,6 +218,7 @@ class Trainer:
             params_dtype=torch.bfloat16 if t.bf16 else torch.float32,
             use_distributed_optimizer=self.cfg.parallel.use_distributed_optimizer,
             overlap_param_gather=t.overlap_param_gather,  # kept equal to the DDP config's
+            log_num_zeros_in_grad=self.cfg.logging.log_num_zeros_in_grad,
         )
         return get_megatron_optimizer(opt_config, self.ddp_chunks)
 
@@ -438,8 +464,11 @@ class Trainer:
         for m in self.ddp_chunks:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
+        timer = _StepTimer(self.cfg.logging.log_timers_to_tensorboard)
         losses = self._forward_backward(self.train_iterators, forward_only=False)
+        timer.lap("forward-backward-time")
         update_ok, grad_norm, num_zeros = self.optimizer.step()
+        timer.lap("optimizer-time")
         self._params_stale = self.cfg.train.overlap_param_gather
         t = self.cfg.train
         if update_ok:
@@ -452,7 +481,7 @@ class Trainer:
             self._check_finite("lm loss", lm_loss)
             self._check_finite("grad norm", grad_norm)
         return {"lm loss": lm_loss, "grad-norm": grad_norm, "num-zeros": num_zeros,
-                "skipped": not update_ok}
+                "skipped": not update_ok, **timer.times}
 
     def _check_finite(self, name: str, value: Optional[float]) -> None:
         if value is not None and not math.isfinite(value):
@@ -510,6 +539,8 @@ class Trainer:
             it = self.state.iteration
             if out["lm loss"] is not None:
                 loss_sum, loss_count = loss_sum + out["lm loss"], loss_count + 1
+            if self.tb is not None and it % lg.tensorboard_log_interval == 0:
+                self._tensorboard_iteration(out, it)
             if it % lg.log_interval == 0 or it == t.train_iters:
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
@@ -530,7 +561,13 @@ class Trainer:
                     if peak:
                         metrics["mfu"] = tflops / peak
                     metrics["mem-max-allocated-GB"] = torch.cuda.max_memory_allocated() / 2**30
-                self._log(metrics)
+                if out["num-zeros"] is not None:
+                    metrics["num-zeros"] = float(out["num-zeros"])
+                if lg.log_params_norm:
+                    self.gather_params()  # --overlap-param-gather: the step's shards only
+                    metrics["params-norm"] = params_l2_norm(self.chunks)
+                # TensorBoard has these per iteration (--tensorboard-log-interval), not averaged.
+                self._log(metrics, tensorboard_skips=_PER_ITERATION_TAGS)
                 loss_sum, loss_count = 0.0, 0
                 last_log_time, last_log_iter = time.perf_counter(), it
             # Like Megatron-LM, throughput and iteration time count training only: the time
@@ -606,7 +643,35 @@ class Trainer:
                    "lm loss validation ppl": math.exp(min(loss, 20.0))})
         return loss
 
-    def _log(self, metrics: dict[str, float]) -> None:
+    def _tensorboard_iteration(self, out: dict[str, Any], iteration: int) -> None:
+        """Megatron-LM's per-iteration scalars (every --tensorboard-log-interval); the
+        --log-interval record adds its averages and throughput at its own steps."""
+        lg = self.cfg.logging
+        scalars = {"learning-rate": self.optimizer.param_groups[0]["lr"],
+                   "batch-size": self.cfg.train.global_batch_size}
+        for key in _PER_ITERATION_TAGS + ("forward-backward-time", "optimizer-time"):
+            if out.get(key) is not None:
+                scalars[key] = float(out[key])
+        if lg.log_loss_scale_to_tensorboard:
+            scalars["loss-scale"] = float(self.optimizer.get_loss_scale())
+        if lg.log_world_size_to_tensorboard:
+            scalars["world-size"] = self.rank.world_size
+        if lg.log_memory_to_tensorboard:
+            scalars.update(cuda_memory_scalars())
+        self._tensorboard(scalars, iteration)
+
+    def _tensorboard(self, scalars: dict[str, Any], step: int) -> None:
+        # A tag gets one point per step: an evaluation record repeats "consumed tokens" of the
+        # training record, the growth-point record repeats the last validation loss, and the
+        # --log-interval averages come after the iteration's own values.
+        scalars = {k: v for k, v in scalars.items()
+                   if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))
+                   and self._tb_steps.get(k) != step}
+        self._tb_steps.update(dict.fromkeys(scalars, step))
+        self.tb.scalars(scalars, step)
+        self.tb.flush()
+
+    def _log(self, metrics: dict[str, float], tensorboard_skips: tuple[str, ...] = ()) -> None:
         """Loss lives on the last stage; the logging rank (the last rank) prints and records."""
         if not self.rank.is_logging_rank:
             return
@@ -614,16 +679,9 @@ class Trainer:
         self.state.history.append(metrics)
         logger.info(format_metrics(metrics))
         if self.tb is not None:
-            step = int(metrics["iteration"])
-            # A tag gets one point per step: an evaluation record repeats "consumed tokens" of
-            # the training record, the growth-point record repeats the last validation loss.
-            scalars = {k: v for k, v in metrics.items()
-                       if k not in ("iteration", "phase") and isinstance(v, (int, float))
-                       and not (isinstance(v, float) and math.isnan(v))
-                       and self._tb_steps.get(k) != step}
-            self._tb_steps.update(dict.fromkeys(scalars, step))
-            self.tb.scalars(scalars, step)
-            self.tb.flush()
+            skips = ("iteration", "phase", *tensorboard_skips)
+            self._tensorboard({k: v for k, v in metrics.items() if k not in skips},
+                              int(metrics["iteration"]))
         if self.metrics_file:
             with open(self.metrics_file, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
@@ -638,7 +696,8 @@ def format_metrics(m: dict[str, Any]) -> str:
     if "phase" in m:
         parts.insert(0, f"[{m['phase']}]")
     for key, fmt in (("consumed tokens", "{:d}"), ("lm loss", "{:.6E}"), ("learning-rate", "{:.3E}"),
-                     ("grad-norm", "{:.4f}"), ("tokens-per-sec", "{:.0f}"),
+                     ("grad-norm", "{:.4f}"), ("num-zeros", "{:.0f}"), ("params-norm", "{:.3f}"),
+                     ("tokens-per-sec", "{:.0f}"),
                      ("throughput", "{:.1f} TFLOP/s/GPU"), ("mfu", "{:.1%}"),
                      ("lm loss validation", "{:.6E}"), ("lm loss validation ppl", "{:.3f}"),
                      ("lm loss test", "{:.6E}"), ("lm loss test ppl", "{:.3f}")):

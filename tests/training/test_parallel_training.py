@@ -14,13 +14,14 @@ ITERS = ["--train-iters", "6"]
 def one_rank(tmp_path_factory):
     out = tmp_path_factory.mktemp("one_rank")
     metrics = out / "metrics.jsonl"
-    run_pretrain(TINY + ITERS + ["--eval-interval", "4", "--save", str(out / "ckpt")], nproc=1,
-                 metrics=metrics)
+    run_pretrain(TINY + ITERS + ["--eval-interval", "4", "--save", str(out / "ckpt"),
+                                 "--log-params-norm"], nproc=1, metrics=metrics)
     losses = read_metrics(metrics)
     assert sorted(losses) == [1, 2, 3, 4, 5, 6]
     assert losses[6] < losses[1], "the tiny model must learn something in 6 steps"
     return {"loss": losses, "grad-norm": read_metrics(metrics, "grad-norm"),
             "validation": read_metrics(metrics, "lm loss validation"),
+            "params-norm": read_metrics(metrics, "params-norm"),
             "checkpoint": out / "ckpt" / "iter_0000006"}
 
 
@@ -46,10 +47,12 @@ def test_tp1_pp2_dp2_interleaved_matches_one_rank(one_rank, tmp_path):
 def test_tp2_pp2_dp2_matches_one_rank(one_rank, tmp_path):
     metrics = tmp_path / "m.jsonl"
     run_pretrain(TINY + ITERS + ["--tensor-model-parallel-size", "2",
-                                 "--pipeline-model-parallel-size", "2"], nproc=8, metrics=metrics)
+                                 "--pipeline-model-parallel-size", "2", "--log-params-norm"],
+                 nproc=8, metrics=metrics)
     _assert_same(one_rank["loss"], read_metrics(metrics), range(1, 6), 1e-4)
-    # Tensor-parallel weights must be counted once each in the global grad norm.
+    # Tensor-parallel weights must be counted once each in the global grad and weight norms.
     _assert_same(one_rank["grad-norm"], read_metrics(metrics, "grad-norm"), range(1, 6), 1e-4)
+    _assert_same(one_rank["params-norm"], read_metrics(metrics, "params-norm"), range(1, 7), 1e-4)
 
 
 def test_resume_at_another_layout_matches_straight_run(one_rank, tmp_path):

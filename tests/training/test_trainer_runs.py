@@ -457,3 +457,30 @@ def test_a_diverged_run_stops_with_the_iteration_named():
     trainer = run(["--train-iters", "8", "--lr", "1e12", "--no-check-for-nan-in-loss-and-grad"])
     assert trainer.state.iteration == 8
     assert not all(math.isfinite(v) for v in train_losses(trainer).values())
+
+
+def test_megatron_logging_flags(tmp_path):
+    """--tensorboard-log-interval: per-iteration points of the loss (not the --log-interval
+    averages); --log-params-norm, --log-num-zeros-in-grad and the --log-*-to-tensorboard
+    scalars under Megatron-LM's tags."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = run(["--train-iters", "6", "--log-interval", "3", "--tensorboard-log-interval", "2",
+                   "--tensorboard-dir", str(tmp_path), "--log-params-norm",
+                   "--log-num-zeros-in-grad", "--log-timers-to-tensorboard",
+                   "--log-world-size-to-tensorboard", "--log-loss-scale-to-tensorboard",
+                   "--log-memory-to-tensorboard"])
+    records = [m for m in trainer.state.history if "lm loss" in m]
+    assert [m["iteration"] for m in records] == [3, 6]
+    weights = torch.cat([p.detach().flatten() for p in trainer.chunks[0].parameters()])
+    assert records[-1]["params-norm"] == pytest.approx(weights.double().norm().item(), rel=1e-6)
+    assert all(m["num-zeros"] >= 0 and m["num-zeros"] == int(m["num-zeros"]) for m in records)
+
+    acc = EventAccumulator(str(tmp_path)).Reload()
+    steps = {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    for tag in ("lm loss", "grad-norm", "num-zeros", "batch-size", "forward-backward-time",
+                "optimizer-time", "world-size", "loss-scale"):
+        assert steps[tag] == [2, 4, 6], tag
+    assert steps["params-norm"] == steps["tokens-per-sec"] == [3, 6]
+    assert [e.value for e in acc.Scalars("loss-scale")] == [1.0] * 3
+    assert all(e.value > 0 for e in acc.Scalars("forward-backward-time"))
