@@ -53,6 +53,12 @@ class TrainConfig:
     grad_reduce_in_bf16: bool = False
     distributed_timeout_minutes: int = 10
     check_for_nan_in_loss_and_grad: bool = True
+    optimizer: str = "adam"
+    sgd_momentum: float = 0.9
+    lr_warmup_init: float = 0.0
+    weight_decay_incr_style: str = "constant"
+    start_weight_decay: Optional[float] = None  # None: --weight-decay (constant style)
+    end_weight_decay: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -241,8 +247,18 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    dest="use_checkpoint_opt_param_scheduler", action="store_true",
                    help="on resume, take the LR/WD schedule from the checkpoint, ignoring these "
                         "flags")
+    g.add_argument("--lr-warmup-init", type=float, default=0.0,
+                   help="the learning rate the warmup starts from")
     g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--weight-decay-incr-style", default="constant",
+                   choices=["constant", "linear", "cosine"],
+                   help="linear/cosine: from --start-weight-decay to --end-weight-decay over the "
+                        "run")
+    g.add_argument("--start-weight-decay", type=float)
+    g.add_argument("--end-weight-decay", type=float)
     g.add_argument("--clip-grad", type=float, default=1.0)
+    g.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    g.add_argument("--sgd-momentum", type=float, default=0.9)
     g.add_argument("--adam-beta1", type=float, default=0.9)
     g.add_argument("--adam-beta2", type=float, default=0.999)
     g.add_argument("--adam-eps", type=float, default=1e-8)
@@ -711,6 +727,20 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _check(train_iters >= 1, f"--train-iters must be >= 1, got {train_iters}")
     _check(args.log_interval >= 1, "--log-interval must be >= 1")
     _check(args.tensorboard_log_interval >= 1, "--tensorboard-log-interval must be >= 1")
+    _check(0 <= args.lr_warmup_init <= args.lr,
+           f"--lr-warmup-init {args.lr_warmup_init} must be in [0, --lr {args.lr}]")
+    _check(args.optimizer == "adam" or not args.use_distributed_optimizer,
+           f"--optimizer {args.optimizer}: megatron-core's distributed optimizer shards Adam "
+           f"only; drop --use-distributed-optimizer or use --optimizer adam")
+    wd_bounds = (args.start_weight_decay, args.end_weight_decay)
+    if args.weight_decay_incr_style == "constant":
+        _check(wd_bounds == (None, None),
+               "--start-weight-decay/--end-weight-decay go with --weight-decay-incr-style "
+               "linear or cosine; for a constant weight decay give --weight-decay only")
+    else:
+        _check(None not in wd_bounds and min(wd_bounds) >= 0,
+               f"--weight-decay-incr-style {args.weight_decay_incr_style} needs "
+               f"--start-weight-decay and --end-weight-decay (>= 0)")
     _check(args.tensorboard_queue_size >= 1, "--tensorboard-queue-size must be >= 1")
     _check(args.eval_interval >= 0,
            f"--eval-interval must be >= 0 (0: no evaluation), got {args.eval_interval}")
@@ -764,6 +794,9 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         grad_reduce_in_bf16=args.grad_reduce_in_bf16,
         distributed_timeout_minutes=args.distributed_timeout_minutes,
         check_for_nan_in_loss_and_grad=args.check_for_nan_in_loss_and_grad,
+        optimizer=args.optimizer, sgd_momentum=args.sgd_momentum,
+        lr_warmup_init=args.lr_warmup_init, weight_decay_incr_style=args.weight_decay_incr_style,
+        start_weight_decay=args.start_weight_decay, end_weight_decay=args.end_weight_decay,
     )
     data = DataConfig(
         data_path=tuple(args.data_path), per_split_data_path=per_split_data_path(args),

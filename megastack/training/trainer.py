@@ -62,6 +62,15 @@ class _StepTimer:
             self.times[name], self._last = now - self._last, now
 
 
+def _init_sgd_state(opt: torch.optim.Optimizer, config=None) -> None:
+    for group in opt.param_groups:
+        if group.get("momentum", 0) == 0:
+            continue  # plain SGD keeps no state
+        for p in group["params"]:
+            if not opt.state[p]:
+                opt.state[p]["momentum_buffer"] = torch.zeros_like(p.data)
+
+
 class TrainingDiverged(RuntimeError):
     """A NaN or infinite loss or gradient norm (--check-for-nan-in-loss-and-grad, the default)."""
 
@@ -212,7 +221,8 @@ class Trainer:
 
         t = self.cfg.train
         opt_config = OptimizerConfig(
-            optimizer="adam", lr=t.lr, min_lr=t.min_lr, weight_decay=t.weight_decay,
+            optimizer=t.optimizer, sgd_momentum=t.sgd_momentum,
+            lr=t.lr, min_lr=t.min_lr, weight_decay=t.weight_decay,
             adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2, adam_eps=t.adam_eps,
             clip_grad=t.clip_grad, bf16=t.bf16,
             params_dtype=torch.bfloat16 if t.bf16 else torch.float32,
@@ -220,7 +230,13 @@ class Trainer:
             overlap_param_gather=t.overlap_param_gather,  # kept equal to the DDP config's
             log_num_zeros_in_grad=self.cfg.logging.log_num_zeros_in_grad,
         )
-        return get_megatron_optimizer(opt_config, self.ddp_chunks)
+        optimizer = get_megatron_optimizer(opt_config, self.ddp_chunks)
+        if t.optimizer == "sgd":
+            # megatron-core 0.16 gives SGD no state initialiser, which loading a checkpoint
+            # needs (the momentum buffers are created lazily at the first step).
+            for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+                inner.init_state_fn = _init_sgd_state
+        return optimizer
 
     def _build_scheduler(self):
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
@@ -228,12 +244,15 @@ class Trainer:
         t = self.cfg.train
         gbs = t.global_batch_size
         decay_iters = t.lr_decay_iters or t.train_iters
+        constant_wd = t.weight_decay_incr_style == "constant"
         return OptimizerParamScheduler(
-            self.optimizer, init_lr=0.0, max_lr=t.lr, min_lr=t.min_lr,
+            self.optimizer, init_lr=t.lr_warmup_init, max_lr=t.lr, min_lr=t.min_lr,
             lr_warmup_steps=t.lr_warmup_iters * gbs,
             lr_decay_steps=max(decay_iters * gbs, t.lr_warmup_iters * gbs + 1),
-            lr_decay_style=t.lr_decay_style, start_wd=t.weight_decay, end_wd=t.weight_decay,
-            wd_incr_steps=t.train_iters * gbs, wd_incr_style="constant",
+            lr_decay_style=t.lr_decay_style,
+            start_wd=t.weight_decay if constant_wd else t.start_weight_decay,
+            end_wd=t.weight_decay if constant_wd else t.end_weight_decay,
+            wd_incr_steps=t.train_iters * gbs, wd_incr_style=t.weight_decay_incr_style,
             use_checkpoint_opt_param_scheduler=t.use_checkpoint_opt_param_scheduler,
             override_opt_param_scheduler=t.override_opt_param_scheduler,
             wsd_decay_steps=t.lr_wsd_decay_iters * gbs if t.lr_wsd_decay_iters else None,
@@ -321,8 +340,17 @@ class Trainer:
             self._check_optimizer_kind(path, common)
 
     def _check_optimizer_kind(self, path: str, common: dict[str, Any]) -> None:
-        """megatron-core's distributed and regular optimizers save different state: loading one
-        into the other fails deep in its loader with a KeyError."""
+        """megatron-core's distributed and regular optimizers, and Adam and SGD, save different
+        state: loading one into the other fails deep in its loader with a KeyError."""
+        train = (common.get("megastack") or {}).get("train") or {}
+        saved_kind = train.get("optimizer") or getattr(common.get("args"), "optimizer", None)
+        if saved_kind is None and train:
+            saved_kind = "adam"  # megastack checkpoints from before --optimizer
+        if saved_kind is not None and saved_kind != self.cfg.train.optimizer:
+            raise ValueError(
+                f"--load {path}: its optimizer state is {saved_kind}'s, and this run uses "
+                f"--optimizer {self.cfg.train.optimizer}. Relaunch with --optimizer {saved_kind}, "
+                f"or add --no-load-optim to start a fresh optimizer from the checkpoint's weights")
         parallel = (common.get("megastack") or {}).get("parallel") or {}
         saved = parallel.get("use_distributed_optimizer")
         if saved is None:  # a Megatron-LM checkpoint

@@ -484,3 +484,32 @@ def test_megatron_logging_flags(tmp_path):
     assert steps["params-norm"] == steps["tokens-per-sec"] == [3, 6]
     assert [e.value for e in acc.Scalars("loss-scale")] == [1.0] * 3
     assert all(e.value > 0 for e in acc.Scalars("forward-backward-time"))
+
+
+def test_sgd_trains_and_resumes_only_as_sgd(tmp_path):
+    """Resuming needs megastack's SGD state initialiser (megatron-core 0.16 has none)."""
+    sgd = ["--optimizer", "sgd", "--sgd-momentum", "0.5", "--lr", "0.1"]
+    trainer = run(["--train-iters", "3", "--exit-interval", "2", "--save", str(tmp_path)] + sgd)
+    opt = trainer.optimizer.optimizer
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.5
+    losses = train_losses(trainer)
+    assert losses[2] < losses[1]
+    trainer = run(["--train-iters", "3", "--load", str(tmp_path)] + sgd)
+    assert sorted(train_losses(trainer)) == [3]
+    trainer, tokenizer = make_trainer(["--train-iters", "3", "--load", str(tmp_path)])
+    with pytest.raises(ValueError, match="its optimizer state is sgd's, and this run uses "
+                                         "--optimizer adam. Relaunch with --optimizer sgd"):
+        trainer.setup(tokenizer)
+
+
+def test_warmup_init_and_weight_decay_schedule():
+    trainer = run(["--train-iters", "4", "--lr-warmup-iters", "2", "--lr-warmup-init", "1e-4",
+                   "--weight-decay-incr-style", "linear", "--start-weight-decay", "0.0",
+                   "--end-weight-decay", "0.1"])
+    lrs = {m["iteration"]: m["learning-rate"] for m in trainer.state.history
+           if "learning-rate" in m}
+    # Megatron-LM's warmup from init_lr: init + (max - init) * step / warmup, step 1 of 2.
+    assert lrs[1] == pytest.approx(1e-4 + (1e-3 - 1e-4) / 2)
+    wd = trainer.optimizer.param_groups
+    decayed = [g["weight_decay"] for g in wd if g["weight_decay"] > 0]
+    assert decayed and decayed[0] == pytest.approx(0.1)  # 4 of 4 iterations: the end value
