@@ -166,7 +166,8 @@ def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_le
                        mock: bool = False, path_to_cache: Optional[str] = None,
                        reset_position_ids: bool = False, reset_attention_mask: bool = False,
                        eod_mask_loss: bool = False, model_vocab_size: Optional[int] = None,
-                       per_split_data_path: Optional[Sequence[Sequence[str]]] = None):
+                       per_split_data_path: Optional[Sequence[Sequence[str]]] = None,
+                       mmap_bin_files: bool = True):
     """(train, valid, test) megatron-core GPT datasets; an entry is None when its split is empty.
 
     Each item is a dict of torch tensors: tokens, labels, loss_mask, attention_mask,
@@ -225,8 +226,8 @@ def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_le
         reset_position_ids=reset_position_ids,
         reset_attention_mask=reset_attention_mask,
         eod_mask_loss=eod_mask_loss,
-        mmap_bin_files=True,
-    )
+        mmap_bin_files=mmap_bin_files,  # False: read the .bin with file reads (Megatron-LM's
+    )                                   # --no-mmap-bin-files, for filesystems that mmap badly)
     dataset_class = MockGPTDataset if mock else GPTDataset
     sizes = [int(n) for n in train_valid_test_num_samples]
     with _rank_zero_without_process_group():

@@ -57,6 +57,10 @@ class TrainConfig:
     sgd_momentum: float = 0.9
     lr_warmup_init: float = 0.0
     weight_decay_incr_style: str = "constant"
+    manual_gc: bool = False
+    manual_gc_interval: int = 0
+    manual_gc_eval: bool = True
+    empty_unused_memory_level: int = 0
     start_weight_decay: Optional[float] = None  # None: --weight-decay (constant style)
     end_weight_decay: Optional[float] = None
 
@@ -78,6 +82,7 @@ class DataConfig:
     reset_position_ids: bool = False
     reset_attention_mask: bool = False
     eod_mask_loss: bool = False
+    mmap_bin_files: bool = True
 
 
 @dataclass(frozen=True)
@@ -257,6 +262,17 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--start-weight-decay", type=float)
     g.add_argument("--end-weight-decay", type=float)
     g.add_argument("--clip-grad", type=float, default=1.0)
+    g.add_argument("--manual-gc", action="store_true",
+                   help="turn Python's automatic garbage collection off; collect every "
+                        "--manual-gc-interval iterations and around evaluations instead")
+    g.add_argument("--manual-gc-interval", type=int, default=0,
+                   help="with --manual-gc: iterations between collections (0: at evaluations "
+                        "only)")
+    g.add_argument("--no-manual-gc-eval", dest="manual_gc_eval", action="store_false",
+                   help="with --manual-gc: no collection around evaluations")
+    g.add_argument("--empty-unused-memory-level", type=int, default=0, choices=[0, 1, 2],
+                   help="release cached CUDA memory after each forward-backward (1) and also "
+                        "after each optimizer step (2)")
     g.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
     g.add_argument("--sgd-momentum", type=float, default=0.9)
     g.add_argument("--adam-beta1", type=float, default=0.9)
@@ -314,6 +330,12 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                         "--transformer-impl: Transformer Engine's causal attention takes no mask)")
     g.add_argument("--eod-mask-loss", action="store_true",
                    help="no loss on end-of-document tokens")
+    g.add_argument("--mmap-bin-files", action="store_true", default=True,
+                   help="memory-map the .bin files (default)")
+    g.add_argument("--no-mmap-bin-files", dest="mmap_bin_files", action="store_false",
+                   help="read the .bin files with file reads instead of memory-mapping them")
+    g.add_argument("--dataloader-type", default="single", choices=["single", "cyclic", "external"],
+                   help="only 'single': samples in order from the consumed position")
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
@@ -393,6 +415,17 @@ def add_growth_args(p: argparse.ArgumentParser) -> None:
 ALWAYS_SO_FLAGS = {
     "use_mcore_models": ("--use-mcore-models", "megatron-core models are the only ones"),
     "log_throughput": ("--log-throughput", "throughput is always logged (TFLOP/s on GPU)"),
+    "attention_softmax_in_fp32": ("--attention-softmax-in-fp32",
+                                  "megatron-core's attention softmax runs in fp32 by default"),
+    "no_persist_layer_norm": ("--no-persist-layer-norm",
+                              "megastack builds megatron-core without the persistent LayerNorm"),
+    "legacy_tokenizer": ("--legacy-tokenizer", "megastack's tokenizers are megatron-core "
+                         "MegatronLegacyTokenizer classes"),
+    "use_cpu_initialization": ("--use-cpu-initialization", "megastack initialises the weights "
+                               "itself, to the same values on any device and layout"),
+    "accumulate_allreduce_grads_in_fp32": (
+        "--accumulate-allreduce-grads-in-fp32",
+        "gradients are accumulated and reduced in fp32 unless --grad-reduce-in-bf16"),
     "log_validation_ppl_to_tensorboard": (
         "--log-validation-ppl-to-tensorboard", "the validation perplexity is always written"),
     "no_create_attention_mask_in_dataloader": (
@@ -424,6 +457,15 @@ def add_megatron_compat_args(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=attr, nargs=nargs, help=argparse.SUPPRESS)
         else:
             p.add_argument(flag, dest=attr, action="store_true", help=argparse.SUPPRESS)
+    # Megatron-LM's older spelling of --position-embedding-type rope, and its switch for
+    # learned positions (megatron-core models take theirs from --position-embedding-type).
+    g.add_argument("--use-rotary-position-embeddings", action="store_true",
+                   help="same as --position-embedding-type rope")
+    g.add_argument("--no-position-embedding", action="store_true",
+                   help="with rotary positions (nothing to change); otherwise use "
+                        "--position-embedding-type none")
+    g.add_argument("--distributed-backend", choices=["nccl", "gloo"],
+                   help="nccl on GPUs and gloo on CPU, the only pairs megastack runs")
     # Megatron-LM's head size and rotary fraction: only the values megastack builds are taken.
     p.add_argument("--kv-channels", type=int, help=argparse.SUPPRESS)
     p.add_argument("--rotary-percent", type=float, help=argparse.SUPPRESS)
@@ -672,6 +714,23 @@ def _check_megatron_compat(args: argparse.Namespace, model: ModelConfig) -> None
            f"--ckpt-format {args.ckpt_format}: megastack writes and reads torch_dist "
            f"(megatron-core's distributed checkpoint) only; drop the flag or convert the "
            f"checkpoint with Megatron-LM's tools/checkpoint first")
+    _check(not args.no_position_embedding
+           or model.position_embedding_type in ("rope", "none"),
+           f"--no-position-embedding with {model.position_embedding_type} positions: for a "
+           f"model without position embeddings give --position-embedding-type none (or rope)")
+    _check(args.dataloader_type == "single",
+           f"--dataloader-type {args.dataloader_type}: megastack reads samples in order from "
+           f"the consumed position (Megatron-LM's 'single'); drop the flag")
+    _check(not (args.accumulate_allreduce_grads_in_fp32 and args.grad_reduce_in_bf16),
+           "--accumulate-allreduce-grads-in-fp32 and --grad-reduce-in-bf16 contradict each "
+           "other: keep one")
+    if args.distributed_backend is not None:
+        import torch  # only here: tools/plan.py imports this module without torch
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        _check(args.distributed_backend == backend,
+               f"--distributed-backend {args.distributed_backend}: on this machine megastack "
+               f"runs {backend} (nccl on GPUs, gloo on CPU); drop the flag")
     for attr, (flag, why) in ALWAYS_SO_FLAGS.items():
         if getattr(args, attr):
             logger.info("%s: nothing to change (%s)", flag, why)
@@ -691,6 +750,11 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _check(not (args.use_checkpoint_args and args.grow_at_tokens is not None),
            "--use-checkpoint-args does not apply to growth in one run (its --load holds either "
            "phase's model): give the small model's flags (--model ...)")
+    if args.use_rotary_position_embeddings:
+        _check(args.position_embedding_type in (None, "rope"),
+               f"--use-rotary-position-embeddings and --position-embedding-type "
+               f"{args.position_embedding_type} contradict each other: keep one")
+        args.position_embedding_type = "rope"  # Megatron-LM's older spelling
     model = model_config_from_args(
         args, vocab_size, _checkpoint_model_flags(args) if args.use_checkpoint_args else None)
     _check_megatron_compat(args, model)
@@ -727,6 +791,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _check(train_iters >= 1, f"--train-iters must be >= 1, got {train_iters}")
     _check(args.log_interval >= 1, "--log-interval must be >= 1")
     _check(args.tensorboard_log_interval >= 1, "--tensorboard-log-interval must be >= 1")
+    _check(args.manual_gc_interval >= 0, "--manual-gc-interval must be >= 0")
     _check(0 <= args.lr_warmup_init <= args.lr,
            f"--lr-warmup-init {args.lr_warmup_init} must be in [0, --lr {args.lr}]")
     _check(args.optimizer == "adam" or not args.use_distributed_optimizer,
@@ -797,6 +862,9 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         optimizer=args.optimizer, sgd_momentum=args.sgd_momentum,
         lr_warmup_init=args.lr_warmup_init, weight_decay_incr_style=args.weight_decay_incr_style,
         start_weight_decay=args.start_weight_decay, end_weight_decay=args.end_weight_decay,
+        manual_gc=args.manual_gc, manual_gc_interval=args.manual_gc_interval,
+        manual_gc_eval=args.manual_gc_eval,
+        empty_unused_memory_level=args.empty_unused_memory_level,
     )
     data = DataConfig(
         data_path=tuple(args.data_path), per_split_data_path=per_split_data_path(args),
@@ -806,6 +874,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         data_cache_path=args.data_cache_path, num_workers=args.num_workers,
         reset_position_ids=args.reset_position_ids,
         reset_attention_mask=args.reset_attention_mask, eod_mask_loss=args.eod_mask_loss,
+        mmap_bin_files=args.mmap_bin_files,
     )
     checkpoint = CheckpointConfig(
         save=args.save, load=args.load, save_interval=args.save_interval,

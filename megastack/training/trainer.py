@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -121,7 +122,7 @@ def build_phase_datasets(cfg: PretrainConfig, total_train_samples: int, tokenize
         model_vocab_size=cfg.model.vocab_size,
         reset_position_ids=cfg.data.reset_position_ids,
         reset_attention_mask=cfg.data.reset_attention_mask, eod_mask_loss=cfg.data.eod_mask_loss,
-        per_split_data_path=cfg.data.per_split_data_path,
+        per_split_data_path=cfg.data.per_split_data_path, mmap_bin_files=cfg.data.mmap_bin_files,
     )
 
 
@@ -495,8 +496,10 @@ class Trainer:
         timer = _StepTimer(self.cfg.logging.log_timers_to_tensorboard)
         losses = self._forward_backward(self.train_iterators, forward_only=False)
         timer.lap("forward-backward-time")
+        self._empty_cuda_cache(level=1)
         update_ok, grad_norm, num_zeros = self.optimizer.step()
         timer.lap("optimizer-time")
+        self._empty_cuda_cache(level=2)
         self._params_stale = self.cfg.train.overlap_param_gather
         t = self.cfg.train
         if update_ok:
@@ -510,6 +513,12 @@ class Trainer:
             self._check_finite("grad norm", grad_norm)
         return {"lm loss": lm_loss, "grad-norm": grad_norm, "num-zeros": num_zeros,
                 "skipped": not update_ok, **timer.times}
+
+    def _empty_cuda_cache(self, level: int) -> None:
+        """--empty-unused-memory-level: hand cached blocks back (less fragmentation for
+        other processes, at the cost of new allocations)."""
+        if self.cfg.train.empty_unused_memory_level >= level and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _check_finite(self, name: str, value: Optional[float]) -> None:
         if value is not None and not math.isfinite(value):
@@ -536,6 +545,8 @@ class Trainer:
         if dataset is None:
             return None
         t = self.cfg.train
+        if t.manual_gc and t.manual_gc_eval:
+            gc.collect()
         total, count = 0.0, 0
         its = [build_iterator(dataset, 0, t.micro_batch_size, self.rank.dp_rank, self.rank.dp_size,
                               attention_mask=self.cfg.data.reset_attention_mask)
@@ -545,10 +556,13 @@ class Trainer:
         for _ in range(self.cfg.logging.eval_iters):
             losses = self._forward_backward(its[0] if len(its) == 1 else its, forward_only=True)
             loss = self._reduce_lm_loss(losses)
+            self._empty_cuda_cache(level=1)
             if loss is not None:
                 total, count = total + loss, count + 1
         for m in self.ddp_chunks:
             m.train()
+        if t.manual_gc and t.manual_gc_eval:
+            gc.collect()
         return total / count if count else None
 
     # ---------------------------------------------------------------- loop
@@ -562,9 +576,16 @@ class Trainer:
         peak = peak_tflops()
         last_log_time, last_log_iter = time.perf_counter(), self.state.iteration
         loss_sum, loss_count = 0.0, 0
+        if t.manual_gc:
+            # As Megatron-LM: ranks collecting at different moments stall each other's
+            # collectives; all collect at the same iterations instead (close() turns it back on).
+            gc.disable()
+            gc.collect()
         while self.state.iteration < t.train_iters:
             out = self.train_step()
             it = self.state.iteration
+            if t.manual_gc and t.manual_gc_interval and it % t.manual_gc_interval == 0:
+                gc.collect()
             if out["lm loss"] is not None:
                 loss_sum, loss_count = loss_sum + out["lm loss"], loss_count + 1
             if self.tb is not None and it % lg.tensorboard_log_interval == 0:
@@ -715,6 +736,8 @@ class Trainer:
                 f.write(json.dumps(metrics) + "\n")
 
     def close(self) -> None:
+        if self.cfg.train.manual_gc:
+            gc.enable()
         if self.tb is not None:
             self.tb.close()
 

@@ -194,6 +194,10 @@ def test_build_gpt_datasets_from_preprocessed_data(gpt2_dataset, megatron_gpt2, 
     assert int(sample["tokens"].max()) < megatron_gpt2.vocab_size
     again, _, _ = build([gpt2_dataset], megatron_gpt2, tmp_path / "cache")  # cache hit
     assert again[3]["tokens"].tolist() == train[3]["tokens"].tolist()
+    unmapped, _, _ = build([gpt2_dataset], megatron_gpt2, tmp_path / "cache",
+                           mmap_bin_files=False)  # --no-mmap-bin-files: file reads
+    assert not unmapped.dataset.mmap
+    assert unmapped[3]["tokens"].tolist() == train[3]["tokens"].tolist()
     # Weighted blend in Megatron's "w1 p1 w2 p2" form, given as one string.
     blended, _, _ = build([f"0.3 {gpt2_dataset} 0.7 {gpt2_dataset}"], megatron_gpt2,
                           tmp_path / "cache")

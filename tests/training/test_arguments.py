@@ -400,6 +400,17 @@ def test_sample_based_schedule_flags_become_iterations():
     (["--train-iters", "4", "--weight-decay-incr-style", "cosine", "--end-weight-decay", "0.1"],
      "--weight-decay-incr-style cosine needs --start-weight-decay and --end-weight-decay"),
     (["--train-iters", "4", "--lr-warmup-init", "1"], "--lr-warmup-init 1.0 must be in [0, --lr"),
+    (["--train-iters", "4", "--no-position-embedding", "--position-embedding-type",
+      "learned_absolute"], "for a model without position embeddings give "
+                           "--position-embedding-type none"),
+    (["--train-iters", "4", "--use-rotary-position-embeddings", "--position-embedding-type",
+      "none"], "--use-rotary-position-embeddings and --position-embedding-type none contradict"),
+    (["--train-iters", "4", "--dataloader-type", "cyclic"], "--dataloader-type cyclic: "),
+    (["--train-iters", "4", "--distributed-backend", "nccl"], "--distributed-backend nccl: on "
+                                                              "this machine megastack runs gloo"),
+    (["--train-iters", "4", "--bf16", "--grad-reduce-in-bf16",
+      "--accumulate-allreduce-grads-in-fp32"], "contradict each other: keep one"),
+    (["--train-iters", "4", "--manual-gc-interval", "-1"], "--manual-gc-interval must be >= 0"),
     (["--train-iters", "4", "--tensorboard-log-interval", "0"],
      "--tensorboard-log-interval must be >= 1"),
     (["--train-iters", "4", "--rotary-percent", "0.5"], "--rotary-percent 0.5: only 1.0"),
@@ -440,6 +451,18 @@ def test_megatron_flags_asking_for_what_megastack_does_are_accepted(caplog):
     cfg = config(["--model", "tiny-4l", "--mock-data", "--train-iters", "2", "--bf16",
                   "--grad-reduce-in-bf16", "--distributed-timeout-minutes", "45"])
     assert cfg.train.grad_reduce_in_bf16 and cfg.train.distributed_timeout_minutes == 45
+    # Megatron-LM's Llama scripts: older spellings and switches with nothing to change.
+    base = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+            "--seq-length", "32", "--max-position-embeddings", "32", "--vocab-size", "128",
+            "--mock-data", "--train-iters", "2"]
+    assert config(base).model.position_embedding_type == "learned_absolute"
+    cfg = config(base + ["--use-rotary-position-embeddings", "--no-position-embedding",
+                         "--attention-softmax-in-fp32", "--no-persist-layer-norm",
+                         "--legacy-tokenizer", "--use-cpu-initialization",
+                         "--accumulate-allreduce-grads-in-fp32", "--distributed-backend", "gloo",
+                         "--dataloader-type", "single", "--no-mmap-bin-files",
+                         "--log-validation-ppl-to-tensorboard"])
+    assert cfg.model.position_embedding_type == "rope" and not cfg.data.mmap_bin_files
 
 
 def test_per_split_data_path_flags(tmp_path):

@@ -513,3 +513,20 @@ def test_warmup_init_and_weight_decay_schedule():
     wd = trainer.optimizer.param_groups
     decayed = [g["weight_decay"] for g in wd if g["weight_decay"] > 0]
     assert decayed and decayed[0] == pytest.approx(0.1)  # 4 of 4 iterations: the end value
+
+
+def test_manual_gc_collects_at_the_given_iterations_only(monkeypatch):
+    import gc
+
+    collected = []
+    trainer, tokenizer = make_trainer(["--train-iters", "4", "--manual-gc",
+                                       "--manual-gc-interval", "2", "--eval-interval", "4"])
+    trainer.setup(tokenizer)
+    monkeypatch.setattr(gc, "collect", lambda *a: collected.append(trainer.state.iteration))
+    trainer.train()
+    assert not gc.isenabled()
+    trainer.close()
+    assert gc.isenabled()
+    # Start, iterations 2 and 4, and before and after the two evaluations at 4 (validation,
+    # then the test split where training ends).
+    assert collected == [0, 2, 4, 4, 4, 4, 4]
