@@ -220,21 +220,23 @@ def write_latest(root: str, iteration: int) -> None:
     os.replace(latest_tmp, os.path.join(root, LATEST_FILE))
 
 
-def _materialize_adam_state(optimizer) -> None:
-    """Give every parameter an (empty) Adam state before loading into it.
+def _materialize_optimizer_state(optimizer) -> None:
+    """Give every parameter an (empty) optimizer state before loading into it.
 
-    Without Apex or Transformer Engine, megatron-core's optimizers use torch.optim.Adam, whose
-    state (and 'step') only exists after a first step, and the distributed optimizer's
-    `state_dict()` asserts on it. megatron-core's own init_state_fn creates the moments; 'step'
-    0 on top is exactly a fresh Adam.
+    Without Apex or Transformer Engine, megatron-core's optimizers use torch.optim.Adam (or SGD),
+    whose state (and Adam's 'step') only exists after a first step, and the distributed
+    optimizer's `state_dict()` asserts on it. The optimizer's init_state_fn creates the moments
+    (megatron-core's for Adam, megastack's for SGD's momentum); 'step' 0 on top is exactly a
+    fresh Adam.
     """
     for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
         torch_opt = getattr(opt, "optimizer", None)
         if torch_opt is None or getattr(opt, "init_state_fn", None) is None:
-            continue  # not Adam (e.g. SGD): nothing to create
+            continue  # an optimizer without state to create
         opt.init_state_fn(torch_opt, opt.config)
         for state in torch_opt.state.values():
-            state.setdefault("step", torch.tensor(0.0))
+            if "exp_avg" in state:
+                state.setdefault("step", torch.tensor(0.0))
 
 
 def load_checkpoint(
@@ -270,7 +272,7 @@ def load_checkpoint(
         check_scheduler(common["opt_param_scheduler"])
     state: dict[str, Any] = _model_state(chunks)
     if optimizer is not None:
-        _materialize_adam_state(optimizer)
+        _materialize_optimizer_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(
             _merged(dict(state)), is_loading=True, metadata=_OPTIM_METADATA
         )

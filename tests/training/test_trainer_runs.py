@@ -494,8 +494,11 @@ def test_sgd_trains_and_resumes_only_as_sgd(tmp_path):
     assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.5
     losses = train_losses(trainer)
     assert losses[2] < losses[1]
-    trainer = run(["--train-iters", "3", "--load", str(tmp_path)] + sgd)
-    assert sorted(train_losses(trainer)) == [3]
+    resumed = train_losses(run(["--train-iters", "3", "--load", str(tmp_path)] + sgd))
+    straight = train_losses(run(["--train-iters", "3"] + sgd))
+    assert sorted(resumed) == [3]
+    # The momentum buffers came back: iteration 3 is the straight run's.
+    assert resumed[3] == pytest.approx(straight[3], abs=1e-6)
     trainer, tokenizer = make_trainer(["--train-iters", "3", "--load", str(tmp_path)])
     with pytest.raises(ValueError, match="its optimizer state is sgd's, and this run uses "
                                          "--optimizer adam. Relaunch with --optimizer sgd"):
