@@ -150,8 +150,14 @@ def save_checkpoint(
     scheduler=None,
     common: Optional[dict[str, Any]] = None,
     args: Optional[argparse.Namespace] = None,
+    fully_parallel: bool = True,
+    assume_constant_structure: bool = False,
 ) -> str:
-    """Collectively save a checkpoint; returns the final directory."""
+    """Collectively save a checkpoint; returns the final directory.
+
+    `fully_parallel` (Megatron-LM's --ckpt-fully-parallel-save): the data-parallel replicas
+    split the writing of the tensors they all hold, instead of the first replica writing them
+    all; `assume_constant_structure` reuses that split for every later save."""
     from megatron.core import dist_checkpointing
 
     final = checkpoint_dir(root, iteration)
@@ -179,13 +185,58 @@ def save_checkpoint(
         state["args"] = args
     state.update(common or {})
 
-    dist_checkpointing.save(state, tmp, validate_access_integrity=True)
+    dist_checkpointing.save(state, tmp, validate_access_integrity=True,
+                            sharded_strategy=_save_strategy(fully_parallel,
+                                                            assume_constant_structure))
     dist.barrier()
     if rank == 0:
         _publish(root, tmp, final, iteration)
     dist.barrier()
     logger.info("saved checkpoint %s", final)
     return final
+
+
+# One wrapper per run with --ckpt-assume-constant-structure: it caches the split it computed.
+_cached_save_strategy: Optional[Any] = None
+
+
+def _save_strategy(fully_parallel: bool, assume_constant_structure: bool):
+    """megatron-core's torch_dist save strategy, wrapped to split the work over the
+    data-parallel replicas (as Megatron-LM does); None: megatron-core's default."""
+    global _cached_save_strategy
+    from megatron.core import parallel_state
+    from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import (
+        FullyParallelSaveStrategyWrapper,
+    )
+
+    if not fully_parallel or parallel_state.get_data_parallel_world_size() == 1:
+        return None
+    if assume_constant_structure and _cached_save_strategy is not None:
+        return _cached_save_strategy
+    strategy = FullyParallelSaveStrategyWrapper(
+        get_default_save_sharded_strategy(),
+        parallel_state.get_data_parallel_group(with_context_parallel=True),
+        assume_constant_structure)
+    if assume_constant_structure:
+        _cached_save_strategy = strategy
+    return strategy
+
+
+def _load_strategy(ckpt: str, fully_parallel: bool):
+    """With `fully_parallel` (--ckpt-fully-parallel-load) the data-parallel replicas each read
+    part of what they all need and exchange it; None: every rank reads its own."""
+    from megatron.core import parallel_state
+    from megatron.core.dist_checkpointing.serialization import get_default_load_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import (
+        FullyParallelLoadStrategyWrapper,
+    )
+
+    if not fully_parallel or parallel_state.get_data_parallel_world_size() == 1:
+        return None
+    return FullyParallelLoadStrategyWrapper(
+        get_default_load_sharded_strategy(ckpt),
+        parallel_state.get_data_parallel_group(with_context_parallel=True))
 
 
 def _merged(model_sd: dict[str, Any]) -> dict[str, Any]:
@@ -247,6 +298,7 @@ def load_checkpoint(
     load_rng: bool = True,
     check_scheduler: Optional[Callable[[dict[str, Any]], None]] = None,
     check_common: Optional[Callable[[dict[str, Any]], None]] = None,
+    fully_parallel: bool = False,
 ) -> dict[str, Any]:
     """Collectively load model (and optionally optimizer, scheduler, RNG) state.
 
@@ -286,7 +338,8 @@ def load_checkpoint(
     elif load_rng:
         logger.info("layout changed from %s to %s: RNG state is re-seeded, not restored",
                     common.get("rng_layout"), list(layout))
-    loaded = dist_checkpointing.load(state, ckpt)
+    loaded = dist_checkpointing.load(state, ckpt,
+                                     sharded_strategy=_load_strategy(ckpt, fully_parallel))
     if len(chunks) == 1:
         chunks[0].load_state_dict(loaded["model"], strict=True)
     else:

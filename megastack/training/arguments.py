@@ -96,6 +96,9 @@ class CheckpointConfig:
     exit_interval: Optional[int] = None
     exit_duration_in_mins: Optional[float] = None
     exit_signal: Optional[str] = None  # with --exit-signal-handler: the signal that stops
+    fully_parallel_save: bool = True
+    fully_parallel_load: bool = False
+    assume_constant_structure: bool = False
 
 
 @dataclass(frozen=True)
@@ -350,6 +353,17 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--exit-interval", type=int,
                    help="stop (after saving) at the first iteration that is a multiple of this "
                         "(Megatron-LM's rule, also after a resume)")
+    g.add_argument("--ckpt-fully-parallel-save", dest="ckpt_fully_parallel_save",
+                   action="store_true", default=True,
+                   help="data-parallel replicas split the writing of a checkpoint (default)")
+    g.add_argument("--no-ckpt-fully-parallel-save", dest="ckpt_fully_parallel_save",
+                   action="store_false", help="the first data-parallel replica writes it all")
+    g.add_argument("--ckpt-fully-parallel-load", action="store_true",
+                   help="data-parallel replicas split the reading of a checkpoint and exchange "
+                        "what they read")
+    g.add_argument("--ckpt-assume-constant-structure", action="store_true",
+                   help="plan the split of the writing once and reuse it for later saves (the "
+                        "model and optimizer must not change shape during the run)")
     g.add_argument("--exit-signal-handler", action="store_true",
                    help="on --exit-signal, save and stop at the end of the iteration (e.g. "
                         "Slurm's --signal ahead of a job's time limit, or a preemption)")
@@ -882,6 +896,9 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         finetune=args.finetune, exit_interval=args.exit_interval,
         exit_duration_in_mins=args.exit_duration_in_mins,
         exit_signal=args.exit_signal if args.exit_signal_handler else None,
+        fully_parallel_save=args.ckpt_fully_parallel_save,
+        fully_parallel_load=args.ckpt_fully_parallel_load,
+        assume_constant_structure=args.ckpt_assume_constant_structure,
     )
     logging_cfg = LoggingConfig(
         log_interval=args.log_interval, eval_interval=args.eval_interval,

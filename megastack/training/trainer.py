@@ -315,6 +315,7 @@ class Trainer:
             load_rng=not (finetune or c.no_load_rng),
             check_scheduler=partial(self._check_scheduler_matches, path),
             check_common=partial(self._check_checkpoint_matches, path, load_optim),
+            fully_parallel=c.fully_parallel_load,
         )
         if not finetune:
             self.state.iteration = int(common.get("iteration", 0))
@@ -457,8 +458,11 @@ class Trainer:
                 **(extra or {}),
             },
         }
+        c = self.cfg.checkpoint
         path = ckpt.save_checkpoint(root, self.state.iteration, self.chunks, self.optimizer,
-                                    self.scheduler, common=common, args=self.args)
+                                    self.scheduler, common=common, args=self.args,
+                                    fully_parallel=c.fully_parallel_save,
+                                    assume_constant_structure=c.assume_constant_structure)
         self.last_saved_iteration = self.state.iteration
         return path
 

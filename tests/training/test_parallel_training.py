@@ -32,16 +32,36 @@ def _assert_same(reference, values, iters, tol):
 
 def test_tp1_pp2_dp2_interleaved_matches_one_rank(one_rank, tmp_path):
     """With the overlapped reductions and gathers, which the interleaved schedule starts for
-    every model chunk itself (Megatron-LM's aligned parameter gathers)."""
-    metrics = tmp_path / "m.jsonl"
-    run_pretrain(TINY + ITERS + ["--pipeline-model-parallel-size", "2",
-                                 "--num-layers-per-virtual-pipeline-stage", "1",
-                                 "--use-distributed-optimizer", "--overlap-grad-reduce",
-                                 "--overlap-param-gather", "--eval-interval", "4"],
-                 nproc=4, metrics=metrics)
-    _assert_same(one_rank["loss"], read_metrics(metrics), range(1, 7), 1e-4)
+    every model chunk itself (Megatron-LM's aligned parameter gathers); stopped at 3 and resumed
+    from a checkpoint the data-parallel replicas wrote and read together (fully parallel save
+    and load)."""
+    metrics, save = tmp_path / "m.jsonl", tmp_path / "ckpt"
+    common = TINY + ITERS + ["--pipeline-model-parallel-size", "2",
+                             "--num-layers-per-virtual-pipeline-stage", "1",
+                             "--use-distributed-optimizer", "--overlap-grad-reduce",
+                             "--overlap-param-gather", "--eval-interval", "4", "--save", str(save)]
+    run_pretrain(common + ["--exit-interval", "3"], nproc=4, metrics=metrics)
+    assert _ranks_writing_weights(save / "iter_0000003") == {0, 1, 2, 3}
+    run_pretrain(common + ["--load", str(save), "--ckpt-fully-parallel-load"], nproc=4,
+                 metrics=metrics)
+    losses = read_metrics(metrics)
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+    _assert_same(one_rank["loss"], losses, range(1, 7), 1e-4)
     _assert_same(one_rank["validation"], read_metrics(metrics, "lm loss validation"), [4, 6],
                  1e-4)
+
+
+def _ranks_writing_weights(checkpoint_dir) -> set[int]:
+    """The ranks whose shard files (__RANK_N.distcp) hold model weights: neither optimizer
+    state nor per-rank RNG records. Without the fully parallel save only the first data-parallel
+    replica of each stage writes weights (here {0, 2})."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    metadata = FileSystemReader(str(checkpoint_dir)).read_metadata()
+    return {int(info.relative_path.split("_")[2]) for index, info in metadata.storage_data.items()
+            if not index.fqn.startswith("optimizer")
+            and isinstance(metadata.state_dict_metadata[index.fqn], TensorStorageMetadata)}
 
 
 def test_tp2_pp2_dp2_matches_one_rank(one_rank, tmp_path):
@@ -75,13 +95,15 @@ def test_overlapped_grad_reduce_and_param_gather_match_one_rank(one_rank, tmp_pa
     """--overlap-grad-reduce and --overlap-param-gather at DP 2 with several buckets (each
     bucket's reduce-scatter started during the backward, its all-gather during the next forward):
     the same losses, evaluations, and weights in the checkpoint of iteration 6 (saved right after
-    the step, before any forward pass gathered the other rank's shards). The wiring itself is
-    checked in test_trainer_runs.py."""
+    the step, before any forward pass gathered the other rank's shards; its writing split over
+    both replicas as planned for the save at 3). The wiring itself is checked in
+    test_trainer_runs.py."""
     metrics = tmp_path / "m.jsonl"
     run_pretrain(TINY + ITERS + ["--use-distributed-optimizer", "--overlap-grad-reduce",
                                  "--overlap-param-gather", "--ddp-bucket-size", "20000",
                                  "--eval-interval", "4", "--save", str(tmp_path / "ckpt"),
-                                 "--save-interval", "3"], nproc=2, metrics=metrics)
+                                 "--save-interval", "3", "--ckpt-assume-constant-structure"],
+                 nproc=2, metrics=metrics)
     _assert_same(one_rank["loss"], read_metrics(metrics), range(1, 7), 1e-4)
     _assert_same(one_rank["grad-norm"], read_metrics(metrics, "grad-norm"), range(1, 7), 1e-4)
     validation = read_metrics(metrics, "lm loss validation")
