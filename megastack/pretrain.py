@@ -99,7 +99,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"megastack.pretrain: error: {e}", file=sys.stderr)
             return 1
         if cfg.growth is None:  # a growth run saves and closes each phase itself
-            if (cfg.checkpoint.save and run.state.iteration == cfg.train.train_iters
+            if (cfg.checkpoint.save and not cfg.train.skip_train
+                    and run.state.iteration == cfg.train.train_iters
                     and run.last_saved_iteration != run.state.iteration):
                 run.save()
             run.close()

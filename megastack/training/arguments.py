@@ -61,6 +61,7 @@ class TrainConfig:
     manual_gc_interval: int = 0
     manual_gc_eval: bool = True
     empty_unused_memory_level: int = 0
+    skip_train: bool = False
     start_weight_decay: Optional[float] = None  # None: --weight-decay (constant style)
     end_weight_decay: Optional[float] = None
 
@@ -276,6 +277,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--empty-unused-memory-level", type=int, default=0, choices=[0, 1, 2],
                    help="release cached CUDA memory after each forward-backward (1) and also "
                         "after each optimizer step (2)")
+    g.add_argument("--skip-train", action="store_true",
+                   help="no training: evaluate the --load checkpoint on the validation and test "
+                        "splits (--eval-iters batches) and exit")
     g.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
     g.add_argument("--sgd-momentum", type=float, default=0.9)
     g.add_argument("--adam-beta1", type=float, default=0.9)
@@ -878,7 +882,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         start_weight_decay=args.start_weight_decay, end_weight_decay=args.end_weight_decay,
         manual_gc=args.manual_gc, manual_gc_interval=args.manual_gc_interval,
         manual_gc_eval=args.manual_gc_eval,
-        empty_unused_memory_level=args.empty_unused_memory_level,
+        empty_unused_memory_level=args.empty_unused_memory_level, skip_train=args.skip_train,
     )
     data = DataConfig(
         data_path=tuple(args.data_path), per_split_data_path=per_split_data_path(args),
@@ -912,6 +916,11 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         log_loss_scale_to_tensorboard=args.log_loss_scale_to_tensorboard,
     )
     growth = growth_config_from_args(args, model, parallel, gbs)
+    _check(not (args.skip_train and growth is not None),
+           "--skip-train evaluates one model: drop --grow-at-tokens (evaluate the grown "
+           "checkpoint with --load instead)")
+    _check(not args.skip_train or args.eval_iters > 0,
+           "--skip-train only evaluates: give --eval-iters > 0")
     if args.reset_attention_mask:
         from megastack.layer_impl import resolve_transformer_impl
 

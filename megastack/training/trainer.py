@@ -574,6 +574,10 @@ class Trainer:
         """Train until --train-iters, evaluating, logging and saving on the way."""
         cfg = self.cfg
         t, lg = cfg.train, cfg.logging
+        if t.skip_train:
+            # Megatron-LM's --skip-train: the loaded weights on the validation and test splits.
+            self._evaluate_splits()
+            return self.state
         seq = cfg.model.seq_length
         world = self.rank.world_size
         flops_per_token = cfg.model.flops_per_token()
@@ -669,7 +673,11 @@ class Trainer:
     def _final_eval(self) -> None:
         """Like Megatron-LM, evaluate once more where training stops, unless just done or
         --eval-interval 0 turned evaluation off."""
-        if self.cfg.logging.eval_iters > 0 and self.cfg.logging.eval_interval > 0:
+        if self.cfg.logging.eval_interval > 0:
+            self._evaluate_splits()
+
+    def _evaluate_splits(self) -> None:
+        if self.cfg.logging.eval_iters > 0:
             self._log_eval(self.state.iteration)
             if self.test_at_end and self.datasets[2] is not None:
                 loss = self.evaluate(split=2)

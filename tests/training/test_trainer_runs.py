@@ -533,3 +533,15 @@ def test_manual_gc_collects_at_the_given_iterations_only(monkeypatch):
     # Start, iterations 2 and 4, and before and after the two evaluations at 4 (validation,
     # then the test split where training ends).
     assert collected == [0, 2, 4, 4, 4, 4, 4]
+
+
+def test_skip_train_evaluates_the_loaded_checkpoint(tmp_path):
+    trained = run(["--train-iters", "2", "--save", str(tmp_path)])
+    final = {k: v for m in trained.state.history for k, v in m.items() if k.startswith("lm loss ")}
+    evaluated = run(["--train-iters", "2", "--load", str(tmp_path), "--skip-train"])
+    assert [m["iteration"] for m in evaluated.state.history] == [2, 2]  # validation, test
+    assert not train_losses(evaluated)
+    got = {k: v for m in evaluated.state.history for k, v in m.items() if k.startswith("lm loss ")}
+    assert set(got) == {"lm loss validation", "lm loss validation ppl", "lm loss test",
+                        "lm loss test ppl"}
+    assert got == pytest.approx(final, rel=1e-6)
