@@ -152,6 +152,7 @@ def save_checkpoint(
     args: Optional[argparse.Namespace] = None,
     fully_parallel: bool = True,
     assume_constant_structure: bool = False,
+    save_rng: bool = True,
 ) -> str:
     """Collectively save a checkpoint; returns the final directory.
 
@@ -176,9 +177,10 @@ def save_checkpoint(
         )
     if scheduler is not None:
         state["opt_param_scheduler"] = scheduler.state_dict()
-    layout, coords = _layout_coords()
-    state["rng_state"] = _rng_state(layout, coords)
-    state["rng_layout"] = list(layout)
+    if save_rng:
+        layout, coords = _layout_coords()
+        state["rng_state"] = _rng_state(layout, coords)
+        state["rng_layout"] = list(layout)
     state["iteration"] = iteration
     state["checkpoint_version"] = CHECKPOINT_VERSION
     if args is not None:

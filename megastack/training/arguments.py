@@ -93,6 +93,8 @@ class CheckpointConfig:
     save_interval: Optional[int] = None
     no_load_optim: bool = False
     no_load_rng: bool = False
+    no_save_optim: bool = False
+    no_save_rng: bool = False
     finetune: bool = False
     exit_interval: Optional[int] = None
     exit_duration_in_mins: Optional[float] = None
@@ -352,6 +354,11 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save-interval", type=int)
     g.add_argument("--no-load-optim", action="store_true")
     g.add_argument("--no-load-rng", action="store_true")
+    g.add_argument("--no-save-optim", action="store_true",
+                   help="save the weights without the optimizer state and LR schedule (a resume "
+                        "from such a checkpoint starts them fresh)")
+    g.add_argument("--no-save-rng", action="store_true",
+                   help="save no RNG state (a resume seeds from --seed)")
     g.add_argument("--finetune", action="store_true",
                    help="load weights only; start at iteration 0 with a fresh optimizer")
     g.add_argument("--exit-interval", type=int,
@@ -897,6 +904,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     checkpoint = CheckpointConfig(
         save=args.save, load=args.load, save_interval=args.save_interval,
         no_load_optim=args.no_load_optim, no_load_rng=args.no_load_rng,
+        no_save_optim=args.no_save_optim, no_save_rng=args.no_save_rng,
         finetune=args.finetune, exit_interval=args.exit_interval,
         exit_duration_in_mins=args.exit_duration_in_mins,
         exit_signal=args.exit_signal if args.exit_signal_handler else None,

@@ -459,10 +459,13 @@ class Trainer:
             },
         }
         c = self.cfg.checkpoint
-        path = ckpt.save_checkpoint(root, self.state.iteration, self.chunks, self.optimizer,
-                                    self.scheduler, common=common, args=self.args,
+        path = ckpt.save_checkpoint(root, self.state.iteration, self.chunks,
+                                    None if c.no_save_optim else self.optimizer,
+                                    None if c.no_save_optim else self.scheduler,
+                                    common=common, args=self.args,
                                     fully_parallel=c.fully_parallel_save,
-                                    assume_constant_structure=c.assume_constant_structure)
+                                    assume_constant_structure=c.assume_constant_structure,
+                                    save_rng=not c.no_save_rng)
         self.last_saved_iteration = self.state.iteration
         return path
 

@@ -545,3 +545,20 @@ def test_skip_train_evaluates_the_loaded_checkpoint(tmp_path):
     assert set(got) == {"lm loss validation", "lm loss validation ppl", "lm loss test",
                         "lm loss test ppl"}
     assert got == pytest.approx(final, rel=1e-6)
+
+
+def test_no_save_optim_and_rng_write_the_weights_only(tmp_path, caplog):
+    from megastack.checkpoint.dist_reader import DistCheckpointReader, single_process_dcp
+
+    run(["--train-iters", "2", "--save", str(tmp_path), "--no-save-optim", "--no-save-rng"])
+    with single_process_dcp():
+        reader = DistCheckpointReader(str(tmp_path / "iter_0000002"))
+        keys = reader.tensor_keys() + reader.object_keys()
+    assert any(k.startswith("decoder.") for k in keys)
+    assert not [k for k in keys if k.startswith(("optimizer", "rng_state"))]
+    with caplog.at_level(logging.INFO):
+        resumed = run(["--train-iters", "3", "--load", str(tmp_path),
+                       "--override-opt_param-scheduler"])
+    assert sorted(train_losses(resumed)) == [3]
+    assert "holds no optimizer state: starting a fresh optimizer" in caplog.text
+    assert "holds no RNG state" in caplog.text
