@@ -56,6 +56,7 @@ def build_model_chunks(
     recompute_granularity: Optional[str] = None,
     recompute_method: Optional[str] = None,
     recompute_num_layers: Optional[int] = None,
+    calculate_per_token_loss: bool = False,
 ) -> list[torch.nn.Module]:
     """Build this rank's GPTModel chunks (one per virtual pipeline stage), initialised.
 
@@ -80,6 +81,7 @@ def build_model_chunks(
         recompute_granularity=recompute_granularity,
         recompute_method=recompute_method,
         recompute_num_layers=recompute_num_layers,
+        calculate_per_token_loss=calculate_per_token_loss,
         # Megatron's own init also tags tensor-parallel parameters (weights built with
         # perform_initialization=False miss the tags and get wrong grad norms under TP);
         # the layout-invariant init below then overwrites the values.

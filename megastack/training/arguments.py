@@ -62,6 +62,7 @@ class TrainConfig:
     manual_gc_eval: bool = True
     empty_unused_memory_level: int = 0
     skip_train: bool = False
+    calculate_per_token_loss: bool = False
     start_weight_decay: Optional[float] = None  # None: --weight-decay (constant style)
     end_weight_decay: Optional[float] = None
 
@@ -279,6 +280,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--empty-unused-memory-level", type=int, default=0, choices=[0, 1, 2],
                    help="release cached CUDA memory after each forward-backward (1) and also "
                         "after each optimizer step (2)")
+    g.add_argument("--calculate-per-token-loss", action="store_true",
+                   help="the loss is the mean over all loss tokens of the global batch (default: "
+                        "the mean of each micro-batch's token mean)")
     g.add_argument("--skip-train", action="store_true",
                    help="no training: evaluate the --load checkpoint on the validation and test "
                         "splits (--eval-iters batches) and exit")
@@ -890,6 +894,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         manual_gc=args.manual_gc, manual_gc_interval=args.manual_gc_interval,
         manual_gc_eval=args.manual_gc_eval,
         empty_unused_memory_level=args.empty_unused_memory_level, skip_train=args.skip_train,
+        calculate_per_token_loss=args.calculate_per_token_loss,
     )
     data = DataConfig(
         data_path=tuple(args.data_path), per_split_data_path=per_split_data_path(args),

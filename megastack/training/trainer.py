@@ -169,6 +169,7 @@ class Trainer:
             recompute_granularity=cfg.train.recompute_granularity,
             recompute_method=cfg.train.recompute_method,
             recompute_num_layers=cfg.train.recompute_num_layers,
+            calculate_per_token_loss=cfg.train.calculate_per_token_loss,
         )
         self.ddp_chunks = self._wrap_ddp(self.chunks)
         self.optimizer = self._build_optimizer()

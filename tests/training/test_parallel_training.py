@@ -66,8 +66,11 @@ def _ranks_writing_weights(checkpoint_dir) -> set[int]:
 
 def test_tp2_pp2_dp2_matches_one_rank(one_rank, tmp_path):
     metrics = tmp_path / "m.jsonl"
+    # --calculate-per-token-loss: with every token counted (no --eod-mask-loss) the same
+    # objective, its normalisation done once over the data-parallel ranks' tokens instead.
     run_pretrain(TINY + ITERS + ["--tensor-model-parallel-size", "2",
-                                 "--pipeline-model-parallel-size", "2", "--log-params-norm"],
+                                 "--pipeline-model-parallel-size", "2", "--log-params-norm",
+                                 "--calculate-per-token-loss"],
                  nproc=8, metrics=metrics)
     _assert_same(one_rank["loss"], read_metrics(metrics), range(1, 6), 1e-4)
     # Tensor-parallel weights must be counted once each in the global grad and weight norms.

@@ -562,3 +562,18 @@ def test_no_save_optim_and_rng_write_the_weights_only(tmp_path, caplog):
     assert sorted(train_losses(resumed)) == [3]
     assert "holds no optimizer state: starting a fresh optimizer" in caplog.text
     assert "holds no RNG state" in caplog.text
+
+
+def test_per_token_loss_does_not_depend_on_the_micro_batching():
+    """--calculate-per-token-loss: one mean over the global batch's loss tokens, so splitting the
+    batch into micro-batches with different numbers of loss tokens (--eod-mask-loss) changes
+    nothing; the default mean of micro-batch means does change."""
+    def grad_norm(mbs, *extra):
+        trainer = run(["--train-iters", "1", "--eod-mask-loss", "--micro-batch-size", mbs,
+                       *extra])
+        return trainer.state.history[0]["grad-norm"]
+
+    per_token = [grad_norm(mbs, "--calculate-per-token-loss") for mbs in ("1", "4")]
+    assert per_token[0] == pytest.approx(per_token[1], rel=1e-5)
+    default = [grad_norm(mbs) for mbs in ("1", "4")]
+    assert default[0] != pytest.approx(default[1], rel=1e-4)
