@@ -119,6 +119,11 @@ class LoggingConfig:
     log_memory_to_tensorboard: bool = False
     log_world_size_to_tensorboard: bool = False
     log_loss_scale_to_tensorboard: bool = False
+    profile: bool = False
+    use_pytorch_profiler: bool = False
+    profile_step_start: int = 10
+    profile_step_end: int = 12
+    profile_ranks: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True)
@@ -415,6 +420,15 @@ def add_logging_args(p: argparse.ArgumentParser) -> None:
                    help="write the forward-backward and optimizer times of each iteration")
     g.add_argument("--log-memory-to-tensorboard", action="store_true",
                    help="write the CUDA memory counters (nothing on CPU)")
+    g.add_argument("--profile", action="store_true",
+                   help="profile iterations [--profile-step-start, --profile-step-end): with "
+                        "--use-pytorch-profiler a trace in --tensorboard-dir, else an Nsight "
+                        "Systems capture range (nsys profile --capture-range=cudaProfilerApi)")
+    g.add_argument("--use-pytorch-profiler", action="store_true")
+    g.add_argument("--profile-step-start", type=int, default=10)
+    g.add_argument("--profile-step-end", type=int, default=12)
+    g.add_argument("--profile-ranks", type=int, nargs="+", default=[0],
+                   help="global ranks that profile (default 0)")
     g.add_argument("--log-world-size-to-tensorboard", action="store_true")
     g.add_argument("--log-loss-scale-to-tensorboard", action="store_true",
                    help="write the loss scale (1 in bf16 and fp32 training)")
@@ -821,6 +835,19 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _check(args.log_interval >= 1, "--log-interval must be >= 1")
     _check(args.tensorboard_log_interval >= 1, "--tensorboard-log-interval must be >= 1")
     _check(args.manual_gc_interval >= 0, "--manual-gc-interval must be >= 0")
+    if args.profile:
+        _check(1 <= args.profile_step_start < args.profile_step_end,
+               f"--profile-step-start {args.profile_step_start} and --profile-step-end "
+               f"{args.profile_step_end}: the window is [start, end) with 1 <= start < end")
+        _check(not args.use_pytorch_profiler or args.tensorboard_dir,
+               "--profile --use-pytorch-profiler writes its trace into --tensorboard-dir: give "
+               "one")
+        if not args.use_pytorch_profiler:
+            import torch  # only here: tools/plan.py imports this module without torch
+
+            _check(torch.cuda.is_available(),
+                   "--profile without --use-pytorch-profiler marks an Nsight Systems capture "
+                   "range, which needs CUDA: add --use-pytorch-profiler on CPU")
     _check(0 <= args.lr_warmup_init <= args.lr,
            f"--lr-warmup-init {args.lr_warmup_init} must be in [0, --lr {args.lr}]")
     _check(args.optimizer == "adam" or not args.use_distributed_optimizer,
@@ -927,6 +954,9 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         log_memory_to_tensorboard=args.log_memory_to_tensorboard,
         log_world_size_to_tensorboard=args.log_world_size_to_tensorboard,
         log_loss_scale_to_tensorboard=args.log_loss_scale_to_tensorboard,
+        profile=args.profile, use_pytorch_profiler=args.use_pytorch_profiler,
+        profile_step_start=args.profile_step_start, profile_step_end=args.profile_step_end,
+        profile_ranks=tuple(args.profile_ranks),
     )
     growth = growth_config_from_args(args, model, parallel, gbs)
     _check(not (args.skip_train and growth is not None),

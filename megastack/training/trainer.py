@@ -576,26 +576,48 @@ class Trainer:
     # ---------------------------------------------------------------- loop
     def train(self) -> TrainState:
         """Train until --train-iters, evaluating, logging and saving on the way."""
-        cfg = self.cfg
-        t, lg = cfg.train, cfg.logging
+        t = self.cfg.train
         if t.skip_train:
             # Megatron-LM's --skip-train: the loaded weights on the validation and test splits.
             self._evaluate_splits()
             return self.state
+        if t.manual_gc:
+            # As Megatron-LM: ranks collecting at different moments stall each other's
+            # collectives; all collect at the same iterations instead (close() turns it back on).
+            gc.disable()
+            gc.collect()
+        profiler = self._profiler()
+        try:
+            return self._train_loop(profiler)
+        finally:
+            if profiler is not None:
+                profiler.close()
+
+    def _profiler(self):
+        lg = self.cfg.logging
+        if not lg.profile or self.rank.rank not in lg.profile_ranks:
+            return None
+        from megastack.training.profiling import StepProfiler
+
+        return StepProfiler(lg.profile_step_start, lg.profile_step_end, lg.use_pytorch_profiler,
+                            lg.tensorboard_dir)
+
+    def _train_loop(self, profiler) -> TrainState:
+        cfg = self.cfg
+        t, lg = cfg.train, cfg.logging
         seq = cfg.model.seq_length
         world = self.rank.world_size
         flops_per_token = cfg.model.flops_per_token()
         peak = peak_tflops()
         last_log_time, last_log_iter = time.perf_counter(), self.state.iteration
         loss_sum, loss_count = 0.0, 0
-        if t.manual_gc:
-            # As Megatron-LM: ranks collecting at different moments stall each other's
-            # collectives; all collect at the same iterations instead (close() turns it back on).
-            gc.disable()
-            gc.collect()
         while self.state.iteration < t.train_iters:
+            if profiler is not None:
+                profiler.begin(self.state.iteration + 1)
             out = self.train_step()
             it = self.state.iteration
+            if profiler is not None:
+                profiler.end(it)
             if t.manual_gc and t.manual_gc_interval and it % t.manual_gc_interval == 0:
                 gc.collect()
             if out["lm loss"] is not None:

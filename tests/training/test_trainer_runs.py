@@ -1,5 +1,6 @@
 """Short in-process training runs (one gloo process, tiny-2l, mock data) of Trainer fixes."""
 
+import json
 import logging
 import math
 
@@ -577,3 +578,16 @@ def test_per_token_loss_does_not_depend_on_the_micro_batching():
     assert per_token[0] == pytest.approx(per_token[1], rel=1e-5)
     default = [grad_norm(mbs) for mbs in ("1", "4")]
     assert default[0] != pytest.approx(default[1], rel=1e-4)
+
+
+def test_pytorch_profiler_traces_the_window(tmp_path):
+    trainer = run(["--train-iters", "4", "--tensorboard-dir", str(tmp_path), "--profile",
+                   "--use-pytorch-profiler", "--profile-step-start", "2",
+                   "--profile-step-end", "4"])
+    assert trainer.state.iteration == 4
+    traces = list(tmp_path.glob("*.pt.trace.json"))
+    assert len(traces) == 1
+    trace = json.loads(traces[0].read_text())
+    # Two profiled iterations: ProfilerStep#1 and #2 (step 0 was the warm-up, iteration 1).
+    steps = {e["name"] for e in trace["traceEvents"] if e.get("name", "").startswith("ProfilerStep")}
+    assert steps == {"ProfilerStep#1", "ProfilerStep#2"}
