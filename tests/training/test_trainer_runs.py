@@ -591,3 +591,13 @@ def test_pytorch_profiler_traces_the_window(tmp_path):
     # Two profiled iterations: ProfilerStep#1 and #2 (step 0 was the warm-up, iteration 1).
     steps = {e["name"] for e in trace["traceEvents"] if e.get("name", "").startswith("ProfilerStep")}
     assert steps == {"ProfilerStep#1", "ProfilerStep#2"}
+
+
+@pytest.mark.gpu
+def test_nsight_capture_range_opens_and_closes():
+    """Without nsys attached cudaProfilerStart/Stop do nothing; the run must go through the
+    window (NVTX ranges on) and close it."""
+    trainer = run(["--train-iters", "3", "--profile", "--profile-step-start", "1",
+                   "--profile-step-end", "3"])
+    assert trainer.state.iteration == 3
+    assert not torch.autograd._profiler_enabled()
