@@ -46,6 +46,21 @@ def select_layer_spec(impl: str = "auto"):
     return impl, get_gpt_layer_local_spec()
 
 
+def pipeline_p2p_options(parallel: ParallelConfig, vp_size: Optional[int], overlap: bool,
+                         cuda: bool) -> dict[str, bool]:
+    """megatron-core's pipeline send/receive settings for a layout."""
+    # As Megatron-LM (--no-overlap-p2p-communication turns it off): the interleaved schedule
+    # overlaps its sends and receives with compute; the other schedules cannot.
+    overlap = overlap and vp_size is not None
+    # gloo matches messages between two ranks in posting order; batched p2p posts send_prev
+    # before send_next, which with PP=2 (prev == next) and interleaving swaps activations and
+    # gradients (Megatron-LM refuses that case on NCCL too). The unbatched path orders them by
+    # rank parity; overlapped p2p is unbatched by definition.
+    batch = (cuda and not overlap
+             and not (vp_size is not None and parallel.pipeline_model_parallel_size == 2))
+    return {"overlap_p2p_comm": overlap, "batch_p2p_comm": batch}
+
+
 def build_model_chunks(
     model_cfg: ModelConfig,
     parallel: ParallelConfig,
@@ -57,6 +72,7 @@ def build_model_chunks(
     recompute_method: Optional[str] = None,
     recompute_num_layers: Optional[int] = None,
     calculate_per_token_loss: bool = False,
+    overlap_p2p_comm: bool = True,
 ) -> list[torch.nn.Module]:
     """Build this rank's GPTModel chunks (one per virtual pipeline stage), initialised.
 
@@ -73,6 +89,7 @@ def build_model_chunks(
         raise ValueError("--recompute-granularity full needs a CUDA device; on CPU use "
                          "--recompute-granularity selective or leave it out")
     impl, spec = select_layer_spec(transformer_impl)
+    vp_size = parallel.virtual_pipeline_size(model_cfg.num_layers)
     config = to_transformer_config(
         model_cfg,
         parallel,
@@ -86,12 +103,8 @@ def build_model_chunks(
         # perform_initialization=False miss the tags and get wrong grad norms under TP);
         # the layout-invariant init below then overwrites the values.
         perform_initialization=True,
-        # gloo matches messages between two ranks in posting order; batched p2p posts
-        # send_prev before send_next, which with PP=2 (prev == next) and interleaving swaps
-        # activations and gradients. The unbatched path orders them by rank parity.
-        batch_p2p_comm=torch.cuda.is_available(),
+        **pipeline_p2p_options(parallel, vp_size, overlap_p2p_comm, torch.cuda.is_available()),
     )
-    vp_size = parallel.virtual_pipeline_size(model_cfg.num_layers)
     chunks = []
     for vp_stage in range(vp_size or 1):
         stage = vp_stage if vp_size else None

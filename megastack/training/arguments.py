@@ -49,6 +49,7 @@ class TrainConfig:
     overlap_grad_reduce: bool = False
     overlap_param_gather: bool = False
     align_param_gather: bool = True  # applies with --overlap-param-gather and interleaving
+    overlap_p2p_comm: bool = True  # applies with interleaving
     ddp_bucket_size: Optional[int] = None
     grad_reduce_in_bf16: bool = False
     distributed_timeout_minutes: int = 10
@@ -206,6 +207,12 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
                    help="stop with an error at a NaN or infinite loss or gradient norm (default)")
     g.add_argument("--no-check-for-nan-in-loss-and-grad", dest="check_for_nan_in_loss_and_grad",
                    action="store_false", help="train on through NaN or infinite values")
+    g.add_argument("--overlap-p2p-communication", dest="overlap_p2p_comm", action="store_true",
+                   default=True,
+                   help="with an interleaved schedule, overlap the pipeline's sends and receives "
+                        "with compute (default, as in Megatron-LM)")
+    g.add_argument("--no-overlap-p2p-communication", dest="overlap_p2p_comm",
+                   action="store_false")
     g.add_argument("--grad-reduce-in-bf16", action="store_true",
                    help="reduce gradients over data parallelism in bf16 (default fp32)")
     g.add_argument("--distributed-timeout-minutes", type=int, default=10,
@@ -911,7 +918,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,
         overlap_grad_reduce=args.overlap_grad_reduce, ddp_bucket_size=args.ddp_bucket_size,
         overlap_param_gather=args.overlap_param_gather,
-        align_param_gather=args.align_param_gather,
+        align_param_gather=args.align_param_gather, overlap_p2p_comm=args.overlap_p2p_comm,
         grad_reduce_in_bf16=args.grad_reduce_in_bf16,
         distributed_timeout_minutes=args.distributed_timeout_minutes,
         check_for_nan_in_loss_and_grad=args.check_for_nan_in_loss_and_grad,

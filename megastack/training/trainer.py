@@ -170,6 +170,7 @@ class Trainer:
             recompute_method=cfg.train.recompute_method,
             recompute_num_layers=cfg.train.recompute_num_layers,
             calculate_per_token_loss=cfg.train.calculate_per_token_loss,
+            overlap_p2p_comm=cfg.train.overlap_p2p_comm,
         )
         self.ddp_chunks = self._wrap_ddp(self.chunks)
         self.optimizer = self._build_optimizer()
