@@ -488,12 +488,44 @@ ALWAYS_SO_FLAGS = {
 
 # Megatron-LM flags megastack cannot honour: refused with the reason and what to use instead,
 # rather than argparse's bare "unrecognized arguments".
-UNSUPPORTED_FLAGS = {
-    "fp16": ("--fp16", "fp16 with loss scaling is not implemented: use --bf16"),
+UNSUPPORTED_FLAGS = {  # attr: (flag, why and what instead, number of values it takes)
+    "fp16": ("--fp16", "fp16 with loss scaling is not implemented: use --bf16", 0),
     "rampup_batch_size": ("--rampup-batch-size", "batch-size ramp-up is not implemented: use a "
-                          "fixed --global-batch-size"),
+                          "fixed --global-batch-size", 3),
     "use_flash_attn": ("--use-flash-attn", "the attention kernel comes with --transformer-impl "
-                       "(Transformer Engine picks flash attention when it can): drop it"),
+                       "(Transformer Engine picks flash attention when it can): drop it", 0),
+    "fp8_format": ("--fp8-format", "FP8 training is not implemented: use --bf16", 1),
+    "tp_comm_overlap": ("--tp-comm-overlap", "Transformer Engine's userbuffer overlap of the "
+                        "tensor-parallel communication is not wired: drop it", 0),
+    "async_save": ("--async-save", "checkpoints are written synchronously (by all data-parallel "
+                   "replicas together): drop it", 0),
+    "non_persistent_save_interval": ("--non-persistent-save-interval", "only persistent "
+                                     "checkpoints are written: use --save-interval", 1),
+    "qk_layernorm": ("--qk-layernorm", "query/key normalisation is not among megastack's "
+                     "architectures (nor its growth operators)", 0),
+    "apply_layernorm_1p": ("--apply-layernorm-1p", "zero-centred norm weights are not among "
+                           "megastack's architectures", 0),
+    "init_method_xavier_uniform": ("--init-method-xavier-uniform", "weights are initialised "
+                                   "normal with --init-method-std", 0),
+    "decoder_first_pipeline_num_layers": (
+        "--decoder-first-pipeline-num-layers", "uneven pipeline stages are not implemented: "
+        "every stage holds --num-layers / --pipeline-model-parallel-size layers", 1),
+    "decoder_last_pipeline_num_layers": (
+        "--decoder-last-pipeline-num-layers", "uneven pipeline stages are not implemented: "
+        "every stage holds --num-layers / --pipeline-model-parallel-size layers", 1),
+    "account_for_embedding_in_pipeline_split": (
+        "--account-for-embedding-in-pipeline-split", "uneven pipeline stages are not "
+        "implemented: every stage holds --num-layers / --pipeline-model-parallel-size layers", 0),
+    "account_for_loss_in_pipeline_split": (
+        "--account-for-loss-in-pipeline-split", "uneven pipeline stages are not implemented: "
+        "every stage holds --num-layers / --pipeline-model-parallel-size layers", 0),
+    "num_experts": ("--num-experts", "megastack trains dense GPT models (mixture-of-experts "
+                    "layers are not implemented)", 1),
+    "use_torch_fsdp2": ("--use-torch-fsdp2", "FSDP is not implemented: use "
+                        "--use-distributed-optimizer (ZeRO-1) with tensor/pipeline parallelism", 0),
+    "use_megatron_fsdp": ("--use-megatron-fsdp", "FSDP is not implemented: use "
+                          "--use-distributed-optimizer (ZeRO-1) with tensor/pipeline "
+                          "parallelism", 0),
 }
 
 
@@ -501,8 +533,7 @@ def add_megatron_compat_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Megatron-LM flags with nothing to change here")
     for attr, (flag, why) in ALWAYS_SO_FLAGS.items():
         g.add_argument(flag, dest=attr, action="store_true", help=why)
-    for attr, (flag, _) in UNSUPPORTED_FLAGS.items():
-        nargs = 3 if attr == "rampup_batch_size" else 0
+    for attr, (flag, _, nargs) in UNSUPPORTED_FLAGS.items():
         if nargs:
             p.add_argument(flag, dest=attr, nargs=nargs, help=argparse.SUPPRESS)
         else:
@@ -752,7 +783,7 @@ def _check_interleaved_microbatches(parallel: ParallelConfig, model: ModelConfig
 
 
 def _check_megatron_compat(args: argparse.Namespace, model: ModelConfig) -> None:
-    for attr, (flag, why) in UNSUPPORTED_FLAGS.items():
+    for attr, (flag, why, _) in UNSUPPORTED_FLAGS.items():
         _check(not getattr(args, attr), f"{flag}: {why}")
     _check(args.kv_channels is None or args.kv_channels == model.kv_channels,
            f"--kv-channels {args.kv_channels}: megastack's heads are --hidden-size / "

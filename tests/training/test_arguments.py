@@ -387,6 +387,12 @@ def test_sample_based_schedule_flags_become_iterations():
      "give one of --lr-warmup-fraction, --lr-warmup-iters"),
     (["--train-iters", "4", "--lr-warmup-fraction", "1.5"], "--lr-warmup-fraction must be in [0, 1)"),
     (["--train-iters", "4", "--fp16"], "--fp16: fp16 with loss scaling is not implemented: use --bf16"),
+    (["--train-iters", "4", "--fp8-format", "hybrid"], "--fp8-format: FP8 training is not"),
+    (["--train-iters", "4", "--num-experts", "8"], "--num-experts: megastack trains dense GPT"),
+    (["--train-iters", "4", "--decoder-first-pipeline-num-layers", "3"],
+     "--decoder-first-pipeline-num-layers: uneven pipeline stages are not implemented"),
+    (["--train-iters", "4", "--async-save"], "--async-save: checkpoints are written "
+                                             "synchronously"),
     (["--train-iters", "4", "--rampup-batch-size", "16", "16", "1000"], "--rampup-batch-size: "),
     (["--train-iters", "4", "--overlap-param-gather", "--overlap-grad-reduce"],
      "--overlap-param-gather gathers the distributed optimizer's parameter shards"),
