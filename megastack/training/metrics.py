@@ -1,8 +1,9 @@
-"""Training metrics: throughput, model FLOPs utilisation, and the TensorBoard writer."""
+"""Training metrics: throughput, MFU, weight norm, step timers, and the TensorBoard writer."""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Optional
 
 import torch
@@ -51,6 +52,25 @@ def cuda_memory_scalars() -> dict[str, float]:
             "mem-allocated-bytes": stats["allocated_bytes.all.current"],
             "mem-max-allocated-bytes": stats["allocated_bytes.all.peak"],
             "mem-allocated-count": stats["allocation.all.current"]}
+
+
+class StepTimer:
+    """--log-timers-to-tensorboard: seconds between laps (the device synchronised first)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.times: dict[str, float] = {}
+        self._last = self._now() if enabled else 0.0
+
+    def _now(self) -> float:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.enabled:
+            now = self._now()
+            self.times[name], self._last = now - self._last, now
 
 
 class TensorBoardWriter:

@@ -27,11 +27,11 @@ from megastack import runtime
 from megastack.checkpoint import training_checkpoint as ckpt
 from megastack.config import ModelConfig
 from megastack.model import build_model_chunks
-from megastack.training.arguments import PretrainConfig
 from megastack.training import exit_signal
+from megastack.training.arguments import PretrainConfig
 from megastack.training.data_iterators import build_iterator
-from megastack.training.metrics import (TensorBoardWriter, cuda_memory_scalars, params_l2_norm,
-                                        peak_tflops)
+from megastack.training.metrics import (StepTimer, TensorBoardWriter, cuda_memory_scalars,
+                                        params_l2_norm, peak_tflops)
 
 logger = logging.getLogger(__name__)
 
@@ -42,25 +42,6 @@ _PROCESS_START = time.time()
 
 # Written to TensorBoard every --tensorboard-log-interval from the iteration's own values.
 _PER_ITERATION_TAGS = ("lm loss", "learning-rate", "grad-norm", "num-zeros")
-
-
-class _StepTimer:
-    """--log-timers-to-tensorboard: seconds between laps (the device synchronised first)."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.times: dict[str, float] = {}
-        self._last = self._now() if enabled else 0.0
-
-    def _now(self) -> float:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        if self.enabled:
-            now = self._now()
-            self.times[name], self._last = now - self._last, now
 
 
 def _init_sgd_state(opt: torch.optim.Optimizer, config=None) -> None:
@@ -502,7 +483,7 @@ class Trainer:
         for m in self.ddp_chunks:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
-        timer = _StepTimer(self.cfg.logging.log_timers_to_tensorboard)
+        timer = StepTimer(self.cfg.logging.log_timers_to_tensorboard)
         losses = self._forward_backward(self.train_iterators, forward_only=False)
         timer.lap("forward-backward-time")
         self._empty_cuda_cache(level=1)
