@@ -120,6 +120,7 @@ class LoggingConfig:
     log_memory_to_tensorboard: bool = False
     log_world_size_to_tensorboard: bool = False
     log_loss_scale_to_tensorboard: bool = False
+    log_progress: bool = False
     profile: bool = False
     use_pytorch_profiler: bool = False
     profile_step_start: int = 10
@@ -427,6 +428,9 @@ def add_logging_args(p: argparse.ArgumentParser) -> None:
                    help="write the forward-backward and optimizer times of each iteration")
     g.add_argument("--log-memory-to-tensorboard", action="store_true",
                    help="write the CUDA memory counters (nothing on CPU)")
+    g.add_argument("--log-progress", action="store_true",
+                   help="append the iteration, throughput, FLOPs and tokens at the job's start "
+                        "and at every checkpoint to progress.txt in --save")
     g.add_argument("--profile", action="store_true",
                    help="profile iterations [--profile-step-start, --profile-step-end): with "
                         "--use-pytorch-profiler a trace in --tensorboard-dir, else an Nsight "
@@ -873,6 +877,8 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _check(args.log_interval >= 1, "--log-interval must be >= 1")
     _check(args.tensorboard_log_interval >= 1, "--tensorboard-log-interval must be >= 1")
     _check(args.manual_gc_interval >= 0, "--manual-gc-interval must be >= 0")
+    _check(not args.log_progress or args.save,
+           "--log-progress writes progress.txt into the --save directory: give --save")
     if args.profile:
         _check(1 <= args.profile_step_start < args.profile_step_end,
                f"--profile-step-start {args.profile_step_start} and --profile-step-end "
@@ -992,6 +998,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         log_memory_to_tensorboard=args.log_memory_to_tensorboard,
         log_world_size_to_tensorboard=args.log_world_size_to_tensorboard,
         log_loss_scale_to_tensorboard=args.log_loss_scale_to_tensorboard,
+        log_progress=args.log_progress,
         profile=args.profile, use_pytorch_profiler=args.use_pytorch_profiler,
         profile_step_start=args.profile_step_start, profile_step_end=args.profile_step_end,
         profile_ranks=tuple(args.profile_ranks),

@@ -270,8 +270,9 @@ class GrowthRun:
             _mark_saved_if_loaded_from_save(self.large, load)
             return self
         self.small = Trainer(self.small_cfg, self.args, metrics_file=self.metrics_file,
-                             total_train_samples=self.total_samples,
-                             phase_name="small").setup(self.tokenizer, load=load, finetune=False)
+                             total_train_samples=self.total_samples, phase_name="small")
+        self.small.progress_dir = cfg.checkpoint.save  # one progress.txt for both phases
+        self.small.setup(self.tokenizer, load=load, finetune=False)
         if resume == "small":
             _mark_saved_if_loaded_from_save(self.small, load)
         return self

@@ -61,6 +61,11 @@ class TrainingDiverged(RuntimeError):
 class TrainState:
     iteration: int = 0
     consumed_train_samples: int = 0
+    # Model FLOPs and training seconds of the whole run (kept in checkpoints) and of this job.
+    floating_point_operations: float = 0.0
+    train_seconds: float = 0.0
+    job_floating_point_operations: float = 0.0
+    job_train_seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)  # logged metrics, per log
 
 
@@ -134,6 +139,8 @@ class Trainer:
         # --overlap-param-gather: after an optimizer step each rank holds only its own updated
         # shard until the next forward pass gathers the rest (see gather_params).
         self._params_stale = False
+        # --log-progress: where progress.txt goes (default --save; a growth run's root).
+        self.progress_dir: Optional[str] = None
 
     # ---------------------------------------------------------------- setup
     def setup(self, tokenizer=None, datasets=None, load: Optional[str] = None,
@@ -162,10 +169,17 @@ class Trainer:
         if load:
             self._load(load, finetune)
         if start_state is not None:
-            self.state.iteration = start_state.iteration
-            self.state.consumed_train_samples = start_state.consumed_train_samples
+            self.state = dataclasses.replace(start_state, history=[])
         self.datasets = datasets if datasets is not None else self._build_datasets(tokenizer)
         self.train_iterators = self._iterators(self.datasets[0], self.state.consumed_train_samples)
+        self.progress = None
+        if cfg.logging.log_progress:
+            from megastack.training.progress import ProgressLog
+
+            self.progress = ProgressLog(self.progress_dir or cfg.checkpoint.save,
+                                        self.rank.world_size, writer=self.rank.rank == 0)
+            if start_state is None:  # not the second phase of a growth run: a new job
+                self.progress.job_started(self.state.iteration)
         if self.rank.is_logging_rank:
             self.tb = TensorBoardWriter(cfg.logging.tensorboard_dir,
                                         cfg.logging.tensorboard_queue_size)
@@ -308,6 +322,9 @@ class Trainer:
                 # checkpoint would start the data stream over at sample 0.
                 consumed = getattr(common.get("args"), "consumed_train_samples", 0)
             self.state.consumed_train_samples = int(consumed)
+            self.state.floating_point_operations = float(
+                common.get("num_floating_point_operations_so_far", 0.0))
+            self.state.train_seconds = float(common.get("train_seconds_so_far", 0.0))
         if load_optim:
             # Megatron DDP keeps its own fp32 copy for the distributed optimizer: resync it.
             for m in self.ddp_chunks:
@@ -434,6 +451,9 @@ class Trainer:
         self.gather_params()
         common = {
             "consumed_train_samples": self.state.consumed_train_samples,
+            # Megatron-LM's name; with the seconds, --log-progress's cumulative throughput.
+            "num_floating_point_operations_so_far": self.state.floating_point_operations,
+            "train_seconds_so_far": self.state.train_seconds,
             "megastack": {
                 "model": self.cfg.model.to_dict(),
                 "parallel": dataclasses.asdict(self.cfg.parallel),
@@ -450,6 +470,12 @@ class Trainer:
                                     assume_constant_structure=c.assume_constant_structure,
                                     save_rng=not c.no_save_rng)
         self.last_saved_iteration = self.state.iteration
+        if self.progress is not None:
+            st = self.state
+            self.progress.checkpoint_saved(
+                st.iteration, st.job_floating_point_operations, st.job_train_seconds,
+                st.floating_point_operations, st.train_seconds,
+                st.consumed_train_samples * self.cfg.model.seq_length)
         return path
 
     # ---------------------------------------------------------------- steps
@@ -575,6 +601,13 @@ class Trainer:
             if profiler is not None:
                 profiler.close()
 
+    def _count_step(self, flops: float, seconds: float) -> None:
+        st = self.state
+        st.floating_point_operations += flops
+        st.job_floating_point_operations += flops
+        st.train_seconds += seconds
+        st.job_train_seconds += seconds
+
     def _profiler(self):
         lg = self.cfg.logging
         if not lg.profile or self.rank.rank not in lg.profile_ranks:
@@ -593,11 +626,14 @@ class Trainer:
         peak = peak_tflops()
         last_log_time, last_log_iter = time.perf_counter(), self.state.iteration
         loss_sum, loss_count = 0.0, 0
+        step_flops = flops_per_token * t.global_batch_size * seq
         while self.state.iteration < t.train_iters:
             if profiler is not None:
                 profiler.begin(self.state.iteration + 1)
+            step_start = time.perf_counter()
             out = self.train_step()
             it = self.state.iteration
+            self._count_step(step_flops, time.perf_counter() - step_start)
             if profiler is not None:
                 profiler.end(it)
             if t.manual_gc and t.manual_gc_interval and it % t.manual_gc_interval == 0:

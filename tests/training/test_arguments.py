@@ -422,6 +422,8 @@ def test_sample_based_schedule_flags_become_iterations():
     (["--train-iters", "4", "--profile", "--use-pytorch-profiler"],
      "writes its trace into --tensorboard-dir"),
     (["--train-iters", "4", "--profile"], "add --use-pytorch-profiler on CPU"),
+    (["--train-iters", "4", "--log-progress"], "--log-progress writes progress.txt into the "
+                                               "--save directory: give --save"),
     (["--train-iters", "4", "--skip-train", "--eval-iters", "0"],
      "--skip-train only evaluates: give --eval-iters > 0"),
     (["--train-iters", "4", "--save", "s", "--grow-at-tokens", "256", "--stacking-list", "0-3*2",

@@ -16,7 +16,8 @@ def test_grow_in_one_run_with_tensorboard(tmp_path):
                   "--eval-interval", "4", "--eval-iters", "2", "--save", str(save),
                   "--tensorboard-dir", str(tb), "--grow-at-tokens", "1024",
                   "--stacking-list", "0-1*2", "--target-num-layers", "4",
-                  "--lr-after-growth", "5e-4", "--lr-warmup-iters-after-growth", "2"],
+                  "--lr-after-growth", "5e-4", "--lr-warmup-iters-after-growth", "2",
+                  "--log-progress"],
                  nproc=1, metrics=metrics)
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     small = read_metrics(metrics, phase="small")
@@ -31,6 +32,19 @@ def test_grow_in_one_run_with_tensorboard(tmp_path):
     assert lrs[5] == pytest.approx(2.5e-4) and lrs[6] == pytest.approx(5e-4)
     assert (save / "grown" / "iter_0000000" / "metadata.json").exists()
     assert (save / "latest_checkpointed_iteration.txt").read_text() == "8"
+    # One progress.txt for both phases; the FLOPs count the small model's 4 iterations and the
+    # grown model's 4.
+    progress = [line.split("\t") for line in (save / "progress.txt").read_text().splitlines()]
+    assert [(f[3], f[4]) for f in progress] == [("Starting job", "Iteration: 0"),
+                                                ("Saved checkpoint", "Iteration: 4"),
+                                                ("Saved checkpoint", "Iteration: 8")]
+    from megastack.config import PRESETS, ModelConfig
+
+    tokens_per_step = 4 * 64
+    flops = 4 * tokens_per_step * (ModelConfig(**PRESETS["tiny-2l"]).flops_per_token()
+                                   + ModelConfig(**{**PRESETS["tiny-2l"], "num_layers": 4})
+                                   .flops_per_token())
+    assert float(progress[-1][7].split(": ")[1]) == pytest.approx(flops, rel=1e-3)
     # The test split once, where the run ends, as in Megatron-LM (not at the growth point).
     assert [(r.get("phase"), r["iteration"]) for r in records if "lm loss test" in r] == [
         ("large", 8)]

@@ -601,3 +601,23 @@ def test_nsight_capture_range_opens_and_closes():
                    "--profile-step-end", "3"])
     assert trainer.state.iteration == 3
     assert not torch.autograd._profiler_enabled()
+
+
+def test_log_progress_spans_jobs(tmp_path):
+    """Megatron-LM's progress.txt: a line when a job starts and at every checkpoint; the run's
+    FLOPs and tokens carry over a resume in the checkpoint."""
+    common = ["--train-iters", "6", "--save", str(tmp_path), "--save-interval", "2",
+              "--log-progress"]
+    first = run(common + ["--exit-interval", "4"])
+    run(common + ["--load", str(tmp_path)])
+    lines = [dict(f.split(": ", 1) for f in line.split("\t")[1:] if ": " in f) | {
+        "event": line.split("\t")[3]} for line in (tmp_path / "progress.txt").read_text().splitlines()]
+    assert [(e["event"], e["Iteration"]) for e in lines] == [
+        ("Starting job", "0"), ("Saved checkpoint", "2"), ("Saved checkpoint", "4"),
+        ("Starting job", "4"), ("Saved checkpoint", "6")]
+    cfg = first.cfg
+    step_flops = cfg.model.flops_per_token() * cfg.train.global_batch_size * cfg.model.seq_length
+    assert float(lines[-1]["Floating-point operations"]) == pytest.approx(6 * step_flops, rel=1e-4)
+    assert float(lines[-1]["Tokens (in billions)"]) * 1e9 == pytest.approx(
+        6 * cfg.train.global_batch_size * cfg.model.seq_length, abs=1)
+    assert all(e["Job throughput"].endswith("TFLOP/s/GPU") for e in lines if "Job throughput" in e)
