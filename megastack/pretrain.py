@@ -89,7 +89,6 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"megastack.pretrain: error: {e}", file=sys.stderr)
             return 2
         from megastack.training.exit_signal import exit_signal_handler
-
         from megastack.training.trainer import TrainingDiverged
 
         try:

@@ -206,20 +206,18 @@ def _save_strategy(fully_parallel: bool, assume_constant_structure: bool):
     """megatron-core's torch_dist save strategy, wrapped to split the work over the
     data-parallel replicas (as Megatron-LM does); None: megatron-core's default."""
     global _cached_save_strategy
-    from megatron.core import parallel_state
     from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
     from megatron.core.dist_checkpointing.strategies.fully_parallel import (
         FullyParallelSaveStrategyWrapper,
     )
 
-    if not fully_parallel or parallel_state.get_data_parallel_world_size() == 1:
+    group = _replica_group(fully_parallel)
+    if group is None:
         return None
     if assume_constant_structure and _cached_save_strategy is not None:
         return _cached_save_strategy
-    strategy = FullyParallelSaveStrategyWrapper(
-        get_default_save_sharded_strategy(),
-        parallel_state.get_data_parallel_group(with_context_parallel=True),
-        assume_constant_structure)
+    strategy = FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy(), group,
+                                                assume_constant_structure)
     if assume_constant_structure:
         _cached_save_strategy = strategy
     return strategy
@@ -228,17 +226,25 @@ def _save_strategy(fully_parallel: bool, assume_constant_structure: bool):
 def _load_strategy(ckpt: str, fully_parallel: bool):
     """With `fully_parallel` (--ckpt-fully-parallel-load) the data-parallel replicas each read
     part of what they all need and exchange it; None: every rank reads its own."""
-    from megatron.core import parallel_state
     from megatron.core.dist_checkpointing.serialization import get_default_load_sharded_strategy
     from megatron.core.dist_checkpointing.strategies.fully_parallel import (
         FullyParallelLoadStrategyWrapper,
     )
 
+    group = _replica_group(fully_parallel)
+    if group is None:
+        return None
+    return FullyParallelLoadStrategyWrapper(get_default_load_sharded_strategy(ckpt), group)
+
+
+def _replica_group(fully_parallel: bool):
+    """The data-parallel group that shares a fully parallel save or load; None when there is
+    nothing to share (turned off, or one replica)."""
+    from megatron.core import parallel_state
+
     if not fully_parallel or parallel_state.get_data_parallel_world_size() == 1:
         return None
-    return FullyParallelLoadStrategyWrapper(
-        get_default_load_sharded_strategy(ckpt),
-        parallel_state.get_data_parallel_group(with_context_parallel=True))
+    return parallel_state.get_data_parallel_group(with_context_parallel=True)
 
 
 def _merged(model_sd: dict[str, Any]) -> dict[str, Any]:

@@ -186,6 +186,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    choices=["auto", "local", "transformer_engine", "fused"])
 
 
+def _add_switch(group, name: str, on_help: str, off_help: str,
+                dest: Optional[str] = None) -> None:
+    """Megatron-LM's on-by-default switch: --NAME (the default) and --no-NAME."""
+    dest = dest or name.replace("-", "_")
+    group.add_argument(f"--{name}", dest=dest, action="store_true", default=True, help=on_help)
+    group.add_argument(f"--no-{name}", dest=dest, action="store_false", help=off_help)
+
+
 def add_parallel_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("parallelism")
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
@@ -204,16 +212,14 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
                    help="with --overlap-param-gather and an interleaved schedule: let each "
                         "pipeline stage start its parameter all-gathers when it needs them "
                         "instead of all stages at once")
-    g.add_argument("--check-for-nan-in-loss-and-grad", action="store_true", default=True,
-                   help="stop with an error at a NaN or infinite loss or gradient norm (default)")
-    g.add_argument("--no-check-for-nan-in-loss-and-grad", dest="check_for_nan_in_loss_and_grad",
-                   action="store_false", help="train on through NaN or infinite values")
-    g.add_argument("--overlap-p2p-communication", dest="overlap_p2p_comm", action="store_true",
-                   default=True,
-                   help="with an interleaved schedule, overlap the pipeline's sends and receives "
-                        "with compute (default, as in Megatron-LM)")
-    g.add_argument("--no-overlap-p2p-communication", dest="overlap_p2p_comm",
-                   action="store_false")
+    _add_switch(g, "check-for-nan-in-loss-and-grad",
+                "stop with an error at a NaN or infinite loss or gradient norm (default)",
+                "train on through NaN or infinite values")
+    _add_switch(g, "overlap-p2p-communication",
+                "with an interleaved schedule, overlap the pipeline's sends and receives with "
+                "compute (default, as in Megatron-LM)",
+                "send and receive between the interleaved schedule's steps",
+                dest="overlap_p2p_comm")
     g.add_argument("--grad-reduce-in-bf16", action="store_true",
                    help="reduce gradients over data parallelism in bf16 (default fp32)")
     g.add_argument("--distributed-timeout-minutes", type=int, default=10,
@@ -356,10 +362,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                         "--transformer-impl: Transformer Engine's causal attention takes no mask)")
     g.add_argument("--eod-mask-loss", action="store_true",
                    help="no loss on end-of-document tokens")
-    g.add_argument("--mmap-bin-files", action="store_true", default=True,
-                   help="memory-map the .bin files (default)")
-    g.add_argument("--no-mmap-bin-files", dest="mmap_bin_files", action="store_false",
-                   help="read the .bin files with file reads instead of memory-mapping them")
+    _add_switch(g, "mmap-bin-files", "memory-map the .bin files (default)",
+                "read the .bin files with file reads instead of memory-mapping them")
     g.add_argument("--dataloader-type", default="single", choices=["single", "cyclic", "external"],
                    help="only 'single': samples in order from the consumed position")
 
@@ -381,11 +385,9 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--exit-interval", type=int,
                    help="stop (after saving) at the first iteration that is a multiple of this "
                         "(Megatron-LM's rule, also after a resume)")
-    g.add_argument("--ckpt-fully-parallel-save", dest="ckpt_fully_parallel_save",
-                   action="store_true", default=True,
-                   help="data-parallel replicas split the writing of a checkpoint (default)")
-    g.add_argument("--no-ckpt-fully-parallel-save", dest="ckpt_fully_parallel_save",
-                   action="store_false", help="the first data-parallel replica writes it all")
+    _add_switch(g, "ckpt-fully-parallel-save",
+                "data-parallel replicas split the writing of a checkpoint (default)",
+                "the first data-parallel replica writes it all")
     g.add_argument("--ckpt-fully-parallel-load", action="store_true",
                    help="data-parallel replicas split the reading of a checkpoint and exchange "
                         "what they read")
@@ -492,6 +494,10 @@ ALWAYS_SO_FLAGS = {
 
 # Megatron-LM flags megastack cannot honour: refused with the reason and what to use instead,
 # rather than argparse's bare "unrecognized arguments".
+_EVEN_STAGES = ("uneven pipeline stages are not implemented: every stage holds --num-layers / "
+                "--pipeline-model-parallel-size layers")
+_NO_FSDP = ("FSDP is not implemented: use --use-distributed-optimizer (ZeRO-1) with "
+            "tensor/pipeline parallelism")
 UNSUPPORTED_FLAGS = {  # attr: (flag, why and what instead, number of values it takes)
     "fp16": ("--fp16", "fp16 with loss scaling is not implemented: use --bf16", 0),
     "rampup_batch_size": ("--rampup-batch-size", "batch-size ramp-up is not implemented: use a "
@@ -511,25 +517,17 @@ UNSUPPORTED_FLAGS = {  # attr: (flag, why and what instead, number of values it 
                            "megastack's architectures", 0),
     "init_method_xavier_uniform": ("--init-method-xavier-uniform", "weights are initialised "
                                    "normal with --init-method-std", 0),
-    "decoder_first_pipeline_num_layers": (
-        "--decoder-first-pipeline-num-layers", "uneven pipeline stages are not implemented: "
-        "every stage holds --num-layers / --pipeline-model-parallel-size layers", 1),
-    "decoder_last_pipeline_num_layers": (
-        "--decoder-last-pipeline-num-layers", "uneven pipeline stages are not implemented: "
-        "every stage holds --num-layers / --pipeline-model-parallel-size layers", 1),
-    "account_for_embedding_in_pipeline_split": (
-        "--account-for-embedding-in-pipeline-split", "uneven pipeline stages are not "
-        "implemented: every stage holds --num-layers / --pipeline-model-parallel-size layers", 0),
-    "account_for_loss_in_pipeline_split": (
-        "--account-for-loss-in-pipeline-split", "uneven pipeline stages are not implemented: "
-        "every stage holds --num-layers / --pipeline-model-parallel-size layers", 0),
+    "decoder_first_pipeline_num_layers": ("--decoder-first-pipeline-num-layers",
+                                          _EVEN_STAGES, 1),
+    "decoder_last_pipeline_num_layers": ("--decoder-last-pipeline-num-layers", _EVEN_STAGES, 1),
+    "account_for_embedding_in_pipeline_split": ("--account-for-embedding-in-pipeline-split",
+                                                _EVEN_STAGES, 0),
+    "account_for_loss_in_pipeline_split": ("--account-for-loss-in-pipeline-split",
+                                           _EVEN_STAGES, 0),
     "num_experts": ("--num-experts", "megastack trains dense GPT models (mixture-of-experts "
                     "layers are not implemented)", 1),
-    "use_torch_fsdp2": ("--use-torch-fsdp2", "FSDP is not implemented: use "
-                        "--use-distributed-optimizer (ZeRO-1) with tensor/pipeline parallelism", 0),
-    "use_megatron_fsdp": ("--use-megatron-fsdp", "FSDP is not implemented: use "
-                          "--use-distributed-optimizer (ZeRO-1) with tensor/pipeline "
-                          "parallelism", 0),
+    "use_torch_fsdp2": ("--use-torch-fsdp2", _NO_FSDP, 0),
+    "use_megatron_fsdp": ("--use-megatron-fsdp", _NO_FSDP, 0),
 }
 
 

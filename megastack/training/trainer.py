@@ -774,7 +774,6 @@ class Trainer:
                    and self._tb_steps.get(k) != step}
         self._tb_steps.update(dict.fromkeys(scalars, step))
         self.tb.scalars(scalars, step)
-        self.tb.flush()
 
     def _log(self, metrics: dict[str, float], tensorboard_skips: tuple[str, ...] = ()) -> None:
         """Loss lives on the last stage; the logging rank (the last rank) prints and records."""
@@ -787,6 +786,9 @@ class Trainer:
             skips = ("iteration", "phase", *tensorboard_skips)
             self._tensorboard({k: v for k, v in metrics.items() if k not in skips},
                               int(metrics["iteration"]))
+            # Per --log-interval, not per iteration: the per-iteration points wait in the
+            # writer's queue (--tensorboard-queue-size) like Megatron-LM's.
+            self.tb.flush()
         if self.metrics_file:
             with open(self.metrics_file, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
