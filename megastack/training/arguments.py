@@ -16,6 +16,7 @@ from typing import Optional
 
 from megastack.config import PRESETS, ModelConfig, ParallelConfig
 from megastack.paths import check_output_dir
+from megastack.training.batch_schedule import BatchSchedule, RampUp, check_rampup
 from megastack.training.exit_signal import SIGNALS as EXIT_SIGNALS
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,12 @@ class TrainConfig:
     calculate_per_token_loss: bool = False
     start_weight_decay: Optional[float] = None  # None: --weight-decay (constant style)
     end_weight_decay: Optional[float] = None
+    rampup_batch_size: Optional[RampUp] = None
+
+    def batch_schedule(self, data_parallel_size: int = 1) -> BatchSchedule:
+        """Each iteration's global batch; `data_parallel_size` only splits it in micro-batches."""
+        return BatchSchedule(self.global_batch_size, self.rampup_batch_size,
+                             self.micro_batch_size, data_parallel_size)
 
 
 @dataclass(frozen=True)
@@ -250,8 +257,12 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-tokens", type=token_count,
                    help="alternative to --train-iters: a count such as 3e11 or 300B")
     g.add_argument("--train-samples", type=int,
-                   help="alternative to --train-iters: sequences, as in Megatron-LM (iterations "
-                        "= samples // --global-batch-size)")
+                   help="alternative to --train-iters: sequences, as in Megatron-LM (the whole "
+                        "batches that fit)")
+    g.add_argument("--rampup-batch-size", nargs=3, type=int, metavar=("START", "INCR", "SAMPLES"),
+                   help="Megatron-LM's batch-size ramp-up: start with START sequences and add INCR "
+                        "every SAMPLES / ((--global-batch-size - START) / INCR) consumed samples "
+                        "until --global-batch-size")
     g.add_argument("--lr", type=float, default=3e-4)
     g.add_argument("--min-lr", type=float, default=0.0)
     g.add_argument("--lr-warmup-iters", type=int, default=0)
@@ -500,8 +511,6 @@ _NO_FSDP = ("FSDP is not implemented: use --use-distributed-optimizer (ZeRO-1) w
             "tensor/pipeline parallelism")
 UNSUPPORTED_FLAGS = {  # attr: (flag, why and what instead, number of values it takes)
     "fp16": ("--fp16", "fp16 with loss scaling is not implemented: use --bf16", 0),
-    "rampup_batch_size": ("--rampup-batch-size", "batch-size ramp-up is not implemented: use a "
-                          "fixed --global-batch-size", 3),
     "use_flash_attn": ("--use-flash-attn", "the attention kernel comes with --transformer-impl "
                        "(Transformer Engine picks flash attention when it can): drop it", 0),
     "fp8_format": ("--fp8-format", "FP8 training is not implemented: use --bf16", 1),
@@ -691,7 +700,7 @@ def _validate_data(args: argparse.Namespace) -> None:
                        f"without the extension (e.g. data/corpus_text_document)")
 
 
-def _schedule_lengths(args: argparse.Namespace, gbs: int,
+def _schedule_lengths(args: argparse.Namespace, batches: BatchSchedule,
                       train_iters: int) -> tuple[int, Optional[int]]:
     """(warmup iterations, decay iterations or None for --train-iters) from whichever of
     Megatron-LM's iteration, sample and fraction flags were given."""
@@ -708,17 +717,22 @@ def _schedule_lengths(args: argparse.Namespace, gbs: int,
         if args.lr_decay_samples is not None:
             _check(args.lr_decay_samples >= 1,
                    f"--lr-decay-samples must be >= 1, got {args.lr_decay_samples}")
-            decay = max(1, round(args.lr_decay_samples / gbs))
+            decay = max(1, batches.iterations_nearest(args.lr_decay_samples))
         if args.lr_warmup_samples is not None:
             _check(args.lr_warmup_samples >= 0,
                    f"--lr-warmup-samples must be >= 0, got {args.lr_warmup_samples}")
-            warmup = round(args.lr_warmup_samples / gbs)
+            warmup = batches.iterations_nearest(args.lr_warmup_samples)
     if args.lr_warmup_fraction is not None:
         _check(args.lr_warmup_iters == 0 and args.lr_warmup_samples is None,
                "give one of --lr-warmup-fraction, --lr-warmup-iters and --lr-warmup-samples")
         _check(0 <= args.lr_warmup_fraction < 1,
                f"--lr-warmup-fraction must be in [0, 1), got {args.lr_warmup_fraction}")
-        warmup = round(args.lr_warmup_fraction * (decay or train_iters))
+        decay_iters = decay or train_iters
+        if batches.rampup is None:
+            warmup = round(args.lr_warmup_fraction * decay_iters)
+        else:  # Megatron-LM's fraction is of the decay's samples, not of its iterations
+            warmup = batches.iterations_nearest(
+                args.lr_warmup_fraction * batches.samples_after(decay_iters))
     return warmup, decay
 
 
@@ -782,6 +796,20 @@ def _check_interleaved_microbatches(parallel: ParallelConfig, model: ModelConfig
            f"the interleaved schedule needs the number of micro-batches ({microbatches}) to be a "
            f"multiple of --{flag_prefix}pipeline-model-parallel-size {pp}: raise "
            f"--global-batch-size")
+
+
+def _check_rampup_layout(rampup: RampUp, gbs: int, mbs: int, dp: int, parallel: ParallelConfig,
+                         model: ModelConfig, layout: str = "", flag_prefix: str = "") -> None:
+    """Every batch size of the ramp must split into micro-batches at this layout."""
+    check_rampup(rampup, gbs, mbs, dp, layout)
+    if parallel.virtual_pipeline_size(model.num_layers) is not None:
+        pp = parallel.pipeline_model_parallel_size
+        start, incr = rampup[0] // (mbs * dp), rampup[1] // (mbs * dp)
+        _check(start % pp == 0 and incr % pp == 0,
+               f"--rampup-batch-size {' '.join(map(str, rampup))}: the interleaved schedule needs "
+               f"every batch of the ramp in a multiple of --{flag_prefix}pipeline-model-parallel-"
+               f"size {pp} micro-batches; the start is {start} and the increment {incr} "
+               f"micro-batches of {mbs * dp} sequences")
 
 
 def _check_megatron_compat(args: argparse.Namespace, model: ModelConfig) -> None:
@@ -859,6 +887,10 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
            f"--global-batch-size {gbs} is not divisible by --micro-batch-size {mbs} x data-parallel "
            f"size {dp}: use a global batch that is a multiple of {mbs * dp}")
     _check_interleaved_microbatches(parallel, model, gbs // (mbs * dp))
+    rampup = tuple(args.rampup_batch_size) if args.rampup_batch_size is not None else None
+    if rampup is not None:
+        _check_rampup_layout(rampup, gbs, mbs, dp, parallel, model)
+    batches = BatchSchedule(gbs, rampup)
     lengths = [flag for flag, value in (("--train-iters", args.train_iters),
                                         ("--train-samples", args.train_samples),
                                         ("--train-tokens", args.train_tokens)) if value is not None]
@@ -866,11 +898,11 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _check(len(lengths) == 1, f"give only one of {', '.join(lengths)}")
     train_iters = args.train_iters
     if args.train_samples is not None:
-        train_iters = args.train_samples // gbs  # Megatron-LM's rule
-        _check(train_iters >= 1, f"--train-samples {args.train_samples} is less than one "
-                                 f"--global-batch-size {gbs}")
+        train_iters = batches.iterations_within(args.train_samples)  # Megatron-LM's rule
+        _check(train_iters >= 1, f"--train-samples {args.train_samples} is less than the first "
+                                 f"global batch ({batches.batch_size(0)} samples)")
     elif args.train_tokens is not None:
-        train_iters = int(math.ceil(args.train_tokens / (gbs * model.seq_length)))
+        train_iters = batches.iterations_to_reach(math.ceil(args.train_tokens / model.seq_length))
     _check(train_iters >= 1, f"--train-iters must be >= 1, got {train_iters}")
     _check(args.log_interval >= 1, "--log-interval must be >= 1")
     _check(args.tensorboard_log_interval >= 1, "--tensorboard-log-interval must be >= 1")
@@ -909,7 +941,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
            f"--eval-interval must be >= 0 (0: no evaluation), got {args.eval_interval}")
     _check(args.eval_iters >= 0, f"--eval-iters must be >= 0, got {args.eval_iters}")
     recompute_num_layers = _validate_recompute(args)
-    warmup_iters, lr_decay_iters = _schedule_lengths(args, gbs, train_iters)
+    warmup_iters, lr_decay_iters = _schedule_lengths(args, batches, train_iters)
     _validate_schedule(args, train_iters, warmup_iters, lr_decay_iters)
     _check(args.distributed_timeout_minutes >= 1,
            f"--distributed-timeout-minutes must be >= 1, got {args.distributed_timeout_minutes}")
@@ -963,7 +995,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         manual_gc=args.manual_gc, manual_gc_interval=args.manual_gc_interval,
         manual_gc_eval=args.manual_gc_eval,
         empty_unused_memory_level=args.empty_unused_memory_level, skip_train=args.skip_train,
-        calculate_per_token_loss=args.calculate_per_token_loss,
+        calculate_per_token_loss=args.calculate_per_token_loss, rampup_batch_size=rampup,
     )
     data = DataConfig(
         data_path=tuple(args.data_path), per_split_data_path=per_split_data_path(args),
@@ -1001,7 +1033,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         profile_step_start=args.profile_step_start, profile_step_end=args.profile_step_end,
         profile_ranks=tuple(args.profile_ranks),
     )
-    growth = growth_config_from_args(args, model, parallel, gbs)
+    growth = growth_config_from_args(args, model, parallel, gbs, rampup)
     _check(not (args.skip_train and growth is not None),
            "--skip-train evaluates one model: drop --grow-at-tokens (evaluate the grown "
            "checkpoint with --load instead)")
@@ -1039,8 +1071,8 @@ _GROWTH_ONLY_FLAGS = {
 
 
 def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
-                            parallel: ParallelConfig,
-                            global_batch_size: int) -> Optional[GrowthConfig]:
+                            parallel: ParallelConfig, global_batch_size: int,
+                            rampup: Optional[RampUp] = None) -> Optional[GrowthConfig]:
     if args.grow_at_tokens is None:
         given = [flag for attr, flag in _GROWTH_ONLY_FLAGS.items()
                  if getattr(args, attr) is not None]
@@ -1096,6 +1128,9 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
            f"batch that is a multiple of {mbs * target_dp}")
     _check_interleaved_microbatches(target_parallel, target_model,
                                     global_batch_size // (mbs * target_dp), flag_prefix="target-")
+    if rampup is not None:
+        _check_rampup_layout(rampup, global_batch_size, mbs, target_dp, target_parallel,
+                             target_model, layout="the grown model's ", flag_prefix="target-")
     if args.growth_operator == "learn":
         _check(world_size == 1 and target_parallel.tensor_model_parallel_size == 1
                and target_parallel.pipeline_model_parallel_size == 1,

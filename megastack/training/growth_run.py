@@ -40,8 +40,9 @@ def growth_point_iterations(cfg: PretrainConfig) -> int:
     from megastack.growth.timing import growth_timing
 
     g = cfg.growth
-    tokens_per_iter = cfg.tokens_per_iteration
-    total_tokens = cfg.train.train_iters * tokens_per_iter
+    seq = cfg.model.seq_length
+    batches = cfg.train.batch_schedule()
+    total_tokens = batches.samples_after(cfg.train.train_iters) * seq
     grow_at = g.grow_at_tokens
     if grow_at is None:
         target = cfg.model.replace(num_layers=g.target_num_layers)
@@ -57,11 +58,11 @@ def growth_point_iterations(cfg: PretrainConfig) -> int:
         grow_at = int(timing.growth_tokens)
         logger.info("growth timing guideline: grow after %d tokens (g = %d)", grow_at,
                     timing.growth_factor)
-    iters = math.ceil(grow_at / tokens_per_iter)
+    iters = batches.iterations_to_reach(math.ceil(grow_at / seq))
     if not 1 <= iters < cfg.train.train_iters:
         raise ValueError(
-            f"--grow-at-tokens {grow_at} is {iters} iterations of {tokens_per_iter} tokens; it "
-            f"must fall inside the {cfg.train.train_iters} training iterations"
+            f"--grow-at-tokens {grow_at} is reached after {iters} iterations; it must fall "
+            f"inside the {cfg.train.train_iters} training iterations ({total_tokens} tokens)"
         )
     return iters
 
@@ -149,6 +150,9 @@ class _GrownTrainer(Trainer):
 
     def save(self, root: Optional[str] = None, extra: Optional[dict] = None) -> str:
         return super().save(root, extra={GROWN_AT: self.grown_at_iteration, **(extra or {})})
+
+    def schedule_start_iteration(self) -> int:
+        return self.grown_at_iteration  # the new LR schedule starts at the growth point
 
     def _build_datasets(self, tokenizer):
         # Only a resumed large phase builds datasets. The uninterrupted run uses the small
@@ -263,7 +267,7 @@ class GrowthRun:
         cfg = self.cfg
         self.small_iters = growth_point_iterations(cfg)
         self.small_cfg, self.large_cfg = _phase_configs(cfg, self.small_iters)
-        self.total_samples = cfg.train.train_iters * cfg.train.global_batch_size
+        self.total_samples = cfg.train.batch_schedule().samples_after(cfg.train.train_iters)
         resume, load = _resume_point(cfg, self.small_cfg, self.large_cfg, self.small_iters)
         if resume == "large":
             self.large = self._large_trainer().setup(self.tokenizer, load=load, finetune=False)

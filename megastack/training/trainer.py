@@ -127,7 +127,8 @@ class Trainer:
         self.metrics_file = metrics_file
         self.phase_name = phase_name
         # The dataset is sized for the whole run (both phases of a growth run share it).
-        self.total_train_samples = total_train_samples or cfg.train.train_iters * cfg.train.global_batch_size
+        self.total_train_samples = (total_train_samples
+                                    or cfg.train.batch_schedule().samples_after(cfg.train.train_iters))
         self.state = TrainState()
         self.rank: Optional[runtime.RankInfo] = None
         self.tb: Optional[TensorBoardWriter] = None
@@ -151,6 +152,7 @@ class Trainer:
         cfg = self.cfg
         self.rank = runtime.initialize(cfg.parallel, cfg.model.num_layers, cfg.train.seed,
                                        timeout_minutes=cfg.train.distributed_timeout_minutes)
+        self.batches = cfg.train.batch_schedule(self.rank.dp_size)
         self.chunks = build_model_chunks(
             cfg.model, cfg.parallel, seed=cfg.train.seed, bf16=cfg.train.bf16,
             transformer_impl=cfg.train.transformer_impl,
@@ -240,22 +242,36 @@ class Trainer:
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
         t = self.cfg.train
-        gbs = t.global_batch_size
+        origin = self.schedule_start_iteration()
+
+        def samples(iterations: int, after: int = 0) -> int:
+            """The scheduler counts samples (Megatron-LM's steps), the flags iterations."""
+            return self.batches.samples_between(origin + after, iterations)
+
         decay_iters = t.lr_decay_iters or t.train_iters
+        warmup_steps = samples(t.lr_warmup_iters)
         constant_wd = t.weight_decay_incr_style == "constant"
+        wsd = t.lr_wsd_decay_iters
         return OptimizerParamScheduler(
             self.optimizer, init_lr=t.lr_warmup_init, max_lr=t.lr, min_lr=t.min_lr,
-            lr_warmup_steps=t.lr_warmup_iters * gbs,
-            lr_decay_steps=max(decay_iters * gbs, t.lr_warmup_iters * gbs + 1),
+            lr_warmup_steps=warmup_steps,
+            lr_decay_steps=max(samples(decay_iters), warmup_steps + 1),
             lr_decay_style=t.lr_decay_style,
             start_wd=t.weight_decay if constant_wd else t.start_weight_decay,
             end_wd=t.weight_decay if constant_wd else t.end_weight_decay,
-            wd_incr_steps=t.train_iters * gbs, wd_incr_style=t.weight_decay_incr_style,
+            wd_incr_steps=samples(t.train_iters), wd_incr_style=t.weight_decay_incr_style,
             use_checkpoint_opt_param_scheduler=t.use_checkpoint_opt_param_scheduler,
             override_opt_param_scheduler=t.override_opt_param_scheduler,
-            wsd_decay_steps=t.lr_wsd_decay_iters * gbs if t.lr_wsd_decay_iters else None,
+            # The annealing is the decay's last `wsd` iterations.
+            wsd_decay_steps=samples(wsd, after=decay_iters - wsd) if wsd else None,
             lr_wsd_decay_style=t.lr_wsd_decay_style,
         )
+
+    def schedule_start_iteration(self) -> int:
+        """The iteration the LR schedule starts from (a growth run's large phase: the growth
+        point); with --rampup-batch-size, the batch sizes from there on set its length in
+        samples."""
+        return 0
 
     def _configure_schedule_hooks(self) -> None:
         from megatron.core.distributed import finalize_model_grads
@@ -479,16 +495,12 @@ class Trainer:
         return path
 
     # ---------------------------------------------------------------- steps
-    def _num_microbatches(self) -> int:
-        t = self.cfg.train
-        return t.global_batch_size // (t.micro_batch_size * self.rank.dp_size)
-
-    def _forward_backward(self, data_iterator, forward_only: bool):
+    def _forward_backward(self, data_iterator, forward_only: bool, num_microbatches: int):
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         return get_forward_backward_func()(
             forward_step_func=_forward_step, data_iterator=data_iterator, model=self.ddp_chunks,
-            num_microbatches=self._num_microbatches(), seq_length=self.cfg.model.seq_length,
+            num_microbatches=num_microbatches, seq_length=self.cfg.model.seq_length,
             micro_batch_size=self.cfg.train.micro_batch_size,
             decoder_seq_length=self.cfg.model.seq_length, forward_only=forward_only,
         )
@@ -510,7 +522,10 @@ class Trainer:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
         timer = StepTimer(self.cfg.logging.log_timers_to_tensorboard)
-        losses = self._forward_backward(self.train_iterators, forward_only=False)
+        consumed = self.state.consumed_train_samples
+        batch_size = self.batches.batch_size(consumed)  # --rampup-batch-size: grows with consumed
+        losses = self._forward_backward(self.train_iterators, forward_only=False,
+                                        num_microbatches=self.batches.num_microbatches(consumed))
         timer.lap("forward-backward-time")
         self._empty_cuda_cache(level=1)
         update_ok, grad_norm, num_zeros = self.optimizer.step()
@@ -519,16 +534,16 @@ class Trainer:
         self._params_stale = self.cfg.train.overlap_param_gather
         t = self.cfg.train
         if update_ok:
-            self.scheduler.step(increment=t.global_batch_size)
+            self.scheduler.step(increment=batch_size)
         self.state.iteration += 1
-        self.state.consumed_train_samples += t.global_batch_size
+        self.state.consumed_train_samples += batch_size
         lm_loss = self._reduce_lm_loss(losses)
         if t.check_for_nan_in_loss_and_grad:
             # The loss lives on the last pipeline stage, the grad norm (global) on every rank.
             self._check_finite("lm loss", lm_loss)
             self._check_finite("grad norm", grad_norm)
         return {"lm loss": lm_loss, "grad-norm": grad_norm, "num-zeros": num_zeros,
-                "skipped": not update_ok, **timer.times}
+                "skipped": not update_ok, "batch-size": batch_size, **timer.times}
 
     def _empty_cuda_cache(self, level: int) -> None:
         """--empty-unused-memory-level: hand cached blocks back (less fragmentation for
@@ -569,8 +584,11 @@ class Trainer:
                for _ in self.chunks]
         for m in self.ddp_chunks:
             m.eval()
+        # As Megatron-LM, evaluation batches are --global-batch-size (ramp-up or not).
+        num_microbatches = t.global_batch_size // (t.micro_batch_size * self.rank.dp_size)
         for _ in range(self.cfg.logging.eval_iters):
-            losses = self._forward_backward(its[0] if len(its) == 1 else its, forward_only=True)
+            losses = self._forward_backward(its[0] if len(its) == 1 else its, forward_only=True,
+                                            num_microbatches=num_microbatches)
             loss = self._reduce_lm_loss(losses)
             self._empty_cuda_cache(level=1)
             if loss is not None:
@@ -625,15 +643,16 @@ class Trainer:
         flops_per_token = cfg.model.flops_per_token()
         peak = peak_tflops()
         last_log_time, last_log_iter = time.perf_counter(), self.state.iteration
+        last_log_samples = self.state.consumed_train_samples
         loss_sum, loss_count = 0.0, 0
-        step_flops = flops_per_token * t.global_batch_size * seq
         while self.state.iteration < t.train_iters:
             if profiler is not None:
                 profiler.begin(self.state.iteration + 1)
             step_start = time.perf_counter()
             out = self.train_step()
             it = self.state.iteration
-            self._count_step(step_flops, time.perf_counter() - step_start)
+            self._count_step(flops_per_token * out["batch-size"] * seq,
+                             time.perf_counter() - step_start)
             if profiler is not None:
                 profiler.end(it)
             if t.manual_gc and t.manual_gc_interval and it % t.manual_gc_interval == 0:
@@ -646,10 +665,11 @@ class Trainer:
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
                 elapsed = time.perf_counter() - last_log_time
-                tokens = (it - last_log_iter) * t.global_batch_size * seq
+                tokens = (self.state.consumed_train_samples - last_log_samples) * seq
                 metrics = {
                     "iteration": it,
                     "consumed tokens": self.state.consumed_train_samples * seq,
+                    "global batch size": out["batch-size"],
                     "lm loss": loss_sum / loss_count if loss_count else float("nan"),
                     "learning-rate": self.optimizer.param_groups[0]["lr"],
                     "grad-norm": float(out["grad-norm"]) if out["grad-norm"] is not None else float("nan"),
@@ -671,6 +691,7 @@ class Trainer:
                 self._log(metrics, tensorboard_skips=_PER_ITERATION_TAGS)
                 loss_sum, loss_count = 0.0, 0
                 last_log_time, last_log_iter = time.perf_counter(), it
+                last_log_samples = self.state.consumed_train_samples
             # Like Megatron-LM, throughput and iteration time count training only: the time
             # spent evaluating and saving is taken out of the current log interval.
             paused_at = time.perf_counter()
@@ -753,7 +774,7 @@ class Trainer:
         --log-interval record adds its averages and throughput at its own steps."""
         lg = self.cfg.logging
         scalars = {"learning-rate": self.optimizer.param_groups[0]["lr"],
-                   "batch-size": self.cfg.train.global_batch_size}
+                   "batch-size": out["batch-size"]}
         for key in _PER_ITERATION_TAGS + ("forward-backward-time", "optimizer-time"):
             if out.get(key) is not None:
                 scalars[key] = float(out[key])
@@ -804,7 +825,7 @@ def format_metrics(m: dict[str, Any]) -> str:
     parts = [f"iteration {int(m['iteration']):8d}"]
     if "phase" in m:
         parts.insert(0, f"[{m['phase']}]")
-    for key, fmt in (("consumed tokens", "{:d}"), ("lm loss", "{:.6E}"), ("learning-rate", "{:.3E}"),
+    for key, fmt in (("consumed tokens", "{:d}"), ("global batch size", "{:d}"), ("lm loss", "{:.6E}"), ("learning-rate", "{:.3E}"),
                      ("grad-norm", "{:.4f}"), ("num-zeros", "{:.0f}"), ("params-norm", "{:.3f}"),
                      ("tokens-per-sec", "{:.0f}"),
                      ("throughput", "{:.1f} TFLOP/s/GPU"), ("mfu", "{:.1%}"),

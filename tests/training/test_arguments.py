@@ -379,7 +379,7 @@ def test_sample_based_schedule_flags_become_iterations():
 
 @pytest.mark.parametrize("argv, needle", [
     (["--train-iters", "4", "--train-samples", "32"], "give only one of --train-iters, --train-samples"),
-    (["--train-samples", "4"], "--train-samples 4 is less than one --global-batch-size 8"),
+    (["--train-samples", "4"], "--train-samples 4 is less than the first global batch (8 "),
     (["--train-iters", "4", "--lr-warmup-samples", "8"], "go with --train-samples"),
     (["--train-samples", "64", "--lr-warmup-samples", "8", "--lr-warmup-iters", "1"],
      "in samples (--lr-*-samples) or in iterations"),
@@ -393,7 +393,14 @@ def test_sample_based_schedule_flags_become_iterations():
      "--decoder-first-pipeline-num-layers: uneven pipeline stages are not implemented"),
     (["--train-iters", "4", "--async-save"], "--async-save: checkpoints are written "
                                              "synchronously"),
-    (["--train-iters", "4", "--rampup-batch-size", "16", "16", "1000"], "--rampup-batch-size: "),
+    (["--train-iters", "4", "--rampup-batch-size", "8", "2", "64"],
+     "the start batch size must be smaller than the --global-batch-size 8"),
+    (["--train-iters", "4", "--rampup-batch-size", "2", "4", "64"],
+     "the increment must divide --global-batch-size 8 - start 2 = 6"),
+    (["--train-iters", "4", "--micro-batch-size", "2", "--rampup-batch-size", "2", "1", "64"],
+     "must be a multiple of --micro-batch-size 2 x data-parallel size 1 = 2"),
+    (["--train-samples", "1", "--rampup-batch-size", "2", "2", "64"],
+     "--train-samples 1 is less than the first global batch (2 samples)"),
     (["--train-iters", "4", "--overlap-param-gather", "--overlap-grad-reduce"],
      "--overlap-param-gather gathers the distributed optimizer's parameter shards"),
     (["--train-iters", "4", "--overlap-param-gather", "--use-distributed-optimizer"],

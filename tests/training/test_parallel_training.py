@@ -129,3 +129,19 @@ def _assert_same_weights(reference_dir, checkpoint_dir, tol=1e-5):
         for key in keys:
             diff = (reference.load_tensor(key) - saved.load_tensor(key)).abs().max().item()
             assert diff <= tol, (key, diff)
+
+
+def test_batch_rampup_at_dp2_matches_one_rank(tmp_path):
+    """--rampup-batch-size 2 2 12 up to 8: at DP 2 the batches of 2 are one micro-batch per
+    replica, those of 8 four; every iteration's batch and loss are the one-rank run's."""
+    ramp = TINY + ["--train-samples", "40", "--rampup-batch-size", "2", "2", "12"]
+    runs = {}
+    for nproc in (1, 2):
+        metrics = tmp_path / f"m{nproc}.jsonl"
+        run_pretrain(ramp + (["--use-distributed-optimizer"] if nproc > 1 else []),
+                     nproc=nproc, metrics=metrics)
+        runs[nproc] = metrics
+    batches = read_metrics(runs[2], "global batch size")
+    assert list(batches.values()) == [2, 2, 4, 6, 8, 8, 8]
+    assert batches == read_metrics(runs[1], "global batch size")
+    _assert_same(read_metrics(runs[1]), read_metrics(runs[2]), range(1, 8), 1e-4)
