@@ -287,6 +287,7 @@ def to_transformer_config(
     parallel: ParallelConfig = ParallelConfig(),
     *,
     bf16: bool = False,
+    fp16: bool = False,
     use_cpu_initialization: bool = False,
     recompute_granularity: Optional[str] = None,
     recompute_method: Optional[str] = None,
@@ -297,7 +298,9 @@ def to_transformer_config(
     import torch
     from megatron.core.transformer import TransformerConfig
 
+    assert not (bf16 and fp16)
     tp = parallel.tensor_model_parallel_size
+    dtype = torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32
     return TransformerConfig(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
@@ -319,8 +322,9 @@ def to_transformer_config(
         virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_size(model.num_layers),
         sequence_parallel=parallel.sequence_parallel and tp > 1,
         bf16=bf16,
-        params_dtype=torch.bfloat16 if bf16 else torch.float32,
-        pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
+        fp16=fp16,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
         use_cpu_initialization=use_cpu_initialization,
         recompute_granularity=recompute_granularity,
         recompute_method=recompute_method,

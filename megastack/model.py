@@ -67,6 +67,7 @@ def build_model_chunks(
     *,
     seed: int = 1234,
     bf16: bool = False,
+    fp16: bool = False,
     transformer_impl: str = "auto",
     recompute_granularity: Optional[str] = None,
     recompute_method: Optional[str] = None,
@@ -94,6 +95,7 @@ def build_model_chunks(
         model_cfg,
         parallel,
         bf16=bf16,
+        fp16=fp16,
         use_cpu_initialization=not torch.cuda.is_available(),
         recompute_granularity=recompute_granularity,
         recompute_method=recompute_method,
@@ -124,6 +126,8 @@ def build_model_chunks(
             model.cuda(torch.cuda.current_device())
         if bf16:
             model.bfloat16()
+        elif fp16:
+            model.half()
         chunks.append(model)
     for model in chunks:
         init_weights_layout_invariant(model, model_cfg, seed)

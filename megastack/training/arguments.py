@@ -38,6 +38,7 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     bf16: bool = False
+    fp16: bool = False
     seed: int = 1234
     transformer_impl: str = "auto"
     recompute_granularity: Optional[str] = None
@@ -68,6 +69,12 @@ class TrainConfig:
     start_weight_decay: Optional[float] = None  # None: --weight-decay (constant style)
     end_weight_decay: Optional[float] = None
     rampup_batch_size: Optional[RampUp] = None
+    # --fp16's loss scaling (megatron-core's grad scalers): constant with loss_scale, else dynamic.
+    loss_scale: Optional[float] = None
+    initial_loss_scale: float = 2.0 ** 32
+    min_loss_scale: float = 1.0
+    loss_scale_window: int = 1000
+    hysteresis: int = 2
 
     def batch_schedule(self, data_parallel_size: int = 1) -> BatchSchedule:
         """Each iteration's global batch; `data_parallel_size` only splits it in micro-batches."""
@@ -323,6 +330,20 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adam-eps", type=float, default=1e-8)
     g.add_argument("--bf16", action="store_true")
     g.add_argument("--seed", type=int, default=1234)
+    g = p.add_argument_group("fp16 mixed precision (Megatron-LM's loss scaling)")
+    g.add_argument("--fp16", action="store_true",
+                   help="fp16 weights and activations, fp32 main weights and optimizer state, "
+                        "the loss scaled so that gradients do not underflow")
+    g.add_argument("--loss-scale", type=float,
+                   help="a constant loss scale (a power of 2); default: dynamic")
+    g.add_argument("--initial-loss-scale", type=float, default=2.0 ** 32,
+                   help="dynamic scaling: the scale to start from")
+    g.add_argument("--min-loss-scale", type=float, default=1.0,
+                   help="dynamic scaling: the scale is never lowered below this")
+    g.add_argument("--loss-scale-window", type=int, default=1000,
+                   help="dynamic scaling: iterations without overflow before the scale doubles")
+    g.add_argument("--hysteresis", type=int, default=2,
+                   help="dynamic scaling: overflows tolerated before the scale halves")
     g.add_argument("--recompute-granularity", choices=["full", "selective"])
     g.add_argument("--recompute-method", choices=["uniform", "block"],
                    help="full recompute: 'uniform' checkpoints the input of every "
@@ -455,7 +476,7 @@ def add_logging_args(p: argparse.ArgumentParser) -> None:
                    help="global ranks that profile (default 0)")
     g.add_argument("--log-world-size-to-tensorboard", action="store_true")
     g.add_argument("--log-loss-scale-to-tensorboard", action="store_true",
-                   help="write the loss scale (1 in bf16 and fp32 training)")
+                   help="write the loss scale (1 without --fp16)")
 
 
 def add_growth_args(p: argparse.ArgumentParser) -> None:
@@ -510,7 +531,6 @@ _EVEN_STAGES = ("uneven pipeline stages are not implemented: every stage holds -
 _NO_FSDP = ("FSDP is not implemented: use --use-distributed-optimizer (ZeRO-1) with "
             "tensor/pipeline parallelism")
 UNSUPPORTED_FLAGS = {  # attr: (flag, why and what instead, number of values it takes)
-    "fp16": ("--fp16", "fp16 with loss scaling is not implemented: use --bf16", 0),
     "use_flash_attn": ("--use-flash-attn", "the attention kernel comes with --transformer-impl "
                        "(Transformer Engine picks flash attention when it can): drop it", 0),
     "fp8_format": ("--fp8-format", "FP8 training is not implemented: use --bf16", 1),
@@ -771,6 +791,28 @@ def _validate_schedule(args: argparse.Namespace, train_iters: int, warmup_iters:
            "--use-checkpoint-opt_param-scheduler (schedule from the checkpoint)")
 
 
+_LOSS_SCALE_DEFAULTS = {"loss_scale": None, "initial_loss_scale": 2.0 ** 32, "min_loss_scale": 1.0,
+                        "loss_scale_window": 1000, "hysteresis": 2}
+
+
+def _validate_fp16(args: argparse.Namespace) -> None:
+    _check(not (args.fp16 and args.bf16), "give one of --fp16 and --bf16")
+    if not args.fp16:
+        given = ["--" + attr.replace("_", "-") for attr, default in _LOSS_SCALE_DEFAULTS.items()
+                 if getattr(args, attr) != default]
+        _check(not given, f"{', '.join(given)} set the loss scaling of --fp16 training: add "
+                          f"--fp16 or drop them (bf16 and fp32 need no loss scaling)")
+        return
+    _check(args.loss_scale is None or args.loss_scale > 0,
+           f"--loss-scale must be > 0, got {args.loss_scale}")
+    _check(0 < args.min_loss_scale <= args.initial_loss_scale,
+           f"--min-loss-scale {args.min_loss_scale} must be > 0 and at most --initial-loss-scale "
+           f"{args.initial_loss_scale}")
+    _check(args.loss_scale_window >= 1,
+           f"--loss-scale-window must be >= 1, got {args.loss_scale_window}")
+    _check(args.hysteresis >= 1, f"--hysteresis must be >= 1, got {args.hysteresis}")
+
+
 def _validate_recompute(args: argparse.Namespace) -> Optional[int]:
     """Megatron-LM's recompute flags; returns the --recompute-num-layers to use."""
     if args.recompute_granularity == "full":
@@ -950,6 +992,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
            f"implemented; use 1")
     _check(not args.grad_reduce_in_bf16 or args.bf16,
            "--grad-reduce-in-bf16 needs --bf16")
+    _validate_fp16(args)
     _check(args.ddp_bucket_size is None or args.ddp_bucket_size >= 1,
            f"--ddp-bucket-size must be >= 1, got {args.ddp_bucket_size}")
     _check(args.ddp_bucket_size is None or args.overlap_grad_reduce,
@@ -977,7 +1020,10 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         min_lr=args.min_lr, lr_warmup_iters=warmup_iters,
         lr_decay_iters=lr_decay_iters, lr_decay_style=args.lr_decay_style,
         weight_decay=args.weight_decay, clip_grad=args.clip_grad, adam_beta1=args.adam_beta1,
-        adam_beta2=args.adam_beta2, adam_eps=args.adam_eps, bf16=args.bf16, seed=args.seed,
+        adam_beta2=args.adam_beta2, adam_eps=args.adam_eps, bf16=args.bf16, fp16=args.fp16,
+        loss_scale=args.loss_scale, initial_loss_scale=args.initial_loss_scale,
+        min_loss_scale=args.min_loss_scale, loss_scale_window=args.loss_scale_window,
+        hysteresis=args.hysteresis, seed=args.seed,
         transformer_impl=args.transformer_impl, recompute_granularity=args.recompute_granularity,
         recompute_method=args.recompute_method, recompute_num_layers=recompute_num_layers,
         lr_wsd_decay_style=args.lr_wsd_decay_style, lr_wsd_decay_iters=args.lr_wsd_decay_iters,

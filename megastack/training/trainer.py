@@ -154,7 +154,7 @@ class Trainer:
                                        timeout_minutes=cfg.train.distributed_timeout_minutes)
         self.batches = cfg.train.batch_schedule(self.rank.dp_size)
         self.chunks = build_model_chunks(
-            cfg.model, cfg.parallel, seed=cfg.train.seed, bf16=cfg.train.bf16,
+            cfg.model, cfg.parallel, seed=cfg.train.seed, bf16=cfg.train.bf16, fp16=cfg.train.fp16,
             transformer_impl=cfg.train.transformer_impl,
             recompute_granularity=cfg.train.recompute_granularity,
             recompute_method=cfg.train.recompute_method,
@@ -224,8 +224,12 @@ class Trainer:
             optimizer=t.optimizer, sgd_momentum=t.sgd_momentum,
             lr=t.lr, min_lr=t.min_lr, weight_decay=t.weight_decay,
             adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2, adam_eps=t.adam_eps,
-            clip_grad=t.clip_grad, bf16=t.bf16,
-            params_dtype=torch.bfloat16 if t.bf16 else torch.float32,
+            clip_grad=t.clip_grad, bf16=t.bf16, fp16=t.fp16,
+            params_dtype=(torch.bfloat16 if t.bf16 else torch.float16 if t.fp16
+                          else torch.float32),
+            loss_scale=t.loss_scale, initial_loss_scale=t.initial_loss_scale,
+            min_loss_scale=t.min_loss_scale, loss_scale_window=t.loss_scale_window,
+            hysteresis=t.hysteresis,
             use_distributed_optimizer=self.cfg.parallel.use_distributed_optimizer,
             overlap_param_gather=t.overlap_param_gather,  # kept equal to the DDP config's
             log_num_zeros_in_grad=self.cfg.logging.log_num_zeros_in_grad,
@@ -644,7 +648,7 @@ class Trainer:
         peak = peak_tflops()
         last_log_time, last_log_iter = time.perf_counter(), self.state.iteration
         last_log_samples = self.state.consumed_train_samples
-        loss_sum, loss_count = 0.0, 0
+        loss_sum, loss_count, skipped = 0.0, 0, 0
         while self.state.iteration < t.train_iters:
             if profiler is not None:
                 profiler.begin(self.state.iteration + 1)
@@ -657,7 +661,10 @@ class Trainer:
                 profiler.end(it)
             if t.manual_gc and t.manual_gc_interval and it % t.manual_gc_interval == 0:
                 gc.collect()
-            if out["lm loss"] is not None:
+            skipped += out["skipped"]
+            # As Megatron-LM, the average leaves out iterations whose update --fp16's loss
+            # scaling skipped (their gradients overflowed).
+            if out["lm loss"] is not None and not out["skipped"]:
                 loss_sum, loss_count = loss_sum + out["lm loss"], loss_count + 1
             if self.tb is not None and it % lg.tensorboard_log_interval == 0:
                 self._tensorboard_iteration(out, it)
@@ -684,12 +691,15 @@ class Trainer:
                     metrics["mem-max-allocated-GB"] = torch.cuda.max_memory_allocated() / 2**30
                 if out["num-zeros"] is not None:
                     metrics["num-zeros"] = float(out["num-zeros"])
+                if t.fp16:
+                    metrics["loss scale"] = float(self.optimizer.get_loss_scale())
+                metrics["skipped iterations"] = skipped
                 if lg.log_params_norm:
                     self.gather_params()  # --overlap-param-gather: the step's shards only
                     metrics["params-norm"] = params_l2_norm(self.chunks)
                 # TensorBoard has these per iteration (--tensorboard-log-interval), not averaged.
                 self._log(metrics, tensorboard_skips=_PER_ITERATION_TAGS)
-                loss_sum, loss_count = 0.0, 0
+                loss_sum, loss_count, skipped = 0.0, 0, 0
                 last_log_time, last_log_iter = time.perf_counter(), it
                 last_log_samples = self.state.consumed_train_samples
             # Like Megatron-LM, throughput and iteration time count training only: the time
@@ -825,8 +835,10 @@ def format_metrics(m: dict[str, Any]) -> str:
     parts = [f"iteration {int(m['iteration']):8d}"]
     if "phase" in m:
         parts.insert(0, f"[{m['phase']}]")
-    for key, fmt in (("consumed tokens", "{:d}"), ("global batch size", "{:d}"), ("lm loss", "{:.6E}"), ("learning-rate", "{:.3E}"),
-                     ("grad-norm", "{:.4f}"), ("num-zeros", "{:.0f}"), ("params-norm", "{:.3f}"),
+    for key, fmt in (("consumed tokens", "{:d}"), ("global batch size", "{:d}"),
+                     ("lm loss", "{:.6E}"), ("learning-rate", "{:.3E}"),
+                     ("grad-norm", "{:.4f}"), ("num-zeros", "{:.0f}"), ("loss scale", "{:.1f}"),
+                     ("skipped iterations", "{:d}"), ("params-norm", "{:.3f}"),
                      ("tokens-per-sec", "{:.0f}"),
                      ("throughput", "{:.1f} TFLOP/s/GPU"), ("mfu", "{:.1%}"),
                      ("lm loss validation", "{:.6E}"), ("lm loss validation ppl", "{:.3f}"),
