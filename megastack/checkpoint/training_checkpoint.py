@@ -6,6 +6,8 @@
 Every rank writes its shards into ``iter_XXXXXXX.tmp``; once all are done, rank 0 renames it to
 ``iter_XXXXXXX`` and only then rewrites ``latest_checkpointed_iteration.txt`` (temp file, then
 rename). A crash at any point leaves the previous checkpoint and the ``latest`` file intact.
+With an async queue (--async-save) the tensors are written by a background process per rank
+while training goes on, and the rename and ``latest`` update wait for the queue's finalisation.
 Model tensors are saved through megatron-core's ``sharded_state_dict`` so a checkpoint saved at
 one TP/PP/VP layout loads at any other; the distributed optimizer uses the fully reshardable
 format for the same reason.
@@ -153,12 +155,18 @@ def save_checkpoint(
     fully_parallel: bool = True,
     assume_constant_structure: bool = False,
     save_rng: bool = True,
+    async_queue=None,
+    on_saved: Optional[Callable[[], None]] = None,
 ) -> str:
     """Collectively save a checkpoint; returns the final directory.
 
     `fully_parallel` (Megatron-LM's --ckpt-fully-parallel-save): the data-parallel replicas
     split the writing of the tensors they all hold, instead of the first replica writing them
-    all; `assume_constant_structure` reuses that split for every later save."""
+    all; `assume_constant_structure` reuses that split for every later save.
+
+    `async_queue` (megatron-core's AsyncCallsQueue, --async-save): schedule the writing and
+    return; the checkpoint is published (and `on_saved` called) when the queue finalises it.
+    Without a queue `on_saved` is called before returning."""
     from megatron.core import dist_checkpointing
 
     final = checkpoint_dir(root, iteration)
@@ -187,14 +195,26 @@ def save_checkpoint(
         state["args"] = args
     state.update(common or {})
 
-    dist_checkpointing.save(state, tmp, validate_access_integrity=True,
-                            sharded_strategy=_save_strategy(fully_parallel,
-                                                            assume_constant_structure))
-    dist.barrier()
-    if rank == 0:
-        _publish(root, tmp, final, iteration)
-    dist.barrier()
-    logger.info("saved checkpoint %s", final)
+    def publish():
+        dist.barrier()  # every rank's shards and the metadata are written
+        if rank == 0:
+            _publish(root, tmp, final, iteration)
+        dist.barrier()
+        logger.info("saved checkpoint %s", final)
+        if on_saved is not None:
+            on_saved()
+
+    request = dist_checkpointing.save(
+        state, tmp, validate_access_integrity=True,
+        sharded_strategy=_save_strategy(fully_parallel, assume_constant_structure),
+        async_sharded_save=async_queue is not None)
+    if async_queue is None:
+        publish()
+    else:
+        # The writer process is forked when scheduled, so it writes the tensors as they are now
+        # even where (on CPU) megatron-core's staging to host memory copies nothing.
+        request.add_finalize_fn(publish)
+        async_queue.schedule_async_request(request)
     return final
 
 

@@ -118,6 +118,7 @@ class CheckpointConfig:
     fully_parallel_save: bool = True
     fully_parallel_load: bool = False
     assume_constant_structure: bool = False
+    async_save: bool = False
 
 
 @dataclass(frozen=True)
@@ -423,6 +424,10 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ckpt-fully-parallel-load", action="store_true",
                    help="data-parallel replicas split the reading of a checkpoint and exchange "
                         "what they read")
+    g.add_argument("--async-save", action="store_true",
+                   help="write checkpoints in a background process per rank while training "
+                        "goes on; each is published (renamed, latest file updated) once every "
+                        "rank has written its part")
     g.add_argument("--ckpt-assume-constant-structure", action="store_true",
                    help="plan the split of the writing once and reuse it for later saves (the "
                         "model and optimizer must not change shape during the run)")
@@ -536,8 +541,6 @@ UNSUPPORTED_FLAGS = {  # attr: (flag, why and what instead, number of values it 
     "fp8_format": ("--fp8-format", "FP8 training is not implemented: use --bf16", 1),
     "tp_comm_overlap": ("--tp-comm-overlap", "Transformer Engine's userbuffer overlap of the "
                         "tensor-parallel communication is not wired: drop it", 0),
-    "async_save": ("--async-save", "checkpoints are written synchronously (by all data-parallel "
-                   "replicas together): drop it", 0),
     "non_persistent_save_interval": ("--non-persistent-save-interval", "only persistent "
                                      "checkpoints are written: use --save-interval", 1),
     "qk_layernorm": ("--qk-layernorm", "query/key normalisation is not among megastack's "
@@ -1007,6 +1010,8 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
            f"--exit-duration-in-mins must be > 0, got {args.exit_duration_in_mins}")
     _check(args.save_interval is None or args.save is not None,
            "--save-interval needs --save DIR")
+    _check(not args.async_save or args.save is not None,
+           "--async-save writes the --save checkpoints in the background: give --save DIR")
     for flag, value in (("--save-interval", args.save_interval),
                         ("--exit-interval", args.exit_interval)):
         _check(value is None or value >= 1, f"{flag} must be >= 1, got {value}")
@@ -1063,6 +1068,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         fully_parallel_save=args.ckpt_fully_parallel_save,
         fully_parallel_load=args.ckpt_fully_parallel_load,
         assume_constant_structure=args.ckpt_assume_constant_structure,
+        async_save=args.async_save,
     )
     logging_cfg = LoggingConfig(
         log_interval=args.log_interval, eval_interval=args.eval_interval,

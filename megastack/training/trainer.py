@@ -142,6 +142,7 @@ class Trainer:
         self._params_stale = False
         # --log-progress: where progress.txt goes (default --save; a growth run's root).
         self.progress_dir: Optional[str] = None
+        self.async_saves = None  # --async-save: megatron-core's AsyncCallsQueue
 
     # ---------------------------------------------------------------- setup
     def setup(self, tokenizer=None, datasets=None, load: Optional[str] = None,
@@ -174,6 +175,10 @@ class Trainer:
             self.state = dataclasses.replace(start_state, history=[])
         self.datasets = datasets if datasets is not None else self._build_datasets(tokenizer)
         self.train_iterators = self._iterators(self.datasets[0], self.state.consumed_train_samples)
+        if cfg.checkpoint.async_save:
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+            self.async_saves = AsyncCallsQueue()
         self.progress = None
         if cfg.logging.log_progress:
             from megastack.training.progress import ProgressLog
@@ -482,21 +487,29 @@ class Trainer:
             },
         }
         c = self.cfg.checkpoint
+        on_saved = None
+        if self.progress is not None:
+            st = self.state
+            on_saved = partial(self.progress.checkpoint_saved, st.iteration,
+                               st.job_floating_point_operations, st.job_train_seconds,
+                               st.floating_point_operations, st.train_seconds,
+                               st.consumed_train_samples * self.cfg.model.seq_length)
         path = ckpt.save_checkpoint(root, self.state.iteration, self.chunks,
                                     None if c.no_save_optim else self.optimizer,
                                     None if c.no_save_optim else self.scheduler,
                                     common=common, args=self.args,
                                     fully_parallel=c.fully_parallel_save,
                                     assume_constant_structure=c.assume_constant_structure,
-                                    save_rng=not c.no_save_rng)
+                                    save_rng=not c.no_save_rng, async_queue=self.async_saves,
+                                    on_saved=on_saved)
         self.last_saved_iteration = self.state.iteration
-        if self.progress is not None:
-            st = self.state
-            self.progress.checkpoint_saved(
-                st.iteration, st.job_floating_point_operations, st.job_train_seconds,
-                st.floating_point_operations, st.train_seconds,
-                st.consumed_train_samples * self.cfg.model.seq_length)
         return path
+
+    def finalize_async_saves(self, blocking: bool) -> None:
+        """--async-save: publish the checkpoints whose writing has ended on every rank (all of
+        them with `blocking`). Collective: every rank calls it at the same points."""
+        if self.async_saves is not None:
+            self.async_saves.maybe_finalize_async_calls(blocking=blocking)
 
     # ---------------------------------------------------------------- steps
     def _forward_backward(self, data_iterator, forward_only: bool, num_microbatches: int):
@@ -655,6 +668,7 @@ class Trainer:
             step_start = time.perf_counter()
             out = self.train_step()
             it = self.state.iteration
+            self.finalize_async_saves(blocking=False)
             self._count_step(flops_per_token * out["batch-size"] * seq,
                              time.perf_counter() - step_start)
             if profiler is not None:
@@ -825,6 +839,10 @@ class Trainer:
                 f.write(json.dumps(metrics) + "\n")
 
     def close(self) -> None:
+        self.finalize_async_saves(blocking=True)
+        if self.async_saves is not None:
+            self.async_saves.close()
+            self.async_saves = None
         if self.cfg.train.manual_gc:
             gc.enable()
         if self.tb is not None:

@@ -394,8 +394,7 @@ def test_sample_based_schedule_flags_become_iterations():
     (["--train-iters", "4", "--num-experts", "8"], "--num-experts: megastack trains dense GPT"),
     (["--train-iters", "4", "--decoder-first-pipeline-num-layers", "3"],
      "--decoder-first-pipeline-num-layers: uneven pipeline stages are not implemented"),
-    (["--train-iters", "4", "--async-save"], "--async-save: checkpoints are written "
-                                             "synchronously"),
+    (["--train-iters", "4", "--async-save"], "--async-save writes the --save checkpoints"),
     (["--train-iters", "4", "--rampup-batch-size", "8", "2", "64"],
      "the start batch size must be smaller than the --global-batch-size 8"),
     (["--train-iters", "4", "--rampup-batch-size", "2", "4", "64"],

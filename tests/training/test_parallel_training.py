@@ -101,13 +101,14 @@ def test_overlapped_grad_reduce_and_param_gather_match_one_rank(one_rank, tmp_pa
     bucket's reduce-scatter started during the backward, its all-gather during the next forward):
     the same losses, evaluations, and weights in the checkpoint of iteration 6 (saved right after
     the step, before any forward pass gathered the other rank's shards; its writing split over
-    both replicas as planned for the save at 3). The wiring itself is checked in
-    test_trainer_runs.py."""
+    both replicas as planned for the save at 3, and done in the background with --async-save,
+    finalised by both ranks together). The wiring itself is checked in test_trainer_runs.py."""
     metrics = tmp_path / "m.jsonl"
     run_pretrain(TINY + ITERS + ["--use-distributed-optimizer", "--overlap-grad-reduce",
                                  "--overlap-param-gather", "--ddp-bucket-size", "20000",
                                  "--eval-interval", "4", "--save", str(tmp_path / "ckpt"),
-                                 "--save-interval", "3", "--ckpt-assume-constant-structure"],
+                                 "--save-interval", "3", "--ckpt-assume-constant-structure",
+                                 "--async-save"],
                  nproc=2, metrics=metrics)
     _assert_same(one_rank["loss"], read_metrics(metrics), range(1, 7), 1e-4)
     _assert_same(one_rank["grad-norm"], read_metrics(metrics, "grad-norm"), range(1, 7), 1e-4)

@@ -621,3 +621,36 @@ def test_log_progress_spans_jobs(tmp_path):
     assert float(lines[-1]["Tokens (in billions)"]) * 1e9 == pytest.approx(
         6 * cfg.train.global_batch_size * cfg.model.seq_length, abs=1)
     assert all(e["Job throughput"].endswith("TFLOP/s/GPU") for e in lines if "Job throughput" in e)
+
+
+def test_async_save_writes_each_checkpoint_as_it_was(tmp_path, monkeypatch):
+    """--async-save: the checkpoints written in the background hold their iteration's weights
+    and optimizer state (not the later ones training went on to), and the finalisation
+    publishes each (rename, latest file, progress.txt)."""
+    from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+    from megastack.checkpoint.dist_reader import DistCheckpointReader, single_process_dcp
+
+    sync, background = tmp_path / "sync", tmp_path / "async"
+    run(["--train-iters", "4", "--save", str(sync), "--save-interval", "2"])
+    scheduled = []
+    schedule = AsyncCallsQueue.schedule_async_request
+    monkeypatch.setattr(AsyncCallsQueue, "schedule_async_request",
+                        lambda queue, request: scheduled.append(request) or schedule(queue, request))
+    run(["--train-iters", "4", "--save", str(background), "--save-interval", "2", "--async-save",
+         "--log-progress"])
+    assert len(scheduled) == 2  # both saves went through megatron-core's background writer
+    assert sorted(p.name for p in background.iterdir()) == [
+        "iter_0000002", "iter_0000004", ckpt.LATEST_FILE, "progress.txt"]
+    assert ckpt.read_latest_iteration(str(background)) == 4
+    progress = (background / "progress.txt").read_text()
+    assert "Saved checkpoint\tIteration: 2" in progress and "Iteration: 4" in progress
+    with single_process_dcp():
+        for name in ("iter_0000002", "iter_0000004"):
+            reference = DistCheckpointReader(str(sync / name))
+            saved = DistCheckpointReader(str(background / name))
+            keys = sorted(reference.tensor_keys())
+            assert any(k.startswith("optimizer") for k in keys)
+            assert keys == sorted(saved.tensor_keys())
+            for key in keys:
+                assert torch.equal(reference.load_tensor(key), saved.load_tensor(key)), (name, key)
