@@ -50,6 +50,7 @@ Environment (current value in brackets):
   data       DATA_PATH [${DATA_PATH}] MOCK_DATA [${MOCK_DATA}] SPLIT [${SPLIT}]
              TOKENIZER_TYPE [${TOKENIZER_TYPE}] TOKENIZER_MODEL [${TOKENIZER_MODEL}] VOCAB_SIZE [${VOCAB_SIZE}]
   output     OUTPUT_DIR [${OUTPUT_DIR}] SAVE_INTERVAL [${SAVE_INTERVAL}] LOG_INTERVAL [${LOG_INTERVAL}]
+             ASYNC_SAVE [${ASYNC_SAVE}] (1: --async-save, checkpoints written while training goes on)
              EVAL_INTERVAL [${EVAL_INTERVAL}] EVAL_ITERS [${EVAL_ITERS}] GROW_WAIT_TIMEOUT [${GROW_WAIT_TIMEOUT}]
   extra      EXTRA_TRAIN_ARGS (appended to both training phases), GPU_MEMORY_GIB [${GPU_MEMORY_GIB}] (dry run)
   time       EXIT_DURATION_MINS [${EXIT_DURATION_MINS:-none}]: this job's minutes, for all its phases; a phase
@@ -124,6 +125,7 @@ gstack_defaults() {
 
     : "${OUTPUT_DIR:=${GSTACK_REPO_ROOT}/runs/gstack-${MODEL_LARGE}}"
     : "${SAVE_INTERVAL:=1000}"
+    : "${ASYNC_SAVE:=0}"
     : "${LOG_INTERVAL:=10}"
     : "${EVAL_INTERVAL:=1000}"
     : "${EVAL_ITERS:=10}"
@@ -264,6 +266,7 @@ gstack_train_args() {
         GSTACK_ARGS+=(--overlap-grad-reduce)
         [[ "$DISTRIBUTED_OPTIMIZER" == 1 ]] && GSTACK_ARGS+=(--overlap-param-gather)
     fi
+    [[ "$ASYNC_SAVE" == 1 ]] && GSTACK_ARGS+=(--async-save)
     GSTACK_ARGS+=(--train-iters "$STREAM_ITERS" --exit-interval "${!iters_var}"
                   --lr-decay-iters "${!iters_var}")
     GSTACK_ARGS+=(
