@@ -36,6 +36,7 @@ def tiny_recipe_env(output_dir) -> dict:
         SMALL_TRAIN_ITERS="3", LARGE_TRAIN_ITERS="3", SMALL_WARMUP_ITERS="1", LARGE_WARMUP_ITERS="1",
         MOCK_DATA="1", SAVE_INTERVAL="3", LOG_INTERVAL="1", EVAL_INTERVAL="3", EVAL_ITERS="1",
         OUTPUT_DIR=str(output_dir), GROW_WAIT_TIMEOUT="60",
+        ASYNC_SAVE="1",  # checkpoints published by the async queue before a phase is done
     )
     return env
 
