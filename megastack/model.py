@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import zlib
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -74,10 +74,13 @@ def build_model_chunks(
     recompute_num_layers: Optional[int] = None,
     calculate_per_token_loss: bool = False,
     overlap_p2p_comm: bool = True,
+    transformer_options: Optional[dict[str, Any]] = None,
 ) -> list[torch.nn.Module]:
     """Build this rank's GPTModel chunks (one per virtual pipeline stage), initialised.
 
-    Needs `megastack.runtime.initialize` to have set up megatron-core's parallel state.
+    `transformer_options`: further TransformerConfig fields that change how, not what, the
+    model computes (e.g. cross_entropy_loss_fusion). Needs `megastack.runtime.initialize` to
+    have set up megatron-core's parallel state.
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
@@ -106,6 +109,7 @@ def build_model_chunks(
         # the layout-invariant init below then overwrites the values.
         perform_initialization=True,
         **pipeline_p2p_options(parallel, vp_size, overlap_p2p_comm, torch.cuda.is_available()),
+        **(transformer_options or {}),
     )
     chunks = []
     for vp_stage in range(vp_size or 1):

@@ -69,6 +69,10 @@ class TrainConfig:
     start_weight_decay: Optional[float] = None  # None: --weight-decay (constant style)
     end_weight_decay: Optional[float] = None
     rampup_batch_size: Optional[RampUp] = None
+    cross_entropy_loss_fusion: bool = False
+    cross_entropy_fusion_impl: str = "native"
+    apply_query_key_layer_scaling: bool = False
+    check_weight_hash_interval: Optional[int] = None  # iterations between DP-replica checks
     # --fp16's loss scaling (megatron-core's grad scalers): constant with loss_scale, else dynamic.
     loss_scale: Optional[float] = None
     initial_loss_scale: float = 2.0 ** 32
@@ -119,6 +123,8 @@ class CheckpointConfig:
     fully_parallel_load: bool = False
     assume_constant_structure: bool = False
     async_save: bool = False
+    ckpt_step: Optional[int] = None  # load this iteration of --load instead of the latest
+    exit_on_missing_checkpoint: bool = False
 
 
 @dataclass(frozen=True)
@@ -331,6 +337,15 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adam-eps", type=float, default=1e-8)
     g.add_argument("--bf16", action="store_true")
     g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--cross-entropy-loss-fusion", action="store_true",
+                   help="megatron-core's fused vocab-parallel cross-entropy")
+    g.add_argument("--cross-entropy-fusion-impl", choices=["native", "te"], default="native",
+                   help="with --cross-entropy-loss-fusion: megatron-core's own kernel or "
+                        "Transformer Engine's")
+    g.add_argument("--check-weight-hash-across-dp-replicas-interval", type=int,
+                   dest="check_weight_hash_interval",
+                   help="every N iterations, check that the data-parallel replicas hold "
+                        "identical weights (SHA-1 per parameter) and stop if they do not")
     g = p.add_argument_group("fp16 mixed precision (Megatron-LM's loss scaling)")
     g.add_argument("--fp16", action="store_true",
                    help="fp16 weights and activations, fp32 main weights and optimizer state, "
@@ -345,6 +360,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    help="dynamic scaling: iterations without overflow before the scale doubles")
     g.add_argument("--hysteresis", type=int, default=2,
                    help="dynamic scaling: overflows tolerated before the scale halves")
+    g.add_argument("--apply-query-key-layer-scaling", action="store_true",
+                   help="scale attention scores down by the layer number before the softmax "
+                        "(which multiplies it back in fp32), against fp16 overflow in deep models")
     g.add_argument("--recompute-granularity", choices=["full", "selective"])
     g.add_argument("--recompute-method", choices=["uniform", "block"],
                    help="full recompute: 'uniform' checkpoints the input of every "
@@ -424,6 +442,11 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ckpt-fully-parallel-load", action="store_true",
                    help="data-parallel replicas split the reading of a checkpoint and exchange "
                         "what they read")
+    g.add_argument("--ckpt-step", type=int,
+                   help="load this iteration's checkpoint from --load instead of the latest")
+    g.add_argument("--exit-on-missing-checkpoint", action="store_true",
+                   help="fail when --load holds no checkpoint (default: warn and train from "
+                        "scratch)")
     g.add_argument("--async-save", action="store_true",
                    help="write checkpoints in a background process per rank while training "
                         "goes on; each is published (renamed, latest file updated) once every "
@@ -524,6 +547,9 @@ ALWAYS_SO_FLAGS = {
     "no_create_attention_mask_in_dataloader": (
         "--no-create-attention-mask-in-dataloader",
         "batches carry an attention mask only with --reset-attention-mask"),
+    "use_dist_ckpt": ("--use-dist-ckpt", "checkpoints are always megatron-core distributed "
+                      "(torch_dist) ones"),
+    "no_one_logger": ("--no-one-logger", "megastack sends no one-logger telemetry"),
     **{name.replace("-", "_"): (f"--{name}", "megastack builds megatron-core without this fusion")
        for name in ("no-masked-softmax-fusion", "no-bias-gelu-fusion", "no-bias-swiglu-fusion",
                     "no-bias-dropout-fusion", "no-rope-fusion", "no-gradient-accumulation-fusion")},
@@ -535,6 +561,13 @@ _EVEN_STAGES = ("uneven pipeline stages are not implemented: every stage holds -
                 "--pipeline-model-parallel-size layers")
 _NO_FSDP = ("FSDP is not implemented: use --use-distributed-optimizer (ZeRO-1) with "
             "tensor/pipeline parallelism")
+_TIMERS = ("megastack times each iteration's forward-backward and optimizer step "
+           "(--log-timers-to-tensorboard): drop it")
+_NO_WANDB = "Weights & Biases logging is not implemented: use --tensorboard-dir"
+_FP32_OPTIMIZER = ("Transformer Engine's precision-aware optimizer is not wired: main weights, "
+                   "gradients and Adam moments are fp32")
+# Megatron-LM's optimizer dtypes: accepted as fp32 (what megastack keeps), refused otherwise.
+_FP32_ONLY_FLAGS = ("main_grads_dtype", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype")
 UNSUPPORTED_FLAGS = {  # attr: (flag, why and what instead, number of values it takes)
     "use_flash_attn": ("--use-flash-attn", "the attention kernel comes with --transformer-impl "
                        "(Transformer Engine picks flash attention when it can): drop it", 0),
@@ -560,6 +593,30 @@ UNSUPPORTED_FLAGS = {  # attr: (flag, why and what instead, number of values it 
                     "layers are not implemented)", 1),
     "use_torch_fsdp2": ("--use-torch-fsdp2", _NO_FSDP, 0),
     "use_megatron_fsdp": ("--use-megatron-fsdp", _NO_FSDP, 0),
+    "one_logger": ("--one-logger", "one-logger telemetry is not part of megastack: drop it", 0),
+    "use_legacy_models": ("--use-legacy-models", "megastack builds megatron-core models only: "
+                          "drop it", 0),
+    "auto_detect_ckpt_format": ("--auto-detect-ckpt-format", "megastack reads torch_dist "
+                                "checkpoints only (Megatron-LM's default format): drop it, and "
+                                "convert a legacy checkpoint with Megatron-LM first", 0),
+    "ckpt_convert_format": ("--ckpt-convert-format", "megastack writes torch_dist checkpoints "
+                            "only: convert with Megatron-LM", 1),
+    "dist_ckpt_strictness": ("--dist-ckpt-strictness", "checkpoints load strictly (a missing "
+                             "or unexpected tensor is an error naming it): drop it", 1),
+    "timing_log_level": ("--timing-log-level", _TIMERS, 1),
+    "timing_log_option": ("--timing-log-option", _TIMERS, 1),
+    "wandb_project": ("--wandb-project", _NO_WANDB, 1),
+    "wandb_exp_name": ("--wandb-exp-name", _NO_WANDB, 1),
+    "wandb_save_dir": ("--wandb-save-dir", _NO_WANDB, 1),
+    "log_straggler": ("--log-straggler", "straggler detection is not implemented: compare the "
+                      "ranks' iteration times with --log-timers-to-tensorboard", 0),
+    "use_rope_scaling": ("--use-rope-scaling", "Llama 3.1's RoPE frequency scaling is not among "
+                         "megastack's architectures", 0),
+    "decoupled_lr": ("--decoupled-lr", "one LR schedule drives all parameters (a separate LR "
+                     "for the embedding and output layer is not implemented)", 1),
+    "use_precision_aware_optimizer": ("--use-precision-aware-optimizer", _FP32_OPTIMIZER, 0),
+    "tiktoken_pattern": ("--tiktoken-pattern", "TikTokenizer is not among megastack's "
+                         "tokenizers: use --tokenizer-type HuggingFaceTokenizer", 1),
 }
 
 
@@ -581,6 +638,12 @@ def add_megatron_compat_args(p: argparse.ArgumentParser) -> None:
                         "--position-embedding-type none")
     g.add_argument("--distributed-backend", choices=["nccl", "gloo"],
                    help="nccl on GPUs and gloo on CPU, the only pairs megastack runs")
+    g.add_argument("--recompute-activations", action="store_true",
+                   help="same as --recompute-granularity selective")
+    g.add_argument("--rerun-mode", choices=["disabled", "validate_results", "report_stats"],
+                   help="only 'disabled': iterations are not re-run to validate results")
+    for attr in _FP32_ONLY_FLAGS:
+        p.add_argument("--" + attr.replace("_", "-"), dest=attr, help=argparse.SUPPRESS)
     # Megatron-LM's head size and rotary fraction: only the values megastack builds are taken.
     p.add_argument("--kv-channels", type=int, help=argparse.SUPPRESS)
     p.add_argument("--rotary-percent", type=float, help=argparse.SUPPRESS)
@@ -818,6 +881,11 @@ def _validate_fp16(args: argparse.Namespace) -> None:
 
 def _validate_recompute(args: argparse.Namespace) -> Optional[int]:
     """Megatron-LM's recompute flags; returns the --recompute-num-layers to use."""
+    if args.recompute_activations:  # Megatron-LM's older spelling of selective recompute
+        _check(args.recompute_granularity in (None, "selective"),
+               f"--recompute-activations means --recompute-granularity selective, and "
+               f"--recompute-granularity {args.recompute_granularity} was given: keep one")
+        args.recompute_granularity = "selective"
     if args.recompute_granularity == "full":
         _check(args.recompute_method is not None,
                "--recompute-granularity full needs --recompute-method uniform or block (e.g. "
@@ -874,6 +942,12 @@ def _check_megatron_compat(args: argparse.Namespace, model: ModelConfig) -> None
            or model.position_embedding_type in ("rope", "none"),
            f"--no-position-embedding with {model.position_embedding_type} positions: for a "
            f"model without position embeddings give --position-embedding-type none (or rope)")
+    for attr in _FP32_ONLY_FLAGS:
+        value = getattr(args, attr)
+        _check(value in (None, "fp32"), f"--{attr.replace('_', '-')} {value}: {_FP32_OPTIMIZER}")
+    _check(args.rerun_mode in (None, "disabled"),
+           f"--rerun-mode {args.rerun_mode}: megastack does not re-run iterations to check their "
+           f"results (Megatron-LM's rerun state machine); drop it")
     _check(args.dataloader_type == "single",
            f"--dataloader-type {args.dataloader_type}: megastack reads samples in order from "
            f"the consumed position (Megatron-LM's 'single'); drop the flag")
@@ -996,6 +1070,18 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _check(not args.grad_reduce_in_bf16 or args.bf16,
            "--grad-reduce-in-bf16 needs --bf16")
     _validate_fp16(args)
+    _check(args.ckpt_step is None or (args.load is not None and args.ckpt_step >= 0),
+           f"--ckpt-step {args.ckpt_step} names an iteration (>= 0) of the --load checkpoints: "
+           f"give --load")
+    _check(args.check_weight_hash_interval is None or args.check_weight_hash_interval >= 1,
+           f"--check-weight-hash-across-dp-replicas-interval must be >= 1, got "
+           f"{args.check_weight_hash_interval}")
+    if args.cross_entropy_loss_fusion and args.cross_entropy_fusion_impl == "te":
+        import importlib.util
+
+        _check(importlib.util.find_spec("transformer_engine") is not None,
+               "--cross-entropy-fusion-impl te needs Transformer Engine, which is not installed: "
+               "use --cross-entropy-fusion-impl native")
     _check(args.ddp_bucket_size is None or args.ddp_bucket_size >= 1,
            f"--ddp-bucket-size must be >= 1, got {args.ddp_bucket_size}")
     _check(args.ddp_bucket_size is None or args.overlap_grad_reduce,
@@ -1047,6 +1133,10 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         manual_gc_eval=args.manual_gc_eval,
         empty_unused_memory_level=args.empty_unused_memory_level, skip_train=args.skip_train,
         calculate_per_token_loss=args.calculate_per_token_loss, rampup_batch_size=rampup,
+        cross_entropy_loss_fusion=args.cross_entropy_loss_fusion,
+        cross_entropy_fusion_impl=args.cross_entropy_fusion_impl,
+        apply_query_key_layer_scaling=args.apply_query_key_layer_scaling,
+        check_weight_hash_interval=args.check_weight_hash_interval,
     )
     data = DataConfig(
         data_path=tuple(args.data_path), per_split_data_path=per_split_data_path(args),
@@ -1068,7 +1158,8 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         fully_parallel_save=args.ckpt_fully_parallel_save,
         fully_parallel_load=args.ckpt_fully_parallel_load,
         assume_constant_structure=args.ckpt_assume_constant_structure,
-        async_save=args.async_save,
+        async_save=args.async_save, ckpt_step=args.ckpt_step,
+        exit_on_missing_checkpoint=args.exit_on_missing_checkpoint,
     )
     logging_cfg = LoggingConfig(
         log_interval=args.log_interval, eval_interval=args.eval_interval,
@@ -1086,6 +1177,9 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         profile_ranks=tuple(args.profile_ranks),
     )
     growth = growth_config_from_args(args, model, parallel, gbs, rampup)
+    _check(args.ckpt_step is None or growth is None,
+           "--ckpt-step does not apply to a growth run (--grow-at-tokens), whose --load resumes "
+           "where the run stopped: point --load at the checkpoint directory to start from")
     _check(not (args.skip_train and growth is not None),
            "--skip-train evaluates one model: drop --grow-at-tokens (evaluate the grown "
            "checkpoint with --load instead)")

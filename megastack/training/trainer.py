@@ -162,6 +162,10 @@ class Trainer:
             recompute_num_layers=cfg.train.recompute_num_layers,
             calculate_per_token_loss=cfg.train.calculate_per_token_loss,
             overlap_p2p_comm=cfg.train.overlap_p2p_comm,
+            transformer_options=dict(
+                cross_entropy_loss_fusion=cfg.train.cross_entropy_loss_fusion,
+                cross_entropy_fusion_impl=cfg.train.cross_entropy_fusion_impl,
+                apply_query_key_layer_scaling=cfg.train.apply_query_key_layer_scaling),
         )
         self.ddp_chunks = self._wrap_ddp(self.chunks)
         self.optimizer = self._build_optimizer()
@@ -318,7 +322,18 @@ class Trainer:
     # ---------------------------------------------------------------- checkpoints
     def _load(self, path: str, finetune: bool) -> None:
         c = self.cfg.checkpoint
+        if c.ckpt_step is not None and path == c.load:
+            step_dir = ckpt.checkpoint_dir(path, c.ckpt_step)
+            if not ckpt.has_checkpoint(step_dir):
+                raise ValueError(
+                    f"--load {path} --ckpt-step {c.ckpt_step}: no checkpoint {step_dir} (latest "
+                    f"saved: {ckpt.read_latest_iteration(path)}); give the iteration of an "
+                    f"iter_* directory there")
+            path = step_dir
         if not ckpt.has_checkpoint(path):
+            if c.exit_on_missing_checkpoint:
+                raise ValueError(f"--load {path}: no checkpoint there (no metadata.json, no "
+                                 f"{ckpt.LATEST_FILE}) and --exit-on-missing-checkpoint is given")
             if finetune:
                 # Fine-tuning exists to start from given weights: random ones would be a silent
                 # failure (e.g. a growth step that never wrote its checkpoint).
@@ -576,6 +591,23 @@ class Trainer:
                 f"from the last checkpoint with a lower --lr or a longer --lr-warmup-iters. "
                 f"--no-check-for-nan-in-loss-and-grad trains on regardless")
 
+    def check_replicas_agree(self) -> None:
+        """--check-weight-hash-across-dp-replicas-interval: megatron-core hashes every parameter
+        and compares with data-parallel replica 0; all ranks stop if any replica differs (a
+        hardware fault or a non-deterministic reduction)."""
+        from megatron.core.utils import check_param_hashes_across_dp_replicas
+
+        self.gather_params()
+        agree = check_param_hashes_across_dp_replicas(self.chunks, cross_check=True)
+        flag = torch.tensor([int(agree)], dtype=torch.int32, device=self.rank.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if not flag.item():
+            raise TrainingDiverged(
+                f"iteration {self.state.iteration}: the data-parallel replicas hold different "
+                f"weights (rank {self.rank.rank} {'agrees' if agree else 'differs'}; megatron-core "
+                f"logs the parameters). Resume from the last checkpoint, and check the node's "
+                f"hardware if it happens again")
+
     def gather_params(self) -> None:
         """Make every rank's weights whole after an optimizer step with --overlap-param-gather,
         which leaves the all-gathers to the next forward pass's hooks: checkpoints and growth
@@ -673,6 +705,8 @@ class Trainer:
                              time.perf_counter() - step_start)
             if profiler is not None:
                 profiler.end(it)
+            if t.check_weight_hash_interval and it % t.check_weight_hash_interval == 0:
+                self.check_replicas_agree()
             if t.manual_gc and t.manual_gc_interval and it % t.manual_gc_interval == 0:
                 gc.collect()
             skipped += out["skipped"]

@@ -457,6 +457,22 @@ def test_sample_based_schedule_flags_become_iterations():
     (["--train-iters", "4", "--grad-reduce-in-bf16"], "--grad-reduce-in-bf16 needs --bf16"),
     (["--train-iters", "4", "--distributed-timeout-minutes", "0"],
      "--distributed-timeout-minutes must be >= 1"),
+    (["--train-iters", "4", "--wandb-project", "p"], "--wandb-project: Weights & Biases logging is "
+                                                     "not implemented: use --tensorboard-dir"),
+    (["--train-iters", "4", "--timing-log-level", "2"], "--timing-log-level: megastack times "),
+    (["--train-iters", "4", "--main-grads-dtype", "bf16"], "--main-grads-dtype bf16: Transformer "
+                                                           "Engine's precision-aware optimizer"),
+    (["--train-iters", "4", "--rerun-mode", "validate_results"],
+     "--rerun-mode validate_results: megastack does not re-run iterations"),
+    (["--train-iters", "4", "--recompute-activations", "--recompute-granularity", "full",
+      "--recompute-method", "uniform"], "--recompute-activations means --recompute-granularity "
+                                        "selective"),
+    (["--train-iters", "4", "--ckpt-step", "2"], "--ckpt-step 2 names an iteration (>= 0) of the "
+                                                 "--load checkpoints: give --load"),
+    (["--train-iters", "4", "--check-weight-hash-across-dp-replicas-interval", "0"],
+     "--check-weight-hash-across-dp-replicas-interval must be >= 1"),
+    (["--train-iters", "4", "--auto-detect-ckpt-format"], "megastack reads torch_dist "
+                                                          "checkpoints only"),
 ])
 def test_megatron_flags_megastack_cannot_honour_are_named(argv, needle):
     with pytest.raises(ValueError) as e:
@@ -487,8 +503,11 @@ def test_megatron_flags_asking_for_what_megastack_does_are_accepted(caplog):
                          "--legacy-tokenizer", "--use-cpu-initialization",
                          "--accumulate-allreduce-grads-in-fp32", "--distributed-backend", "gloo",
                          "--dataloader-type", "single", "--no-mmap-bin-files",
-                         "--log-validation-ppl-to-tensorboard"])
+                         "--log-validation-ppl-to-tensorboard", "--use-dist-ckpt",
+                         "--no-one-logger", "--rerun-mode", "disabled", "--main-grads-dtype",
+                         "fp32", "--exp-avg-dtype", "fp32", "--recompute-activations"])
     assert cfg.model.position_embedding_type == "rope" and not cfg.data.mmap_bin_files
+    assert cfg.train.recompute_granularity == "selective"
 
 
 def test_per_split_data_path_flags(tmp_path):

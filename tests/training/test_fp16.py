@@ -67,7 +67,12 @@ def test_overflow_skips_the_update_and_halves_the_scale(tmp_path):
 
 
 def test_constant_loss_scale_follows_fp32_training():
-    fp16 = _records(_train(["--fp16", "--loss-scale", "1024", "--train-iters", "4"]))
+    # With megatron-core's query-key layer scaling (scores scaled down by the layer number in
+    # fp16, back up in the fp32 softmax).
+    trainer = _train(["--fp16", "--loss-scale", "1024", "--train-iters", "4",
+                      "--apply-query-key-layer-scaling"])
+    assert trainer.chunks[0].config.apply_query_key_layer_scaling
+    fp16 = _records(trainer)
     fp32 = _records(_train(["--train-iters", "4"]))
     assert all(r["skipped iterations"] == 0 and r["loss scale"] == 1024 for r in fp16.values())
     for it in range(1, 5):

@@ -136,9 +136,11 @@ def test_batch_rampup_and_fp16_at_dp2_match_one_rank(tmp_path):
     """--rampup-batch-size 2 2 12 up to 8: at DP 2 the batches of 2 are one micro-batch per
     replica, those of 8 four; every iteration's batch and loss are the one-rank run's. In fp16
     with dynamic loss scaling, started high enough to overflow: the replicas agree on which
-    iterations overflow (megatron-core's found-inf all-reduce) and skip them together."""
+    iterations overflow (megatron-core's found-inf all-reduce) and skip them together, and
+    megatron-core's hash check finds the replicas' weights identical at iterations 3 and 6."""
     ramp = TINY + ["--train-samples", "40", "--rampup-batch-size", "2", "2", "12",
-                   "--fp16", "--initial-loss-scale", str(2 ** 24), "--hysteresis", "1"]
+                   "--fp16", "--initial-loss-scale", str(2 ** 24), "--hysteresis", "1",
+                   "--check-weight-hash-across-dp-replicas-interval", "3"]
     runs = {}
     for nproc in (1, 2):
         metrics = tmp_path / f"m{nproc}.jsonl"

@@ -9,7 +9,7 @@ import torch
 
 from megastack.checkpoint import training_checkpoint as ckpt
 from megastack.training.arguments import build_pretrain_config, parse_args
-from megastack.training.trainer import Trainer
+from megastack.training.trainer import Trainer, TrainingDiverged
 
 BASE = ["--model", "tiny-2l", "--mock-data", "--micro-batch-size", "2", "--global-batch-size",
         "4", "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "1",
@@ -654,3 +654,39 @@ def test_async_save_writes_each_checkpoint_as_it_was(tmp_path, monkeypatch):
             assert keys == sorted(saved.tensor_keys())
             for key in keys:
                 assert torch.equal(reference.load_tensor(key), saved.load_tensor(key)), (name, key)
+
+
+def test_ckpt_step_loads_that_iteration_and_a_missing_one_is_named(tmp_path):
+    run(["--train-iters", "4", "--save", str(tmp_path), "--save-interval", "2"])
+    resumed = run(["--train-iters", "4", "--load", str(tmp_path), "--ckpt-step", "2"])
+    assert sorted(train_losses(resumed)) == [3, 4]  # from iteration 2, not the latest (4)
+    trainer, tokenizer = make_trainer(["--train-iters", "4", "--load", str(tmp_path),
+                                       "--ckpt-step", "3"])
+    with pytest.raises(ValueError, match="--ckpt-step 3: no checkpoint .*iter_0000003 "
+                                         r"\(latest saved: 4\)"):
+        trainer.setup(tokenizer)
+    trainer, tokenizer = make_trainer(["--train-iters", "2", "--load", str(tmp_path / "none"),
+                                       "--exit-on-missing-checkpoint"])
+    with pytest.raises(ValueError, match="no checkpoint there .* --exit-on-missing-checkpoint"):
+        trainer.setup(tokenizer)
+
+
+def test_fused_cross_entropy_gives_the_same_losses():
+    plain = run(["--train-iters", "2"])
+    fused = run(["--train-iters", "2", "--cross-entropy-loss-fusion"])
+    assert fused.chunks[0].config.cross_entropy_loss_fusion
+    assert fused.chunks[0].config.cross_entropy_fusion_impl == "native"
+    for it, loss in train_losses(plain).items():
+        assert train_losses(fused)[it] == pytest.approx(loss, rel=1e-5)
+
+
+def test_replicas_that_disagree_stop_the_run(monkeypatch):
+    import megatron.core.utils
+
+    checked = []
+    monkeypatch.setattr(megatron.core.utils, "check_param_hashes_across_dp_replicas",
+                        lambda chunks, cross_check: checked.append(cross_check) or len(checked) < 2)
+    with pytest.raises(TrainingDiverged, match="iteration 4: the data-parallel replicas hold "
+                                               "different weights"):
+        run(["--train-iters", "5", "--check-weight-hash-across-dp-replicas-interval", "2"])
+    assert checked == [True, True]  # at iterations 2 and 4
