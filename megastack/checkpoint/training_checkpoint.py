@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 from typing import Any, Callable, Optional
 
@@ -287,6 +288,15 @@ def _publish(root: str, tmp: str, final: str, iteration: int) -> None:
     else:
         os.rename(tmp, final)
     write_latest(root, iteration)
+
+
+def remove_checkpoints_before(root: str, iteration: int) -> None:
+    """Delete `root`'s published checkpoints older than `iteration` (a directory that keeps only
+    its latest, as --non-persistent-save-interval's). Saves in flight (.tmp) are left alone."""
+    for name in os.listdir(root):
+        match = re.fullmatch(r"iter_(\d{7})", name)
+        if match and int(match.group(1)) < iteration:
+            shutil.rmtree(os.path.join(root, name))
 
 
 def write_latest(root: str, iteration: int) -> None:

@@ -124,6 +124,10 @@ class CheckpointConfig:
     assume_constant_structure: bool = False
     async_save: bool = False
     ckpt_step: Optional[int] = None  # load this iteration of --load instead of the latest
+    # --non-persistent-save-interval: frequent checkpoints into their own directory, only the
+    # latest kept; a resume takes the newer of it and --load's latest.
+    non_persistent_save_interval: Optional[int] = None
+    non_persistent_dir: Optional[str] = None
     exit_on_missing_checkpoint: bool = False
 
 
@@ -442,6 +446,15 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ckpt-fully-parallel-load", action="store_true",
                    help="data-parallel replicas split the reading of a checkpoint and exchange "
                         "what they read")
+    g.add_argument("--non-persistent-save-interval", type=int,
+                   help="iterations between non-persistent checkpoints: written like the others "
+                        "into --non-persistent-global-ckpt-dir, each replacing the last, and "
+                        "resumed from when newer than --load's latest (e.g. every 50 iterations "
+                        "on preemptible nodes, persistent ones every 1000)")
+    g.add_argument("--non-persistent-ckpt-type", choices=["global", "local", "in_memory"],
+                   help="only 'global' (a directory on the shared filesystem)")
+    g.add_argument("--non-persistent-global-ckpt-dir",
+                   help="where the non-persistent checkpoints go (default: SAVE/non_persistent)")
     g.add_argument("--ckpt-step", type=int,
                    help="load this iteration's checkpoint from --load instead of the latest")
     g.add_argument("--exit-on-missing-checkpoint", action="store_true",
@@ -574,8 +587,6 @@ UNSUPPORTED_FLAGS = {  # attr: (flag, why and what instead, number of values it 
     "fp8_format": ("--fp8-format", "FP8 training is not implemented: use --bf16", 1),
     "tp_comm_overlap": ("--tp-comm-overlap", "Transformer Engine's userbuffer overlap of the "
                         "tensor-parallel communication is not wired: drop it", 0),
-    "non_persistent_save_interval": ("--non-persistent-save-interval", "only persistent "
-                                     "checkpoints are written: use --save-interval", 1),
     "qk_layernorm": ("--qk-layernorm", "query/key normalisation is not among megastack's "
                      "architectures (nor its growth operators)", 0),
     "apply_layernorm_1p": ("--apply-layernorm-1p", "zero-centred norm weights are not among "
@@ -857,6 +868,26 @@ def _validate_schedule(args: argparse.Namespace, train_iters: int, warmup_iters:
            "--use-checkpoint-opt_param-scheduler (schedule from the checkpoint)")
 
 
+def _validate_non_persistent(args: argparse.Namespace) -> Optional[str]:
+    """The directory of the non-persistent checkpoints, None without them."""
+    if args.non_persistent_save_interval is None:
+        given = [flag for flag, value in (
+            ("--non-persistent-ckpt-type", args.non_persistent_ckpt_type),
+            ("--non-persistent-global-ckpt-dir", args.non_persistent_global_ckpt_dir)) if value]
+        _check(not given, f"{', '.join(given)} go with --non-persistent-save-interval N")
+        return None
+    _check(args.non_persistent_save_interval >= 1,
+           f"--non-persistent-save-interval must be >= 1, got {args.non_persistent_save_interval}")
+    _check(args.non_persistent_ckpt_type in (None, "global"),
+           f"--non-persistent-ckpt-type {args.non_persistent_ckpt_type}: only 'global' (a "
+           f"directory on the shared filesystem) is implemented; node-local and in-memory copies "
+           f"need NVIDIA's resiliency extension")
+    _check(args.save is not None, "--non-persistent-save-interval needs --save DIR")
+    path = args.non_persistent_global_ckpt_dir or os.path.join(args.save, "non_persistent")
+    check_output_dir(f"--non-persistent-global-ckpt-dir {path}", path)
+    return path
+
+
 _LOSS_SCALE_DEFAULTS = {"loss_scale": None, "initial_loss_scale": 2.0 ** 32, "min_loss_scale": 1.0,
                         "loss_scale_window": 1000, "hysteresis": 2}
 
@@ -1070,6 +1101,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _check(not args.grad_reduce_in_bf16 or args.bf16,
            "--grad-reduce-in-bf16 needs --bf16")
     _validate_fp16(args)
+    non_persistent_dir = _validate_non_persistent(args)
     _check(args.ckpt_step is None or (args.load is not None and args.ckpt_step >= 0),
            f"--ckpt-step {args.ckpt_step} names an iteration (>= 0) of the --load checkpoints: "
            f"give --load")
@@ -1160,6 +1192,8 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         assume_constant_structure=args.ckpt_assume_constant_structure,
         async_save=args.async_save, ckpt_step=args.ckpt_step,
         exit_on_missing_checkpoint=args.exit_on_missing_checkpoint,
+        non_persistent_save_interval=args.non_persistent_save_interval,
+        non_persistent_dir=non_persistent_dir,
     )
     logging_cfg = LoggingConfig(
         log_interval=args.log_interval, eval_interval=args.eval_interval,
@@ -1177,6 +1211,9 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         profile_ranks=tuple(args.profile_ranks),
     )
     growth = growth_config_from_args(args, model, parallel, gbs, rampup)
+    _check(args.non_persistent_save_interval is None or growth is None,
+           "--non-persistent-save-interval does not apply to a growth run (--grow-at-tokens), "
+           "whose resume reads the phases' --save checkpoints: use --save-interval")
     _check(args.ckpt_step is None or growth is None,
            "--ckpt-step does not apply to a growth run (--grow-at-tokens), whose --load resumes "
            "where the run stopped: point --load at the checkpoint directory to start from")

@@ -15,10 +15,11 @@ import gc
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -330,6 +331,8 @@ class Trainer:
                     f"saved: {ckpt.read_latest_iteration(path)}); give the iteration of an "
                     f"iter_* directory there")
             path = step_dir
+        elif c.non_persistent_dir and path == c.load:
+            path = self._newest_of(path, c.non_persistent_dir)
         if not ckpt.has_checkpoint(path):
             if c.exit_on_missing_checkpoint:
                 raise ValueError(f"--load {path}: no checkpoint there (no metadata.json, no "
@@ -374,6 +377,20 @@ class Trainer:
         else:
             logger.info("resuming at iteration %d, %d samples consumed", self.state.iteration,
                         self.state.consumed_train_samples)
+
+    @staticmethod
+    def _newest_of(load: str, non_persistent: str) -> str:
+        """--load, or the non-persistent checkpoints' directory when its latest is newer (as
+        Megatron-LM resumes from a global non-persistent checkpoint)."""
+        def latest(root):
+            it = ckpt.read_latest_iteration(root) if os.path.isdir(root) else None
+            return it if isinstance(it, int) else -1
+
+        if latest(non_persistent) > latest(load):
+            logger.info("resuming from the non-persistent checkpoint of iteration %d in %s, newer "
+                        "than %s's latest", latest(non_persistent), non_persistent, load)
+            return non_persistent
+        return load
 
     def _check_checkpoint_matches(self, path: str, load_optim: bool,
                                   common: dict[str, Any]) -> None:
@@ -487,7 +504,30 @@ class Trainer:
                 f"flags of the run being resumed")
 
     def save(self, root: Optional[str] = None, extra: Optional[dict] = None) -> str:
-        root = root or self.cfg.checkpoint.save
+        on_saved = None
+        if self.progress is not None:
+            st = self.state
+            on_saved = partial(self.progress.checkpoint_saved, st.iteration,
+                               st.job_floating_point_operations, st.job_train_seconds,
+                               st.floating_point_operations, st.train_seconds,
+                               st.consumed_train_samples * self.cfg.model.seq_length)
+        path = self._write_checkpoint(root or self.cfg.checkpoint.save, extra, on_saved)
+        self.last_saved_iteration = self.state.iteration
+        return path
+
+    def save_non_persistent(self) -> str:
+        """--non-persistent-save-interval: a checkpoint into its own directory that replaces
+        the one before; it does not count as saved (the run still ends with a persistent one)."""
+        root, iteration = self.cfg.checkpoint.non_persistent_dir, self.state.iteration
+
+        def drop_older():
+            if self.rank.rank == 0:
+                ckpt.remove_checkpoints_before(root, iteration)
+
+        return self._write_checkpoint(root, None, on_saved=drop_older)
+
+    def _write_checkpoint(self, root: str, extra: Optional[dict],
+                          on_saved: Optional[Callable[[], None]]) -> str:
         self.gather_params()
         common = {
             "consumed_train_samples": self.state.consumed_train_samples,
@@ -502,14 +542,7 @@ class Trainer:
             },
         }
         c = self.cfg.checkpoint
-        on_saved = None
-        if self.progress is not None:
-            st = self.state
-            on_saved = partial(self.progress.checkpoint_saved, st.iteration,
-                               st.job_floating_point_operations, st.job_train_seconds,
-                               st.floating_point_operations, st.train_seconds,
-                               st.consumed_train_samples * self.cfg.model.seq_length)
-        path = ckpt.save_checkpoint(root, self.state.iteration, self.chunks,
+        return ckpt.save_checkpoint(root, self.state.iteration, self.chunks,
                                     None if c.no_save_optim else self.optimizer,
                                     None if c.no_save_optim else self.scheduler,
                                     common=common, args=self.args,
@@ -517,8 +550,6 @@ class Trainer:
                                     assume_constant_structure=c.assume_constant_structure,
                                     save_rng=not c.no_save_rng, async_queue=self.async_saves,
                                     on_saved=on_saved)
-        self.last_saved_iteration = self.state.iteration
-        return path
 
     def finalize_async_saves(self, blocking: bool) -> None:
         """--async-save: publish the checkpoints whose writing has ended on every rank (all of
@@ -755,8 +786,11 @@ class Trainer:
             paused_at = time.perf_counter()
             if lg.eval_interval and it % lg.eval_interval == 0:
                 self._log_eval(it)
-            if cfg.checkpoint.save and cfg.checkpoint.save_interval and it % cfg.checkpoint.save_interval == 0:
+            c = cfg.checkpoint
+            if c.save and c.save_interval and it % c.save_interval == 0:
                 self.save()
+            elif c.non_persistent_save_interval and it % c.non_persistent_save_interval == 0:
+                self.save_non_persistent()
             last_log_time += time.perf_counter() - paused_at
             reason = self.stop_reason()
             if reason:

@@ -473,6 +473,12 @@ def test_sample_based_schedule_flags_become_iterations():
      "--check-weight-hash-across-dp-replicas-interval must be >= 1"),
     (["--train-iters", "4", "--auto-detect-ckpt-format"], "megastack reads torch_dist "
                                                           "checkpoints only"),
+    (["--train-iters", "4", "--non-persistent-save-interval", "10"],
+     "--non-persistent-save-interval needs --save DIR"),
+    (["--train-iters", "4", "--save", "s", "--non-persistent-save-interval", "10",
+      "--non-persistent-ckpt-type", "local"], "--non-persistent-ckpt-type local: only 'global'"),
+    (["--train-iters", "4", "--non-persistent-global-ckpt-dir", "np"],
+     "--non-persistent-global-ckpt-dir go with --non-persistent-save-interval N"),
 ])
 def test_megatron_flags_megastack_cannot_honour_are_named(argv, needle):
     with pytest.raises(ValueError) as e:

@@ -690,3 +690,31 @@ def test_replicas_that_disagree_stop_the_run(monkeypatch):
                                                "different weights"):
         run(["--train-iters", "5", "--check-weight-hash-across-dp-replicas-interval", "2"])
     assert checked == [True, True]  # at iterations 2 and 4
+
+
+def test_non_persistent_checkpoints_keep_the_latest_and_a_resume_takes_the_newest(tmp_path):
+    """Persistent checkpoints every 4 iterations, non-persistent ones every iteration: a run that
+    crashes in iteration 6 resumes from the non-persistent 5, not the persistent 4."""
+    save = tmp_path / "ckpt"
+    flags = ["--train-iters", "6", "--save", str(save), "--save-interval", "4",
+             "--non-persistent-save-interval", "1"]
+    straight = train_losses(run(["--train-iters", "6"]))
+    trainer, tokenizer = make_trainer(flags)
+    trainer.setup(tokenizer)
+    step = trainer.train_step
+
+    def crash_in_iteration_6():
+        if trainer.state.iteration == 5:
+            raise RuntimeError("node lost")
+        return step()
+
+    trainer.train_step = crash_in_iteration_6
+    with pytest.raises(RuntimeError, match="node lost"):
+        trainer.train()
+    assert ckpt.read_latest_iteration(str(save)) == 4
+    assert sorted(p.name for p in (save / "non_persistent").iterdir()) == [
+        "iter_0000005", ckpt.LATEST_FILE]
+    resumed = run(flags + ["--load", str(save)])
+    assert sorted(train_losses(resumed)) == [6]
+    assert train_losses(resumed)[6] == pytest.approx(straight[6], rel=1e-5)
+    assert ckpt.read_latest_iteration(str(save)) == 6  # the run ends with a persistent save
