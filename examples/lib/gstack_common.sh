@@ -310,7 +310,10 @@ gstack_check_time() {
     fi
 }
 
-gstack_has_checkpoint() { [[ -f "$1/latest_checkpointed_iteration.txt" ]]; }
+# A persistent checkpoint, or a non-persistent one (EXTRA_TRAIN_ARGS=--non-persistent-save-interval).
+gstack_has_checkpoint() {
+    [[ -f "$1/latest_checkpointed_iteration.txt" || -f "$1/non_persistent/latest_checkpointed_iteration.txt" ]]
+}
 
 gstack_torchrun() {
     local port="$1"

@@ -331,7 +331,9 @@ class Trainer:
                     f"saved: {ckpt.read_latest_iteration(path)}); give the iteration of an "
                     f"iter_* directory there")
             path = step_dir
-        elif c.non_persistent_dir and path == c.load:
+        elif (c.non_persistent_dir and path == c.load and c.save
+              and os.path.realpath(c.load) == os.path.realpath(c.save)):
+            # Resuming this run (--load is its --save): its non-persistent checkpoints count.
             path = self._newest_of(path, c.non_persistent_dir)
         if not ckpt.has_checkpoint(path):
             if c.exit_on_missing_checkpoint:
@@ -731,9 +733,9 @@ class Trainer:
             step_start = time.perf_counter()
             out = self.train_step()
             it = self.state.iteration
-            self.finalize_async_saves(blocking=False)
             self._count_step(flops_per_token * out["batch-size"] * seq,
                              time.perf_counter() - step_start)
+            self.finalize_async_saves(blocking=False)
             if profiler is not None:
                 profiler.end(it)
             if t.check_weight_hash_interval and it % t.check_weight_hash_interval == 0:
