@@ -470,6 +470,8 @@ class Trainer:
         gbs = t.global_batch_size
 
         def steps(v):
+            if t.rampup_batch_size is not None:  # iterations of varying batches
+                return f"{v} samples"
             return f"{v} samples ({v / gbs:g} iterations of {gbs})"
 
         def first(*keys):

@@ -90,6 +90,13 @@ def test_training_ramps_up_and_resumes_mid_ramp(tmp_path):
     save = tmp_path / "ckpt"
     first = _train(["--train-samples", "40", "--save", str(save), "--exit-interval", "3"])
     assert first.state.iteration == 3
+    # A longer run would decay the LR over other samples: named in samples (the iterations
+    # have different batches).
+    from megastack.training.trainer import Trainer
+
+    cfg, args, tokenizer = config(["--train-samples", "48", "--load", str(save)])
+    with pytest.raises(ValueError, match=r"LR decay\): checkpoint 38 samples, now 46 samples\)"):
+        Trainer(cfg, args).setup(tokenizer)
     resumed = _train(["--train-samples", "40", "--save", str(save), "--load", str(save)])
     assert list(_per_iteration(resumed, "global batch size").values()) == RAMP_BATCHES[3:]
     assert resumed.state.consumed_train_samples == 38
