@@ -267,6 +267,11 @@ def token_count(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+# --fp16's loss-scaling flags and their defaults (Megatron-LM's); without --fp16 they must stay so.
+_LOSS_SCALE_DEFAULTS = {"loss_scale": None, "initial_loss_scale": 2.0 ** 32, "min_loss_scale": 1.0,
+                        "loss_scale_window": 1000, "hysteresis": 2}
+
+
 def add_training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--micro-batch-size", type=int, default=1)
@@ -356,13 +361,17 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                         "the loss scaled so that gradients do not underflow")
     g.add_argument("--loss-scale", type=float,
                    help="a constant loss scale (a power of 2); default: dynamic")
-    g.add_argument("--initial-loss-scale", type=float, default=2.0 ** 32,
+    g.add_argument("--initial-loss-scale", type=float,
+                   default=_LOSS_SCALE_DEFAULTS["initial_loss_scale"],
                    help="dynamic scaling: the scale to start from")
-    g.add_argument("--min-loss-scale", type=float, default=1.0,
+    g.add_argument("--min-loss-scale", type=float,
+                   default=_LOSS_SCALE_DEFAULTS["min_loss_scale"],
                    help="dynamic scaling: the scale is never lowered below this")
-    g.add_argument("--loss-scale-window", type=int, default=1000,
+    g.add_argument("--loss-scale-window", type=int,
+                   default=_LOSS_SCALE_DEFAULTS["loss_scale_window"],
                    help="dynamic scaling: iterations without overflow before the scale doubles")
-    g.add_argument("--hysteresis", type=int, default=2,
+    g.add_argument("--hysteresis", type=int,
+                   default=_LOSS_SCALE_DEFAULTS["hysteresis"],
                    help="dynamic scaling: overflows tolerated before the scale halves")
     g.add_argument("--apply-query-key-layer-scaling", action="store_true",
                    help="scale attention scores down by the layer number before the softmax "
@@ -886,10 +895,6 @@ def _validate_non_persistent(args: argparse.Namespace) -> Optional[str]:
     path = args.non_persistent_global_ckpt_dir or os.path.join(args.save, "non_persistent")
     check_output_dir(f"--non-persistent-global-ckpt-dir {path}", path)
     return path
-
-
-_LOSS_SCALE_DEFAULTS = {"loss_scale": None, "initial_loss_scale": 2.0 ** 32, "min_loss_scale": 1.0,
-                        "loss_scale_window": 1000, "hysteresis": 2}
 
 
 def _validate_fp16(args: argparse.Namespace) -> None:

@@ -388,9 +388,10 @@ class Trainer:
             it = ckpt.read_latest_iteration(root) if os.path.isdir(root) else None
             return it if isinstance(it, int) else -1
 
-        if latest(non_persistent) > latest(load):
+        newest = latest(non_persistent)
+        if newest > latest(load):
             logger.info("resuming from the non-persistent checkpoint of iteration %d in %s, newer "
-                        "than %s's latest", latest(non_persistent), non_persistent, load)
+                        "than %s's latest", newest, non_persistent, load)
             return non_persistent
         return load
 

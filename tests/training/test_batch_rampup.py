@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from megastack.training.arguments import build_pretrain_config, parse_args
 from megastack.training.batch_schedule import BatchSchedule
+from tests.training import in_process
 
 # Ramp from 2 to 8 sequences in steps of 2 over 12 samples: 12 / 3 = 4 samples per step, so
 # the batch is 2 from 0 consumed samples, 4 from 4, 6 from 8 and 8 after 12 (as Megatron-LM).
@@ -16,19 +16,12 @@ BASE = ["--model", "tiny-2l", "--mock-data", "--micro-batch-size", "2", *RAMP,
         "--lr-decay-style", "linear"]
 
 
-@pytest.fixture(autouse=True)
-def _one_rank(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    for var in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("one_process")
 
 
 def config(argv):
-    from megastack.pretrain import build_tokenizer_from_args
-
-    args = parse_args(BASE + argv)
-    tokenizer = build_tokenizer_from_args(args)
-    return build_pretrain_config(args, tokenizer.vocab_size), args, tokenizer
+    trainer, _ = in_process.build(BASE + argv)  # not set up: the flags' config only
+    return trainer.cfg, trainer.args
 
 
 def test_schedule_follows_megatron_core_and_counts_iterations():
@@ -49,25 +42,17 @@ def test_schedule_follows_megatron_core_and_counts_iterations():
 
 
 def test_run_length_and_lr_schedule_count_the_ramp():
-    cfg, _, _ = config(["--train-samples", "40", "--lr-warmup-samples", "9",
-                        "--lr-decay-samples", "30"])
+    cfg, _ = config(["--train-samples", "40", "--lr-warmup-samples", "9",
+                     "--lr-decay-samples", "30"])
     # 9 samples: nearest boundary is 8 (3 iterations); 30 samples: 30 after 6 iterations.
     assert (cfg.train.train_iters, cfg.train.lr_warmup_iters, cfg.train.lr_decay_iters) == (7, 3, 6)
-    cfg, _, _ = config(["--train-tokens", str(20 * SEQ), "--lr-warmup-fraction", "0.25"])
+    cfg, _ = config(["--train-tokens", str(20 * SEQ), "--lr-warmup-fraction", "0.25"])
     # 20 samples take 5 iterations (22 samples); a quarter of their 22 samples is nearest to 4.
     assert (cfg.train.train_iters, cfg.train.lr_warmup_iters) == (5, 2)
 
 
 def _train(argv):
-    from megastack.training.trainer import Trainer
-
-    cfg, args, tokenizer = config(argv)
-    trainer = Trainer(cfg, args).setup(tokenizer)
-    trainer.train()
-    if cfg.checkpoint.save and trainer.last_saved_iteration != trainer.state.iteration:
-        trainer.save()
-    trainer.close()
-    return trainer
+    return in_process.train(BASE + argv)
 
 
 def _per_iteration(trainer, key):
@@ -92,11 +77,9 @@ def test_training_ramps_up_and_resumes_mid_ramp(tmp_path):
     assert first.state.iteration == 3
     # A longer run would decay the LR over other samples: named in samples (the iterations
     # have different batches).
-    from megastack.training.trainer import Trainer
-
-    cfg, args, tokenizer = config(["--train-samples", "48", "--load", str(save)])
+    trainer, tokenizer = in_process.build(BASE + ["--train-samples", "48", "--load", str(save)])
     with pytest.raises(ValueError, match=r"LR decay\): checkpoint 38 samples, now 46 samples\)"):
-        Trainer(cfg, args).setup(tokenizer)
+        trainer.setup(tokenizer)
     resumed = _train(["--train-samples", "40", "--save", str(save), "--load", str(save)])
     assert list(_per_iteration(resumed, "global batch size").values()) == RAMP_BATCHES[3:]
     assert resumed.state.consumed_train_samples == 38
@@ -108,9 +91,9 @@ def test_training_ramps_up_and_resumes_mid_ramp(tmp_path):
 def test_growth_point_and_large_phase_schedule_follow_the_ramp(tmp_path):
     from megastack.training.growth_run import _GrownTrainer, _phase_configs, growth_point_iterations
 
-    cfg, args, _ = config(["--train-samples", "40", "--save", str(tmp_path),
-                           "--grow-at-tokens", str(9 * SEQ), "--stacking-list", "0-1*2",
-                           "--lr-warmup-iters-after-growth", "2"])
+    cfg, args = config(["--train-samples", "40", "--save", str(tmp_path),
+                        "--grow-at-tokens", str(9 * SEQ), "--stacking-list", "0-1*2",
+                        "--lr-warmup-iters-after-growth", "2"])
     # 9 samples are first reached after 4 iterations (2 + 2 + 4 + 6 = 14 samples).
     assert growth_point_iterations(cfg) == 4
     small, large = _phase_configs(cfg, 4)

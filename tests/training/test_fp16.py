@@ -4,8 +4,7 @@ checkpoints, and losses that follow fp32 training."""
 import pytest
 import torch
 
-from megastack.training.arguments import build_pretrain_config, parse_args
-from megastack.training.trainer import Trainer
+from tests.training import in_process
 
 GBS = 4
 BASE = ["--model", "tiny-2l", "--mock-data", "--micro-batch-size", "2", "--global-batch-size",
@@ -16,24 +15,11 @@ BASE = ["--model", "tiny-2l", "--mock-data", "--micro-batch-size", "2", "--globa
 DYNAMIC = ["--fp16", "--initial-loss-scale", str(2 ** 24), "--hysteresis", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_rank(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    for var in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("one_process")
 
 
 def _train(argv):
-    from megastack.pretrain import build_tokenizer_from_args
-
-    args = parse_args(BASE + argv)
-    tokenizer = build_tokenizer_from_args(args)
-    trainer = Trainer(build_pretrain_config(args, tokenizer.vocab_size), args).setup(tokenizer)
-    trainer.train()
-    if trainer.cfg.checkpoint.save and trainer.last_saved_iteration != trainer.state.iteration:
-        trainer.save()
-    trainer.close()
-    return trainer
+    return in_process.train(BASE + argv)
 
 
 def _records(trainer):

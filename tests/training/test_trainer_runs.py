@@ -10,36 +10,22 @@ import torch
 from megastack.checkpoint import training_checkpoint as ckpt
 from megastack.training.arguments import build_pretrain_config, parse_args
 from megastack.training.trainer import Trainer, TrainingDiverged
+from tests.training import in_process
 
 BASE = ["--model", "tiny-2l", "--mock-data", "--micro-batch-size", "2", "--global-batch-size",
         "4", "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "1",
         "--lr", "1e-3", "--lr-decay-style", "cosine"]
 
 
-@pytest.fixture(autouse=True)
-def _one_rank(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    for var in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("one_process")
 
 
 def make_trainer(argv, **kwargs):
-    from megastack.pretrain import build_tokenizer_from_args
-
-    args = parse_args(BASE + argv)
-    tokenizer = build_tokenizer_from_args(args)
-    cfg = build_pretrain_config(args, tokenizer.vocab_size)
-    return Trainer(cfg, args, **kwargs), tokenizer
+    return in_process.build(BASE + argv, **kwargs)
 
 
 def run(argv, **kwargs):
-    trainer, tokenizer = make_trainer(argv, **kwargs)
-    trainer.setup(tokenizer)
-    trainer.train()
-    if trainer.cfg.checkpoint.save and trainer.last_saved_iteration != trainer.state.iteration:
-        trainer.save()
-    trainer.close()
-    return trainer
+    return in_process.train(BASE + argv, **kwargs)
 
 
 def train_losses(trainer):
