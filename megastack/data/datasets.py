@@ -167,7 +167,8 @@ def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_le
                        reset_position_ids: bool = False, reset_attention_mask: bool = False,
                        eod_mask_loss: bool = False, model_vocab_size: Optional[int] = None,
                        per_split_data_path: Optional[Sequence[Sequence[str]]] = None,
-                       mmap_bin_files: bool = True):
+                       mmap_bin_files: bool = True, num_dataset_builder_threads: int = 1,
+                       multiple_validation_sets: bool = False, full_validation: bool = False):
     """(train, valid, test) megatron-core GPT datasets; an entry is None when its split is empty.
 
     Each item is a dict of torch tensors: tokens, labels, loss_mask, attention_mask,
@@ -175,7 +176,9 @@ def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_le
     MockGPTDataset samples (for smoke tests without data). ``per_split_data_path`` (Megatron's
     --train/--valid/--test-data-path, each possibly empty) replaces ``data_path`` and ``split``.
     With ``model_vocab_size`` (the embedding's padded rows) data holding larger token ids is
-    refused up front.
+    refused up front. ``multiple_validation_sets`` (Megatron-LM's flag) makes valid a list, one
+    dataset per --valid-data-path prefix; ``full_validation`` builds the validation split as one
+    epoch of its data (its count in ``train_valid_test_num_samples`` is then ignored).
     """
     from megatron.core.datasets.blended_megatron_dataset_builder import (
         BlendedMegatronDatasetBuilder)
@@ -208,6 +211,9 @@ def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_le
         split = None  # megatron-core: the per-split blends take the place of --split
     else:
         split = _validate_split(split)
+    if multiple_validation_sets and (blend_per_split is None or blend_per_split[1] is None):
+        raise ValueError("--multiple-validation-sets evaluates each --valid-data-path dataset on "
+                         "its own: give the validation datasets with --valid-data-path")
     if not mock and blend_per_split is None:
         prefixes, weights = parse_data_path(data_path or [])
         check_prefixes_exist(prefixes)
@@ -215,6 +221,14 @@ def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_le
         if model_vocab_size is not None:
             check_token_ids_fit(prefixes, model_vocab_size)
         blend = (prefixes, weights)
+    valid_blend = blend if blend_per_split is None else blend_per_split[1]
+    if (full_validation or multiple_validation_sets) and valid_blend and valid_blend[1]:
+        # megatron-core builds a whole epoch (or separate sets) from unweighted datasets only.
+        flag = "--data-path" if blend_per_split is None else "--valid-data-path"
+        raise ValueError(f"{flag} is weighted, but --full-validation and "
+                         f"--multiple-validation-sets read each validation dataset as it is: "
+                         f"give the validation datasets without weights"
+                         + (" with --valid-data-path" if blend_per_split is None else ""))
     config = GPTDatasetConfig(
         random_seed=seed,
         sequence_length=seq_length,
@@ -227,10 +241,26 @@ def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_le
         reset_attention_mask=reset_attention_mask,
         eod_mask_loss=eod_mask_loss,
         mmap_bin_files=mmap_bin_files,  # False: read the .bin with file reads (Megatron-LM's
-    )                                   # --no-mmap-bin-files, for filesystems that mmap badly)
+                                        # --no-mmap-bin-files, for filesystems that mmap badly)
+        num_dataset_builder_threads=num_dataset_builder_threads,
+        multiple_validation_sets=multiple_validation_sets, full_validation=full_validation,
+    )
     dataset_class = MockGPTDataset if mock else GPTDataset
     sizes = [int(n) for n in train_valid_test_num_samples]
+    if full_validation:
+        sizes[1] = None  # megatron-core: no size, one epoch
     with _rank_zero_without_process_group():
         train, valid, test = BlendedMegatronDatasetBuilder(
             dataset_class, sizes, lambda: True, config).build()
+    if multiple_validation_sets and not isinstance(valid, list):
+        valid = [valid]  # megatron-core returns a lone validation dataset as it is
     return train, valid, test
+
+
+def validation_set_names(prefixes: Sequence[str]) -> list[str]:
+    """How each of --multiple-validation-sets' datasets is named in the logs: its file name
+    (as Megatron-LM), or the whole prefix where two file names are the same."""
+    names = [os.path.basename(p) for p in prefixes]
+    if len(set(names)) < len(names):
+        return list(prefixes)
+    return names

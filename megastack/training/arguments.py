@@ -104,6 +104,7 @@ class DataConfig:
     reset_attention_mask: bool = False
     eod_mask_loss: bool = False
     mmap_bin_files: bool = True
+    num_dataset_builder_threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,10 @@ class LoggingConfig:
     log_interval: int = 100
     eval_interval: int = 1000
     eval_iters: int = 100
+    # Each --valid-data-path dataset evaluated (and logged) on its own.
+    multiple_validation_sets: bool = False
+    # Every evaluation reads the whole validation split (its --eval-iters follows from its size).
+    full_validation: bool = False
     tensorboard_dir: Optional[str] = None
     tensorboard_log_interval: int = 1  # per-iteration scalars, as Megatron-LM
     tensorboard_queue_size: int = 1000
@@ -406,6 +411,14 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         g.add_argument(flag, nargs="*",
                        help=f"the {flag.split('-')[2]} split's dataset prefixes (optionally "
                             f"weighted), instead of --data-path and --split")
+    g.add_argument("--data-args-path",
+                   help="a file holding the --data-path value (for blends too long for a "
+                        "command line)")
+    g.add_argument("--per-split-data-args-path",
+                   help="a JSON file {\"train\": ..., \"valid\": ..., \"test\": ...} holding "
+                        "the --train/--valid/--test-data-path values")
+    g.add_argument("--num-dataset-builder-threads", type=int, default=1,
+                   help="threads per rank building the blend's datasets (their index files)")
     g.add_argument("--mock-data", action="store_true")
     g.add_argument("--tokenizer-type", choices=["SentencePieceTokenizer", "GPT2BPETokenizer",
                                                 "HuggingFaceTokenizer", "NullTokenizer",
@@ -497,6 +510,12 @@ def add_logging_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-interval", type=int, default=100)
     g.add_argument("--eval-interval", type=int, default=1000, help="0: no evaluation")
     g.add_argument("--eval-iters", type=int, default=100)
+    g.add_argument("--multiple-validation-sets", action="store_true",
+                   help="evaluate each --valid-data-path dataset on its own: 'lm loss validation "
+                        "NAME' per dataset, and their mean as 'lm loss validation'")
+    g.add_argument("--full-validation", action="store_true",
+                   help="every evaluation reads the whole validation split (instead of "
+                        "--eval-iters batches)")
     g.add_argument("--tensorboard-dir")
     g.add_argument("--tensorboard-log-interval", type=int, default=1,
                    help="iterations between TensorBoard points of the loss, learning rate, grad "
@@ -776,9 +795,46 @@ def per_split_data_path(args: argparse.Namespace) -> Optional[tuple[tuple[str, .
     return tuple(tuple(words or ()) for words in given)
 
 
+def _read_data_args_files(args: argparse.Namespace) -> None:
+    """--data-args-path / --per-split-data-args-path: the lists their files hold take the place
+    of --data-path / --train/--valid/--test-data-path (read once: `args` keeps the lists)."""
+    from megastack.data.data_args_files import (read_data_args_file,
+                                                read_per_split_data_args_file)
+
+    if args.data_args_path is not None:
+        _check(not args.data_path, "give --data-path or --data-args-path, not both")
+        _check(args.per_split_data_args_path is None,
+               "give --data-args-path (with --split) or --per-split-data-args-path, not both")
+        path, args.data_args_path = args.data_args_path, None
+        args.data_path = read_data_args_file(path)
+        _check_prefix_files(f"--data-args-path {path}:", args.data_path)
+    if args.per_split_data_args_path is not None:
+        _check(per_split_data_path(args) is None,
+               "give --train/--valid/--test-data-path or --per-split-data-args-path, not both")
+        path, args.per_split_data_args_path = args.per_split_data_args_path, None
+        words = read_per_split_data_args_file(path)
+        for key, split_words in zip(("train", "valid", "test"), words):
+            _check_prefix_files(f"--per-split-data-args-path {path}: \"{key}\":", split_words)
+        args.train_data_path, args.valid_data_path, args.test_data_path = words
+
+
+def _check_prefix_files(source: str, words) -> None:
+    for prefix in (p for p in words if not _is_number(p)):
+        for ext in (".bin", ".idx"):
+            _check(os.path.exists(prefix + ext),
+                   f"{source} {prefix}: {prefix + ext} does not exist; run "
+                   f"tools/preprocess_data.py --output-prefix ... first, and pass the prefix "
+                   f"without the extension (e.g. data/corpus_text_document)")
+
+
 def _validate_data(args: argparse.Namespace) -> None:
+    _check(args.num_dataset_builder_threads >= 1,
+           f"--num-dataset-builder-threads must be >= 1, got {args.num_dataset_builder_threads}")
     if args.mock_data:
+        _check(not args.multiple_validation_sets,
+               "--multiple-validation-sets needs --valid-data-path datasets, not --mock-data")
         return
+    _read_data_args_files(args)
     per_split = per_split_data_path(args)
     if per_split is not None:
         from megastack.data.datasets import PER_SPLIT_FLAGS
@@ -794,16 +850,20 @@ def _validate_data(args: argparse.Namespace) -> None:
                "no training data: give --data-path PREFIX (a preprocessed .bin/.idx prefix from "
                "tools/preprocess_data.py) or --mock-data for synthetic tokens")
         sources = [("--data-path", args.data_path)]
+    if args.multiple_validation_sets:
+        # megatron-core keeps validation datasets apart only when they come per split.
+        _check(per_split is not None and bool(per_split[1]),
+               "--multiple-validation-sets evaluates each --valid-data-path dataset on its own: "
+               "give the validation datasets with --valid-data-path (and the training ones with "
+               "--train-data-path) instead of --data-path and --split")
+        _check(not any(_is_number(w) for w in per_split[1]),
+               f"--valid-data-path {' '.join(per_split[1])}: weights mean nothing with "
+               f"--multiple-validation-sets (each dataset is evaluated on its own): drop them")
     _check(args.tokenizer_type is not None,
            f"{sources[0][0]} needs --tokenizer-type (the tokenizer the data was preprocessed "
            f"with)")
     for flag, words in sources:
-        for prefix in (p for p in words if not _is_number(p)):
-            for ext in (".bin", ".idx"):
-                _check(os.path.exists(prefix + ext),
-                       f"{flag} {prefix}: {prefix + ext} does not exist; run "
-                       f"tools/preprocess_data.py --output-prefix ... first, and pass the prefix "
-                       f"without the extension (e.g. data/corpus_text_document)")
+        _check_prefix_files(flag, words)
 
 
 def _schedule_lengths(args: argparse.Namespace, batches: BatchSchedule,
@@ -1184,6 +1244,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         reset_position_ids=args.reset_position_ids,
         reset_attention_mask=args.reset_attention_mask, eod_mask_loss=args.eod_mask_loss,
         mmap_bin_files=args.mmap_bin_files,
+        num_dataset_builder_threads=args.num_dataset_builder_threads,
     )
     checkpoint = CheckpointConfig(
         save=args.save, load=args.load, save_interval=args.save_interval,
@@ -1202,7 +1263,8 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     )
     logging_cfg = LoggingConfig(
         log_interval=args.log_interval, eval_interval=args.eval_interval,
-        eval_iters=args.eval_iters, tensorboard_dir=args.tensorboard_dir,
+        eval_iters=args.eval_iters, multiple_validation_sets=args.multiple_validation_sets,
+        full_validation=args.full_validation, tensorboard_dir=args.tensorboard_dir,
         tensorboard_log_interval=args.tensorboard_log_interval,
         tensorboard_queue_size=args.tensorboard_queue_size,
         log_params_norm=args.log_params_norm, log_num_zeros_in_grad=args.log_num_zeros_in_grad,

@@ -110,6 +110,8 @@ def build_phase_datasets(cfg: PretrainConfig, total_train_samples: int, tokenize
         reset_position_ids=cfg.data.reset_position_ids,
         reset_attention_mask=cfg.data.reset_attention_mask, eod_mask_loss=cfg.data.eod_mask_loss,
         per_split_data_path=cfg.data.per_split_data_path, mmap_bin_files=cfg.data.mmap_bin_files,
+        num_dataset_builder_threads=cfg.data.num_dataset_builder_threads,
+        multiple_validation_sets=lg.multiple_validation_sets, full_validation=lg.full_validation,
     )
 
 
@@ -134,7 +136,8 @@ class Trainer:
         self.rank: Optional[runtime.RankInfo] = None
         self.tb: Optional[TensorBoardWriter] = None
         self.last_saved_iteration: Optional[int] = None
-        self.last_eval: Optional[tuple[int, float]] = None  # (iteration, validation loss)
+        # (iteration, validation loss, loss per validation set)
+        self.last_eval: Optional[tuple[int, Optional[float], Optional[dict[str, float]]]] = None
         # As Megatron-LM, the test split is evaluated once, where the run ends (not where the
         # small phase of a growth run does).
         self.test_at_end = True
@@ -179,6 +182,7 @@ class Trainer:
         if start_state is not None:
             self.state = dataclasses.replace(start_state, history=[])
         self.datasets = datasets if datasets is not None else self._build_datasets(tokenizer)
+        self._check_evaluation_sets()
         self.train_iterators = self._iterators(self.datasets[0], self.state.consumed_train_samples)
         if cfg.checkpoint.async_save:
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
@@ -653,13 +657,47 @@ class Trainer:
                 m.start_param_sync(force_sync=True)
             self._params_stale = False
 
-    @torch.no_grad()
-    def evaluate(self, split: int = 1) -> Optional[float]:
-        """Mean loss over the first --eval-iters batches of the validation (split 1) or test
-        (split 2) dataset; None without that split or off the last pipeline stage."""
+    def evaluation_sets(self, split: int = 1) -> list[tuple[str, Any]]:
+        """(name, dataset) for each dataset evaluated on the validation (1) or test (2) split:
+        one, named "", unless --multiple-validation-sets names each after its file."""
         dataset = self.datasets[split]
         if dataset is None:
+            return []
+        if not isinstance(dataset, list):
+            return [("", dataset)]
+        from megastack.data.datasets import validation_set_names
+
+        return list(zip(validation_set_names(self.cfg.data.per_split_data_path[1]), dataset))
+
+    def _evaluation_iterations(self, dataset) -> int:
+        """--eval-iters, or with --full-validation the whole global batches the dataset holds."""
+        lg, gbs = self.cfg.logging, self.cfg.train.global_batch_size
+        return len(dataset) // gbs if lg.full_validation else lg.eval_iters
+
+    def _check_evaluation_sets(self) -> None:
+        if not self.cfg.logging.full_validation:
+            return
+        for name, dataset in self.evaluation_sets():
+            if self._evaluation_iterations(dataset) == 0:
+                what = f"the validation dataset {name}" if name else "the validation split"
+                raise ValueError(
+                    f"--full-validation: {what} holds {len(dataset)} "
+                    f"sequences, less than one --global-batch-size "
+                    f"({self.cfg.train.global_batch_size}); give it more data or drop the flag")
+
+    @torch.no_grad()
+    def evaluate(self, split: int = 1) -> Optional[dict[str, float]]:
+        """Mean loss over the first --eval-iters batches (all of them with --full-validation) of
+        each validation (split 1) or test (split 2) dataset, by evaluation_sets' names; None
+        without that split or off the last pipeline stage."""
+        sets = self.evaluation_sets(split)
+        losses = {name: self._evaluate_dataset(dataset, self._evaluation_iterations(dataset))
+                  for name, dataset in sets}
+        if not losses or None in losses.values():
             return None
+        return losses
+
+    def _evaluate_dataset(self, dataset, iterations: int) -> Optional[float]:
         t = self.cfg.train
         if t.manual_gc and t.manual_gc_eval:
             gc.collect()
@@ -671,7 +709,7 @@ class Trainer:
             m.eval()
         # As Megatron-LM, evaluation batches are --global-batch-size (ramp-up or not).
         num_microbatches = t.global_batch_size // (t.micro_batch_size * self.rank.dp_size)
-        for _ in range(self.cfg.logging.eval_iters):
+        for _ in range(iterations):
             losses = self._forward_backward(its[0] if len(its) == 1 else its, forward_only=True,
                                             num_microbatches=num_microbatches)
             loss = self._reduce_lm_loss(losses)
@@ -842,28 +880,33 @@ class Trainer:
         if self.cfg.logging.eval_iters > 0:
             self._log_eval(self.state.iteration)
             if self.test_at_end and self.datasets[2] is not None:
-                loss = self.evaluate(split=2)
-                if loss is not None:
+                losses = self.evaluate(split=2)
+                if losses is not None:
+                    loss = sum(losses.values()) / len(losses)
                     self._log({"iteration": self.state.iteration,
                                "lm loss test": loss,
                                "lm loss test ppl": math.exp(min(loss, 20.0))})
 
     def _log_eval(self, iteration: int, extra: Optional[dict] = None) -> Optional[float]:
         if self.last_eval is None or self.last_eval[0] != iteration:
-            loss = self.evaluate()
+            losses = self.evaluate()
         elif not extra:
             return self.last_eval[1]
         else:
-            loss = self.last_eval[1]  # same weights: no need to evaluate again
+            losses = self.last_eval[2]  # same weights: no need to evaluate again
+        # With --multiple-validation-sets, 'lm loss validation' is the sets' unweighted mean
+        # (what growth timing and the curves compare) and each set has its own key.
+        loss = None if losses is None else sum(losses.values()) / len(losses)
         # Recorded on every rank (loss is None off the last stage) so that all ranks agree on
         # whether the next call evaluates: evaluation is collective.
-        self.last_eval = (iteration, loss)
+        self.last_eval = (iteration, loss, losses)
         if loss is None:
             return None
         self._log({**(extra or {}), "iteration": iteration,
                    "consumed tokens": self.state.consumed_train_samples * self.cfg.model.seq_length,
                    "lm loss validation": loss,
-                   "lm loss validation ppl": math.exp(min(loss, 20.0))})
+                   "lm loss validation ppl": math.exp(min(loss, 20.0)),
+                   **{f"lm loss validation {name}": v for name, v in losses.items() if name}})
         return loss
 
     def _tensorboard_iteration(self, out: dict[str, Any], iteration: int) -> None:
@@ -937,4 +980,6 @@ def format_metrics(m: dict[str, Any]) -> str:
         if key in m:
             value = int(m[key]) if fmt == "{:d}" else m[key]
             parts.append(f"{key}: {fmt.format(value)}")
+    parts += [f"{key}: {value:.6E}" for key, value in m.items()
+              if key.startswith("lm loss validation ") and key != "lm loss validation ppl"]
     return " | ".join(parts)

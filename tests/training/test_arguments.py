@@ -1,5 +1,6 @@
 """Bad configurations fail before any training work, naming the flag and the fix."""
 
+import json
 import subprocess
 import sys
 import time
@@ -532,3 +533,48 @@ def test_per_split_data_path_flags(tmp_path):
         config(base + ["--valid-data-path", va])
     with pytest.raises(ValueError, match=f"--valid-data-path {tmp_path / 'x'}: "):
         config(base + ["--train-data-path", tr, "--valid-data-path", str(tmp_path / "x")])
+
+
+def test_data_paths_from_files(tmp_path):
+    for name in ("tr", "va", "vb"):
+        for ext in (".bin", ".idx"):
+            (tmp_path / f"{name}{ext}").write_bytes(b"")
+    tr, va, vb = (str(tmp_path / n) for n in ("tr", "va", "vb"))
+    base = ["--model", "tiny-4l", "--train-iters", "2", "--tokenizer-type", "NullTokenizer",
+            "--vocab-size", "100"]
+    blend = tmp_path / "blend.txt"
+    blend.write_text(f"0.5 {tr}\n0.5 {va}\n")
+    assert config(base + ["--data-args-path", str(blend)]).data.data_path == ("0.5", tr, "0.5", va)
+    with pytest.raises(ValueError, match="--data-path or --data-args-path, not both"):
+        config(base + ["--data-args-path", str(blend), "--data-path", tr])
+    blend.write_text(f"{tmp_path / 'gone'}\n")
+    with pytest.raises(ValueError, match=f"--data-args-path {blend}: {tmp_path / 'gone'}: "
+                                         f"{tmp_path / 'gone'}.bin does not exist"):
+        config(base + ["--data-args-path", str(blend)])
+
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps({"train": tr, "valid": [va, vb]}))
+    cfg = config(base + ["--per-split-data-args-path", str(splits), "--multiple-validation-sets"])
+    assert cfg.data.per_split_data_path == ((tr,), (va, vb), ())
+    assert cfg.logging.multiple_validation_sets
+    with pytest.raises(ValueError, match="--train/--valid/--test-data-path or "
+                                         "--per-split-data-args-path, not both"):
+        config(base + ["--per-split-data-args-path", str(splits), "--train-data-path", tr])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data-path", "{tr}", "--multiple-validation-sets"],
+     "give the validation datasets with --valid-data-path"),
+    (["--train-data-path", "{tr}", "--valid-data-path", "0.5", "{va}", "0.5", "{tr}",
+      "--multiple-validation-sets"], "weights mean nothing with --multiple-validation-sets"),
+    (["--data-path", "{tr}", "--num-dataset-builder-threads", "0"],
+     "--num-dataset-builder-threads must be >= 1, got 0"),
+])
+def test_validation_set_flags_refuse_what_megatron_core_ignores(tmp_path, argv, message):
+    for name in ("tr", "va"):
+        for ext in (".bin", ".idx"):
+            (tmp_path / f"{name}{ext}").write_bytes(b"")
+    argv = [a.format(tr=tmp_path / "tr", va=tmp_path / "va") for a in argv]
+    with pytest.raises(ValueError, match=message):
+        config(["--model", "tiny-4l", "--train-iters", "2", "--tokenizer-type", "NullTokenizer",
+                "--vocab-size", "100"] + argv)
