@@ -290,13 +290,17 @@ def _publish(root: str, tmp: str, final: str, iteration: int) -> None:
     write_latest(root, iteration)
 
 
-def remove_checkpoints_before(root: str, iteration: int) -> None:
-    """Delete `root`'s published checkpoints older than `iteration` (a directory that keeps only
+def remove_checkpoints_before(root: str, iteration: int, retain_interval: int = 0) -> None:
+    """Delete `root`'s published checkpoints older than `iteration`, except those at multiples
+    of `retain_interval` when given (--save-retain-interval; without it the directory keeps only
     its latest, as --non-persistent-save-interval's). Saves in flight (.tmp) are left alone."""
     for name in os.listdir(root):
         match = re.fullmatch(r"iter_(\d{7})", name)
-        if match and int(match.group(1)) < iteration:
-            shutil.rmtree(os.path.join(root, name))
+        if not match or int(match.group(1)) >= iteration:
+            continue
+        if retain_interval and int(match.group(1)) % retain_interval == 0:
+            continue
+        shutil.rmtree(os.path.join(root, name))
 
 
 def write_latest(root: str, iteration: int) -> None:

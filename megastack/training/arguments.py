@@ -73,6 +73,9 @@ class TrainConfig:
     cross_entropy_fusion_impl: str = "native"
     apply_query_key_layer_scaling: bool = False
     check_weight_hash_interval: Optional[int] = None  # iterations between DP-replica checks
+    # Megatron-LM's numbering: N passes over the batch of the step after N iterations (the
+    # one logged as N + 1).
+    iterations_to_skip: tuple[int, ...] = ()
     # --fp16's loss scaling (megatron-core's grad scalers): constant with loss_scale, else dynamic.
     loss_scale: Optional[float] = None
     initial_loss_scale: float = 2.0 ** 32
@@ -130,6 +133,7 @@ class CheckpointConfig:
     non_persistent_save_interval: Optional[int] = None
     non_persistent_dir: Optional[str] = None
     exit_on_missing_checkpoint: bool = False
+    save_retain_interval: Optional[int] = None  # older checkpoints kept only at its multiples
 
 
 @dataclass(frozen=True)
@@ -360,6 +364,10 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    dest="check_weight_hash_interval",
                    help="every N iterations, check that the data-parallel replicas hold "
                         "identical weights (SHA-1 per parameter) and stop if they do not")
+    g.add_argument("--iterations-to-skip", nargs="+", type=int, default=[], metavar="N",
+                   help="pass over these iterations' batches without training on them (e.g. "
+                        "the data behind a loss spike). As in Megatron-LM, N is the number of "
+                        "iterations done before the step: N skips the step logged as N + 1")
     g = p.add_argument_group("fp16 mixed precision (Megatron-LM's loss scaling)")
     g.add_argument("--fp16", action="store_true",
                    help="fp16 weights and activations, fp32 main weights and optimizer state, "
@@ -450,6 +458,10 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save")
     g.add_argument("--load")
     g.add_argument("--save-interval", type=int)
+    g.add_argument("--save-retain-interval", type=int,
+                   help="keep the older checkpoints in --save only at multiples of this many "
+                        "iterations (a multiple of --save-interval): each new checkpoint deletes "
+                        "the earlier ones that are not")
     g.add_argument("--no-load-optim", action="store_true")
     g.add_argument("--no-load-rng", action="store_true")
     g.add_argument("--no-save-optim", action="store_true",
@@ -1196,8 +1208,18 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _check(not args.async_save or args.save is not None,
            "--async-save writes the --save checkpoints in the background: give --save DIR")
     for flag, value in (("--save-interval", args.save_interval),
-                        ("--exit-interval", args.exit_interval)):
+                        ("--exit-interval", args.exit_interval),
+                        ("--save-retain-interval", args.save_retain_interval)):
         _check(value is None or value >= 1, f"{flag} must be >= 1, got {value}")
+    if args.save_retain_interval is not None:
+        _check(args.save_interval is not None and
+               args.save_retain_interval % args.save_interval == 0,
+               f"--save-retain-interval {args.save_retain_interval} must be a multiple of "
+               f"--save-interval{'' if args.save_interval is None else ' ' + str(args.save_interval)}"
+               f" (as in Megatron-LM): the checkpoints it keeps are among those saved")
+    _check(all(n >= 0 for n in args.iterations_to_skip),
+           f"--iterations-to-skip {' '.join(map(str, args.iterations_to_skip))}: iterations "
+           f"are counted from 0")
     for flag, path in (("--save", args.save), ("--tensorboard-dir", args.tensorboard_dir),
                        ("--data-cache-path", args.data_cache_path)):
         if path is not None:
@@ -1234,6 +1256,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         cross_entropy_fusion_impl=args.cross_entropy_fusion_impl,
         apply_query_key_layer_scaling=args.apply_query_key_layer_scaling,
         check_weight_hash_interval=args.check_weight_hash_interval,
+        iterations_to_skip=tuple(sorted(set(args.iterations_to_skip))),
     )
     data = DataConfig(
         data_path=tuple(args.data_path), per_split_data_path=per_split_data_path(args),
@@ -1259,7 +1282,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         async_save=args.async_save, ckpt_step=args.ckpt_step,
         exit_on_missing_checkpoint=args.exit_on_missing_checkpoint,
         non_persistent_save_interval=args.non_persistent_save_interval,
-        non_persistent_dir=non_persistent_dir,
+        non_persistent_dir=non_persistent_dir, save_retain_interval=args.save_retain_interval,
     )
     logging_cfg = LoggingConfig(
         log_interval=args.log_interval, eval_interval=args.eval_interval,

@@ -513,14 +513,24 @@ class Trainer:
                 f"flags of the run being resumed")
 
     def save(self, root: Optional[str] = None, extra: Optional[dict] = None) -> str:
-        on_saved = None
+        c, st = self.cfg.checkpoint, self.state
+        root = root or c.save
+        # Run once the checkpoint is published (at once, or when --async-save finalises it).
+        when_saved: list[Callable[[], None]] = []
         if self.progress is not None:
-            st = self.state
-            on_saved = partial(self.progress.checkpoint_saved, st.iteration,
-                               st.job_floating_point_operations, st.job_train_seconds,
-                               st.floating_point_operations, st.train_seconds,
-                               st.consumed_train_samples * self.cfg.model.seq_length)
-        path = self._write_checkpoint(root or self.cfg.checkpoint.save, extra, on_saved)
+            when_saved.append(partial(
+                self.progress.checkpoint_saved, st.iteration, st.job_floating_point_operations,
+                st.job_train_seconds, st.floating_point_operations, st.train_seconds,
+                st.consumed_train_samples * self.cfg.model.seq_length))
+        if c.save_retain_interval and root == c.save and self.rank.rank == 0:
+            when_saved.append(partial(ckpt.remove_checkpoints_before, root, st.iteration,
+                                      c.save_retain_interval))
+
+        def on_saved():
+            for call in when_saved:
+                call()
+
+        path = self._write_checkpoint(root, extra, on_saved if when_saved else None)
         self.last_saved_iteration = self.state.iteration
         return path
 
@@ -590,6 +600,8 @@ class Trainer:
         return (total[0] / total[1].clamp(min=1)).item()
 
     def train_step(self) -> dict[str, Any]:
+        if self.state.iteration in self.cfg.train.iterations_to_skip:
+            return self._pass_over_batch()
         for m in self.ddp_chunks:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
@@ -615,7 +627,23 @@ class Trainer:
             self._check_finite("lm loss", lm_loss)
             self._check_finite("grad norm", grad_norm)
         return {"lm loss": lm_loss, "grad-norm": grad_norm, "num-zeros": num_zeros,
-                "skipped": not update_ok, "batch-size": batch_size, **timer.times}
+                "skipped": not update_ok, "batch-size": batch_size, "trained": True,
+                **timer.times}
+
+    def _pass_over_batch(self) -> dict[str, Any]:
+        """--iterations-to-skip: the iteration counts and its samples are consumed, with no
+        forward, backward or update and no LR step (as in Megatron-LM)."""
+        batch_size = self.batches.batch_size(self.state.consumed_train_samples)
+        self.state.iteration += 1
+        self.state.consumed_train_samples += batch_size
+        # Reading the skipped samples only to drop them is wasted I/O: restart the iterators
+        # after them.
+        self.train_iterators = self._iterators(self.datasets[0],
+                                               self.state.consumed_train_samples)
+        logger.info("iteration %d: skipped (--iterations-to-skip), passing over its %d samples",
+                    self.state.iteration, batch_size)
+        return {"lm loss": None, "grad-norm": None, "num-zeros": None, "skipped": False,
+                "batch-size": batch_size, "trained": False}
 
     def _empty_cuda_cache(self, level: int) -> None:
         """--empty-unused-memory-level: hand cached blocks back (less fragmentation for
@@ -768,14 +796,18 @@ class Trainer:
         last_log_time, last_log_iter = time.perf_counter(), self.state.iteration
         last_log_samples = self.state.consumed_train_samples
         loss_sum, loss_count, skipped = 0.0, 0, 0
+        passed_over = 0  # samples of --iterations-to-skip since the last log
         while self.state.iteration < t.train_iters:
             if profiler is not None:
                 profiler.begin(self.state.iteration + 1)
             step_start = time.perf_counter()
             out = self.train_step()
             it = self.state.iteration
-            self._count_step(flops_per_token * out["batch-size"] * seq,
-                             time.perf_counter() - step_start)
+            if out["trained"]:
+                self._count_step(flops_per_token * out["batch-size"] * seq,
+                                 time.perf_counter() - step_start)
+            else:
+                passed_over += out["batch-size"]
             self.finalize_async_saves(blocking=False)
             if profiler is not None:
                 profiler.end(it)
@@ -794,7 +826,7 @@ class Trainer:
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
                 elapsed = time.perf_counter() - last_log_time
-                tokens = (self.state.consumed_train_samples - last_log_samples) * seq
+                tokens = (self.state.consumed_train_samples - last_log_samples - passed_over) * seq
                 metrics = {
                     "iteration": it,
                     "consumed tokens": self.state.consumed_train_samples * seq,
@@ -821,7 +853,7 @@ class Trainer:
                     metrics["params-norm"] = params_l2_norm(self.chunks)
                 # TensorBoard has these per iteration (--tensorboard-log-interval), not averaged.
                 self._log(metrics, tensorboard_skips=_PER_ITERATION_TAGS)
-                loss_sum, loss_count, skipped = 0.0, 0, 0
+                loss_sum, loss_count, skipped, passed_over = 0.0, 0, 0, 0
                 last_log_time, last_log_iter = time.perf_counter(), it
                 last_log_samples = self.state.consumed_train_samples
             # Like Megatron-LM, throughput and iteration time count training only: the time

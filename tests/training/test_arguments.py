@@ -578,3 +578,17 @@ def test_validation_set_flags_refuse_what_megatron_core_ignores(tmp_path, argv, 
     with pytest.raises(ValueError, match=message):
         config(["--model", "tiny-4l", "--train-iters", "2", "--tokenizer-type", "NullTokenizer",
                 "--vocab-size", "100"] + argv)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--save", "{d}", "--save-interval", "2", "--save-retain-interval", "3"],
+     "--save-retain-interval 3 must be a multiple of --save-interval 2"),
+    (["--save", "{d}", "--save-retain-interval", "4"],
+     "--save-retain-interval 4 must be a multiple of --save-interval "),
+    (["--save", "{d}", "--save-interval", "2", "--save-retain-interval", "0"],
+     "--save-retain-interval must be >= 1, got 0"),
+    (["--iterations-to-skip", "3", "-1"], "--iterations-to-skip 3 -1: iterations are counted"),
+])
+def test_retention_and_skipping_flags_are_checked(tmp_path, argv, message):
+    with pytest.raises(ValueError, match=message):
+        config(BASE + [a.format(d=tmp_path / "ckpt") for a in argv])

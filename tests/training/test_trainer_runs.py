@@ -618,14 +618,18 @@ def test_async_save_writes_each_checkpoint_as_it_was(tmp_path, monkeypatch):
     from megastack.checkpoint.dist_reader import DistCheckpointReader, single_process_dcp
 
     sync, background = tmp_path / "sync", tmp_path / "async"
-    run(["--train-iters", "4", "--save", str(sync), "--save-interval", "2"])
+    # Saves every iteration; --save-retain-interval 2 deletes 1 and 3 once 2 and 4 are out.
+    retain = ["--save-interval", "1", "--save-retain-interval", "2"]
+    run(["--train-iters", "4", "--save", str(sync), *retain])
+    assert sorted(p.name for p in sync.iterdir()) == [
+        "iter_0000002", "iter_0000004", ckpt.LATEST_FILE]
     scheduled = []
     schedule = AsyncCallsQueue.schedule_async_request
     monkeypatch.setattr(AsyncCallsQueue, "schedule_async_request",
                         lambda queue, request: scheduled.append(request) or schedule(queue, request))
-    run(["--train-iters", "4", "--save", str(background), "--save-interval", "2", "--async-save",
+    run(["--train-iters", "4", "--save", str(background), *retain, "--async-save",
          "--log-progress"])
-    assert len(scheduled) == 2  # both saves went through megatron-core's background writer
+    assert len(scheduled) == 4  # every save went through megatron-core's background writer
     assert sorted(p.name for p in background.iterdir()) == [
         "iter_0000002", "iter_0000004", ckpt.LATEST_FILE, "progress.txt"]
     assert ckpt.read_latest_iteration(str(background)) == 4
@@ -708,3 +712,29 @@ def test_non_persistent_checkpoints_keep_the_latest_and_a_resume_takes_the_newes
     assert sorted(train_losses(resumed)) == [5]
     assert train_losses(resumed)[5] == pytest.approx(straight[5], rel=1e-5)
     assert ckpt.read_latest_iteration(str(save)) == 5  # the run ends with a persistent save
+
+
+def test_skipped_iterations_pass_over_their_batch_without_training(monkeypatch):
+    """--iterations-to-skip 1 (Megatron-LM's numbering: the step after 1 iteration): iteration 2
+    consumes its batch untrained, with no LR step and no FLOPs; the data goes on after it."""
+    from megastack.training import trainer as trainer_module
+
+    straight = run(["--train-iters", "3"])
+    starts = []
+    build_iterator = trainer_module.build_iterator
+
+    def recording(dataset, consumed, *args, **kwargs):
+        starts.append(consumed)
+        return build_iterator(dataset, consumed, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "build_iterator", recording)
+    skipping = run(["--train-iters", "3", "--iterations-to-skip", "1"])
+    losses = train_losses(skipping)
+    assert losses[1] == pytest.approx(train_losses(straight)[1], rel=1e-6)
+    assert math.isnan(losses[2]) and math.isfinite(losses[3])
+    assert losses[3] != pytest.approx(train_losses(straight)[3], rel=1e-6)
+    assert starts[:2] == [0, 8]  # the training data restarts after the 4 skipped samples
+    assert skipping.state.consumed_train_samples == straight.state.consumed_train_samples == 12
+    assert skipping.state.floating_point_operations == pytest.approx(
+        straight.state.floating_point_operations * 2 / 3)
+    assert skipping.scheduler.num_steps == 8  # two updates of 4 samples
