@@ -17,11 +17,14 @@ from typing import Optional
 from megastack.training.arguments import build_pretrain_config, parse_args
 
 
-def configure_logging() -> None:
+def configure_logging(level: Optional[int] = None) -> None:
+    """`level` (--logging-level) applies to every rank; by default rank 0 (which reports setup)
+    and the last rank (which holds the loss, on the last pipeline stage) log INFO, the others
+    WARNING."""
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    # Rank 0 reports setup, the last rank holds the loss (last pipeline stage): both speak.
-    level = logging.INFO if rank in (0, world - 1) else logging.WARNING
+    if level is None:
+        level = logging.INFO if rank in (0, world - 1) else logging.WARNING
     logging.basicConfig(level=level, stream=sys.stdout, force=True,
                         format=f"[%(asctime)s rank{rank}] %(message)s", datefmt="%H:%M:%S")
     for noisy in ("megatron", "torch.distributed"):
@@ -60,8 +63,8 @@ def build_tokenizer_from_args(args):
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    configure_logging()
     args = parse_args(argv)
+    configure_logging(args.logging_level)
     try:
         tokenizer = build_tokenizer_from_args(args)
         vocab_size = tokenizer.vocab_size if tokenizer is not None else args.vocab_size

@@ -76,6 +76,7 @@ class TrainConfig:
     # Megatron-LM's numbering: N passes over the batch of the step after N iterations (the
     # one logged as N + 1).
     iterations_to_skip: tuple[int, ...] = ()
+    deterministic_mode: bool = False
     # --fp16's loss scaling (megatron-core's grad scalers): constant with loss_scale, else dynamic.
     loss_scale: Optional[float] = None
     initial_loss_scale: float = 2.0 ** 32
@@ -233,6 +234,9 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
     g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int)
+    g.add_argument("--num-virtual-stages-per-pipeline-rank", type=int,
+                   help="the interleaved schedule's model chunks per pipeline rank (instead of "
+                        "--num-layers-per-virtual-pipeline-stage)")
     g.add_argument("--sequence-parallel", action="store_true")
     g.add_argument("--use-distributed-optimizer", action="store_true")
     g.add_argument("--overlap-grad-reduce", action="store_true",
@@ -364,6 +368,10 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    dest="check_weight_hash_interval",
                    help="every N iterations, check that the data-parallel replicas hold "
                         "identical weights (SHA-1 per parameter) and stop if they do not")
+    g.add_argument("--deterministic-mode", action="store_true",
+                   help="deterministic kernels only (torch.use_deterministic_algorithms and "
+                        "megatron-core's deterministic_mode): bitwise-repeatable runs, slower; "
+                        "on GPUs set NCCL_ALGO (e.g. Ring or Tree) too")
     g.add_argument("--iterations-to-skip", nargs="+", type=int, default=[], metavar="N",
                    help="pass over these iterations' batches without training on them (e.g. "
                         "the data behind a loss spike). As in Megatron-LM, N is the number of "
@@ -517,8 +525,23 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
                         "is the one megastack writes and reads")
 
 
+def _logging_level(value: str) -> int:
+    """Megatron-LM's --logging-level takes a number (10 DEBUG, 20 INFO, 30 WARNING ...); a name
+    is taken too."""
+    if value.lstrip("-").isdigit():
+        return int(value)
+    level = logging.getLevelName(value.upper())
+    if not isinstance(level, int):
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a number nor one of DEBUG, "
+                                         f"INFO, WARNING, ERROR, CRITICAL")
+    return level
+
+
 def add_logging_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("logging and evaluation")
+    g.add_argument("--logging-level", type=_logging_level,
+                   help="the log level of every rank (a number as in Megatron-LM, or a name); "
+                        "default INFO on rank 0 and the last rank, WARNING on the others")
     g.add_argument("--log-interval", type=int, default=100)
     g.add_argument("--eval-interval", type=int, default=1000, help="0: no evaluation")
     g.add_argument("--eval-iters", type=int, default=100)
@@ -666,6 +689,14 @@ UNSUPPORTED_FLAGS = {  # attr: (flag, why and what instead, number of values it 
     "decoupled_lr": ("--decoupled-lr", "one LR schedule drives all parameters (a separate LR "
                      "for the embedding and output layer is not implemented)", 1),
     "use_precision_aware_optimizer": ("--use-precision-aware-optimizer", _FP32_OPTIMIZER, 0),
+    "batch_size": ("--batch-size", "Megatron-LM's old name: use --micro-batch-size (and "
+                   "--global-batch-size)", 1),
+    "model_parallel_size": ("--model-parallel-size", "Megatron-LM's old name: use "
+                            "--tensor-model-parallel-size", 1),
+    "warmup": ("--warmup", "Megatron-LM's old flag: use --lr-warmup-fraction or "
+               "--lr-warmup-iters", 1),
+    "checkpoint_activations": ("--checkpoint-activations", "Megatron-LM's old name: use "
+                               "--recompute-activations or --recompute-granularity full", 0),
     "tiktoken_pattern": ("--tiktoken-pattern", "TikTokenizer is not among megastack's "
                          "tokenizers: use --tokenizer-type HuggingFaceTokenizer", 1),
 }
@@ -687,6 +718,8 @@ def add_megatron_compat_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-position-embedding", action="store_true",
                    help="with rotary positions (nothing to change); otherwise use "
                         "--position-embedding-type none")
+    g.add_argument("--local-rank", "--local_rank", type=int,
+                   help="set by torch.distributed.launch: must agree with LOCAL_RANK")
     g.add_argument("--distributed-backend", choices=["nccl", "gloo"],
                    help="nccl on GPUs and gloo on CPU, the only pairs megastack runs")
     g.add_argument("--recompute-activations", action="store_true",
@@ -712,7 +745,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        from megastack.training.unknown_flags import explain
+
+        listed = (o for a in parser._actions if a.help != argparse.SUPPRESS
+                  for o in a.option_strings)
+        detail = explain(unknown, listed)
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}"
+                     + (f"\n{detail}" if detail else ""))
+    return args
 
 
 _MODEL_FLAGS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
@@ -1062,6 +1105,11 @@ def _check_megatron_compat(args: argparse.Namespace, model: ModelConfig) -> None
     _check(not (args.accumulate_allreduce_grads_in_fp32 and args.grad_reduce_in_bf16),
            "--accumulate-allreduce-grads-in-fp32 and --grad-reduce-in-bf16 contradict each "
            "other: keep one")
+    if args.local_rank is not None:
+        env = os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+        _check(env == str(args.local_rank),
+               f"--local-rank {args.local_rank} but LOCAL_RANK={env} in the environment: drop "
+               f"the flag (torchrun sets LOCAL_RANK)")
     if args.distributed_backend is not None:
         import torch  # only here: tools/plan.py imports this module without torch
 
@@ -1072,6 +1120,43 @@ def _check_megatron_compat(args: argparse.Namespace, model: ModelConfig) -> None
     for attr, (flag, why) in ALWAYS_SO_FLAGS.items():
         if getattr(args, attr):
             logger.info("%s: nothing to change (%s)", flag, why)
+
+
+# As Megatron-LM: NCCL's default picks the all-reduce algorithm by message size and topology,
+# which changes the order of the sums.
+_DETERMINISTIC_NCCL_ALGOS = ("Tree", "Ring", "CollnetDirect", "CollnetChain", "^NVLS")
+
+
+def _validate_deterministic_mode(args: argparse.Namespace) -> None:
+    _check(not args.cross_entropy_loss_fusion,
+           "--deterministic-mode with --cross-entropy-loss-fusion: the fused cross-entropy is "
+           "not deterministic (as in Megatron-LM); drop one")
+    import torch  # only here: tools/plan.py imports this module without torch
+
+    if torch.cuda.is_available():
+        algo = os.environ.get("NCCL_ALGO")
+        _check(algo in _DETERMINISTIC_NCCL_ALGOS,
+               f"--deterministic-mode on GPUs needs NCCL_ALGO set to one of "
+               f"{', '.join(_DETERMINISTIC_NCCL_ALGOS)} (e.g. NCCL_ALGO=Ring), got "
+               f"{algo if algo is not None else 'none'}")
+
+
+def _virtual_stages_to_layers(args: argparse.Namespace, model: ModelConfig) -> None:
+    """Megatron-LM's two spellings of the interleaved schedule: chunks per pipeline rank, or
+    layers per chunk (which megastack's layouts and growth plans use)."""
+    vp = args.num_virtual_stages_per_pipeline_rank
+    if vp is None:
+        return
+    _check(args.num_layers_per_virtual_pipeline_stage is None,
+           "give --num-virtual-stages-per-pipeline-rank or --num-layers-per-virtual-pipeline-"
+           "stage, not both")
+    stages = vp * args.pipeline_model_parallel_size
+    _check(vp >= 1 and model.num_layers % stages == 0,
+           f"--num-virtual-stages-per-pipeline-rank {vp}: --num-layers {model.num_layers} must "
+           f"split into {vp} chunks on each of the {args.pipeline_model_parallel_size} pipeline "
+           f"ranks ({stages} equal chunks)")
+    args.num_layers_per_virtual_pipeline_stage = model.num_layers // stages
+    args.num_virtual_stages_per_pipeline_rank = None  # converted once
 
 
 def _is_number(s: str) -> bool:
@@ -1096,6 +1181,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     model = model_config_from_args(
         args, vocab_size, _checkpoint_model_flags(args) if args.use_checkpoint_args else None)
     _check_megatron_compat(args, model)
+    _virtual_stages_to_layers(args, model)
     parallel = ParallelConfig(
         tensor_model_parallel_size=args.tensor_model_parallel_size,
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,
@@ -1178,6 +1264,8 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _check(not args.grad_reduce_in_bf16 or args.bf16,
            "--grad-reduce-in-bf16 needs --bf16")
     _validate_fp16(args)
+    if args.deterministic_mode:
+        _validate_deterministic_mode(args)
     non_persistent_dir = _validate_non_persistent(args)
     _check(args.ckpt_step is None or (args.load is not None and args.ckpt_step >= 0),
            f"--ckpt-step {args.ckpt_step} names an iteration (>= 0) of the --load checkpoints: "
@@ -1257,6 +1345,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         apply_query_key_layer_scaling=args.apply_query_key_layer_scaling,
         check_weight_hash_interval=args.check_weight_hash_interval,
         iterations_to_skip=tuple(sorted(set(args.iterations_to_skip))),
+        deterministic_mode=args.deterministic_mode,
     )
     data = DataConfig(
         data_path=tuple(args.data_path), per_split_data_path=per_split_data_path(args),

@@ -155,6 +155,10 @@ class Trainer:
         """Build everything for this phase. `start_state` continues iteration and data position
         from an earlier phase (growth in one run) instead of a checkpoint's."""
         cfg = self.cfg
+        if cfg.train.deterministic_mode:
+            # cuBLAS reads its workspace setting when CUDA starts (in runtime.initialize).
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
         self.rank = runtime.initialize(cfg.parallel, cfg.model.num_layers, cfg.train.seed,
                                        timeout_minutes=cfg.train.distributed_timeout_minutes)
         self.batches = cfg.train.batch_schedule(self.rank.dp_size)
@@ -169,7 +173,8 @@ class Trainer:
             transformer_options=dict(
                 cross_entropy_loss_fusion=cfg.train.cross_entropy_loss_fusion,
                 cross_entropy_fusion_impl=cfg.train.cross_entropy_fusion_impl,
-                apply_query_key_layer_scaling=cfg.train.apply_query_key_layer_scaling),
+                apply_query_key_layer_scaling=cfg.train.apply_query_key_layer_scaling,
+                deterministic_mode=cfg.train.deterministic_mode),
         )
         self.ddp_chunks = self._wrap_ddp(self.chunks)
         self.optimizer = self._build_optimizer()

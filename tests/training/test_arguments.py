@@ -1,6 +1,7 @@
 """Bad configurations fail before any training work, naming the flag and the fix."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -480,6 +481,13 @@ def test_sample_based_schedule_flags_become_iterations():
       "--non-persistent-ckpt-type", "local"], "--non-persistent-ckpt-type local: only 'global'"),
     (["--train-iters", "4", "--non-persistent-global-ckpt-dir", "np"],
      "--non-persistent-global-ckpt-dir go with --non-persistent-save-interval N"),
+    (["--train-iters", "4", "--batch-size", "2"], "--batch-size: Megatron-LM's old name: use "
+                                                  "--micro-batch-size"),
+    (["--train-iters", "4", "--model-parallel-size", "2"], "use --tensor-model-parallel-size"),
+    (["--train-iters", "4", "--warmup", "0.1"], "use --lr-warmup-fraction or --lr-warmup-iters"),
+    (["--train-iters", "4", "--checkpoint-activations"], "use --recompute-activations"),
+    (["--train-iters", "4", "--deterministic-mode", "--cross-entropy-loss-fusion"],
+     "the fused cross-entropy is not deterministic"),
 ])
 def test_megatron_flags_megastack_cannot_honour_are_named(argv, needle):
     with pytest.raises(ValueError) as e:
@@ -592,3 +600,39 @@ def test_validation_set_flags_refuse_what_megatron_core_ignores(tmp_path, argv, 
 def test_retention_and_skipping_flags_are_checked(tmp_path, argv, message):
     with pytest.raises(ValueError, match=message):
         config(BASE + [a.format(d=tmp_path / "ckpt") for a in argv])
+
+
+def test_virtual_stages_per_pipeline_rank_is_the_other_spelling(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    base = BASE + ["--pipeline-model-parallel-size", "2", "--global-batch-size", "4"]
+    cfg = config(base + ["--num-virtual-stages-per-pipeline-rank", "2"])
+    assert cfg.parallel.num_layers_per_virtual_pipeline_stage == 1
+    with pytest.raises(ValueError, match="split into 3 chunks on each of the 2 pipeline ranks"):
+        config(base + ["--num-virtual-stages-per-pipeline-rank", "3"])
+    with pytest.raises(ValueError, match="not both"):
+        config(base + ["--num-virtual-stages-per-pipeline-rank", "2",
+                       "--num-layers-per-virtual-pipeline-stage", "1"])
+
+
+def test_logging_level_and_local_rank(monkeypatch):
+    assert parse_args(BASE + ["--logging-level", "10"]).logging_level == 10
+    assert parse_args(BASE + ["--logging-level", "warning"]).logging_level == 30
+    with pytest.raises(SystemExit):
+        parse_args(BASE + ["--logging-level", "loud"])
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    config(BASE + ["--local-rank", "0"])  # torch.distributed.launch's flag stands for the env
+    assert os.environ["LOCAL_RANK"] == "0"
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match="--local-rank 0 but LOCAL_RANK=1"):
+        config(BASE + ["--local-rank", "0"])
+
+
+def test_unknown_flags_are_explained(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(BASE + ["--moe-router-topk", "2", "--tensor-model-paralel-size", "2",
+                           "--frobnicate"])
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --moe-router-topk 2 --tensor-model-paralel-size 2" in err
+    assert "--moe-router-topk: a Megatron-LM flag megastack does not take: mixture-of-experts" in err
+    assert "--tensor-model-paralel-size: did you mean --tensor-model-parallel-size" in err
+    assert "--frobnicate: not a megastack flag" in err

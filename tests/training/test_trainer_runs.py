@@ -738,3 +738,14 @@ def test_skipped_iterations_pass_over_their_batch_without_training(monkeypatch):
     assert skipping.state.floating_point_operations == pytest.approx(
         straight.state.floating_point_operations * 2 / 3)
     assert skipping.scheduler.num_steps == 8  # two updates of 4 samples
+
+
+def test_deterministic_mode_reaches_torch_and_megatron_core():
+    straight = train_losses(run(["--train-iters", "2"]))
+    try:
+        trainer = run(["--train-iters", "2", "--deterministic-mode"])
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert all(chunk.config.deterministic_mode for chunk in trainer.chunks)
+    assert train_losses(trainer) == straight  # CPU kernels were deterministic already
