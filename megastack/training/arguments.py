@@ -135,6 +135,7 @@ class CheckpointConfig:
     non_persistent_dir: Optional[str] = None
     exit_on_missing_checkpoint: bool = False
     save_retain_interval: Optional[int] = None  # older checkpoints kept only at its multiples
+    pretrained_checkpoint: Optional[str] = None  # fine-tuned from while --load has nothing
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class LoggingConfig:
     log_timers_to_tensorboard: bool = False
     log_memory_to_tensorboard: bool = False
     log_world_size_to_tensorboard: bool = False
-    log_loss_scale_to_tensorboard: bool = False
+    log_loss_scale_to_tensorboard: bool = True
     log_progress: bool = False
     profile: bool = False
     use_pytorch_profiler: bool = False
@@ -318,6 +319,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-wsd-decay-iters", type=int,
                    help="WSD: iterations of the final annealing, which ends at --lr-decay-iters "
                         "(default --train-iters)")
+    g.add_argument("--lr-wsd-decay-samples", type=int,
+                   help="WSD with --train-samples: the final annealing in samples (rounded to "
+                        "iterations)")
     g.add_argument("--override-opt_param-scheduler", "--override-opt-param-scheduler",
                    dest="override_opt_param_scheduler", action="store_true",
                    help="on resume, take the LR/WD schedule from these flags, not the checkpoint")
@@ -465,7 +469,8 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("checkpointing")
     g.add_argument("--save")
     g.add_argument("--load")
-    g.add_argument("--save-interval", type=int)
+    g.add_argument("--save-interval", "--persistent-save-interval", dest="save_interval",
+                   type=int)
     g.add_argument("--save-retain-interval", type=int,
                    help="keep the older checkpoints in --save only at multiples of this many "
                         "iterations (a multiple of --save-interval): each new checkpoint deletes "
@@ -479,6 +484,9 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
                    help="save no RNG state (a resume seeds from --seed)")
     g.add_argument("--finetune", action="store_true",
                    help="load weights only; start at iteration 0 with a fresh optimizer")
+    g.add_argument("--pretrained-checkpoint",
+                   help="while --load holds no checkpoint, start from these weights as "
+                        "--finetune does; once the run has saved, relaunches resume from --load")
     g.add_argument("--exit-interval", type=int,
                    help="stop (after saving) at the first iteration that is a multiple of this "
                         "(Megatron-LM's rule, also after a resume)")
@@ -579,8 +587,9 @@ def add_logging_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--profile-ranks", type=int, nargs="+", default=[0],
                    help="global ranks that profile (default 0)")
     g.add_argument("--log-world-size-to-tensorboard", action="store_true")
-    g.add_argument("--log-loss-scale-to-tensorboard", action="store_true",
-                   help="write the loss scale (1 without --fp16)")
+    _add_switch(g, "log-loss-scale-to-tensorboard",
+                "write the loss scale (1 without --fp16) with the per-iteration scalars "
+                "(default, as in Megatron-LM)", "do not write the loss scale")
 
 
 def add_growth_args(p: argparse.ArgumentParser) -> None:
@@ -640,6 +649,11 @@ _NO_FSDP = ("FSDP is not implemented: use --use-distributed-optimizer (ZeRO-1) w
 _TIMERS = ("megastack times each iteration's forward-backward and optimizer step "
            "(--log-timers-to-tensorboard): drop it")
 _NO_WANDB = "Weights & Biases logging is not implemented: use --tensorboard-dir"
+_ONE_LR = ("one LR schedule drives all parameters (a separate LR for the embedding and output "
+           "layer is not implemented)")
+_NO_RERUN = ("megastack does not re-run iterations to check their results (Megatron-LM's rerun "
+             "state machine); --check-for-nan-in-loss-and-grad stops a run whose loss or grad "
+             "norm is not finite")
 _FP32_OPTIMIZER = ("Transformer Engine's precision-aware optimizer is not wired: main weights, "
                    "gradients and Adam moments are fp32")
 # Megatron-LM's optimizer dtypes: accepted as fp32 (what megastack keeps), refused otherwise.
@@ -682,12 +696,18 @@ UNSUPPORTED_FLAGS = {  # attr: (flag, why and what instead, number of values it 
     "wandb_project": ("--wandb-project", _NO_WANDB, 1),
     "wandb_exp_name": ("--wandb-exp-name", _NO_WANDB, 1),
     "wandb_save_dir": ("--wandb-save-dir", _NO_WANDB, 1),
+    "wandb_entity": ("--wandb-entity", _NO_WANDB, 1),
     "log_straggler": ("--log-straggler", "straggler detection is not implemented: compare the "
                       "ranks' iteration times with --log-timers-to-tensorboard", 0),
     "use_rope_scaling": ("--use-rope-scaling", "Llama 3.1's RoPE frequency scaling is not among "
                          "megastack's architectures", 0),
-    "decoupled_lr": ("--decoupled-lr", "one LR schedule drives all parameters (a separate LR "
-                     "for the embedding and output layer is not implemented)", 1),
+    "decoupled_lr": ("--decoupled-lr", _ONE_LR, 1),
+    "decoupled_min_lr": ("--decoupled-min-lr", _ONE_LR, 1),
+    "check_for_spiky_loss": ("--check-for-spiky-loss", _NO_RERUN, 0),
+    "check_for_large_grads": ("--check-for-large-grads", _NO_RERUN, 0),
+    "log_energy": ("--log-energy", "energy logging (NVML) is not implemented: drop it", 0),
+    "trust_remote_code": ("--trust-remote-code", "tokenizers load from local files without "
+                          "running code from them: drop it", 0),
     "use_precision_aware_optimizer": ("--use-precision-aware-optimizer", _FP32_OPTIMIZER, 0),
     "batch_size": ("--batch-size", "Megatron-LM's old name: use --micro-batch-size (and "
                    "--global-batch-size)", 1),
@@ -957,6 +977,20 @@ def _schedule_lengths(args: argparse.Namespace, batches: BatchSchedule,
     return warmup, decay
 
 
+def _wsd_samples_to_iterations(args: argparse.Namespace, batches: BatchSchedule) -> None:
+    samples = args.lr_wsd_decay_samples
+    if samples is None:
+        return
+    _check(args.train_samples is not None,
+           "--lr-wsd-decay-samples goes with --train-samples (as in Megatron-LM); with "
+           "--train-iters or --train-tokens use --lr-wsd-decay-iters")
+    _check(args.lr_wsd_decay_iters is None,
+           "give --lr-wsd-decay-samples or --lr-wsd-decay-iters, not both")
+    _check(samples >= 1, f"--lr-wsd-decay-samples must be >= 1, got {samples}")
+    args.lr_wsd_decay_iters = max(1, batches.iterations_nearest(samples))
+    args.lr_wsd_decay_samples = None  # converted once
+
+
 def _validate_schedule(args: argparse.Namespace, train_iters: int, warmup_iters: int,
                        lr_decay_iters: Optional[int]) -> None:
     _check(lr_decay_iters is None or lr_decay_iters >= 1,
@@ -981,8 +1015,8 @@ def _validate_schedule(args: argparse.Namespace, train_iters: int, warmup_iters:
     if args.lr_decay_style == "WSD":
         wsd = args.lr_wsd_decay_iters
         _check(wsd is not None,
-               "--lr-decay-style WSD needs --lr-wsd-decay-iters N: the iterations of the final "
-               "annealing (e.g. 10-20% of --train-iters)")
+               "--lr-decay-style WSD needs --lr-wsd-decay-iters N (or --lr-wsd-decay-samples "
+               "with --train-samples): the final annealing (e.g. 10-20% of the run)")
         _check(1 <= wsd <= decay_iters - warmup_iters,
                f"--lr-wsd-decay-iters {wsd} must be between 1 and the {decay_iters - warmup_iters} "
                f"iterations from the end of warmup ({warmup}) to the end of the decay "
@@ -1255,6 +1289,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _check(args.eval_iters >= 0, f"--eval-iters must be >= 0, got {args.eval_iters}")
     recompute_num_layers = _validate_recompute(args)
     warmup_iters, lr_decay_iters = _schedule_lengths(args, batches, train_iters)
+    _wsd_samples_to_iterations(args, batches)
     _validate_schedule(args, train_iters, warmup_iters, lr_decay_iters)
     _check(args.distributed_timeout_minutes >= 1,
            f"--distributed-timeout-minutes must be >= 1, got {args.distributed_timeout_minutes}")
@@ -1372,6 +1407,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         exit_on_missing_checkpoint=args.exit_on_missing_checkpoint,
         non_persistent_save_interval=args.non_persistent_save_interval,
         non_persistent_dir=non_persistent_dir, save_retain_interval=args.save_retain_interval,
+        pretrained_checkpoint=args.pretrained_checkpoint,
     )
     logging_cfg = LoggingConfig(
         log_interval=args.log_interval, eval_interval=args.eval_interval,
@@ -1390,6 +1426,9 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         profile_ranks=tuple(args.profile_ranks),
     )
     growth = growth_config_from_args(args, model, parallel, gbs, rampup)
+    _check(args.pretrained_checkpoint is None or growth is None,
+           "--pretrained-checkpoint does not apply to a growth run (--grow-at-tokens): give the "
+           "small model's checkpoint as --load")
     _check(args.non_persistent_save_interval is None or growth is None,
            "--non-persistent-save-interval does not apply to a growth run (--grow-at-tokens), "
            "whose resume reads the phases' --save checkpoints: use --save-interval")

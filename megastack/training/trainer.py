@@ -182,6 +182,15 @@ class Trainer:
         self._configure_schedule_hooks()
         load = load if load is not None else cfg.checkpoint.load
         finetune = cfg.checkpoint.finetune if finetune is None else finetune
+        pretrained = cfg.checkpoint.pretrained_checkpoint
+        if pretrained and not self._resumable(load):
+            # Megatron-LM: a first launch fine-tunes the pretrained weights, later ones resume.
+            if not ckpt.has_checkpoint(pretrained):
+                raise ValueError(f"--pretrained-checkpoint {pretrained}: no checkpoint there "
+                                 f"(no metadata.json, no {ckpt.LATEST_FILE})")
+            logger.info("no checkpoint in --load %s: fine-tuning from --pretrained-checkpoint %s",
+                        load, pretrained)
+            load, finetune = pretrained, True
         if load:
             self._load(load, finetune)
         if start_state is not None:
@@ -388,6 +397,16 @@ class Trainer:
         else:
             logger.info("resuming at iteration %d, %d samples consumed", self.state.iteration,
                         self.state.consumed_train_samples)
+
+    def _resumable(self, load: Optional[str]) -> bool:
+        """Whether --load (or, resuming this run, its non-persistent directory) holds a
+        checkpoint."""
+        c = self.cfg.checkpoint
+        if not load:
+            return False
+        return ckpt.has_checkpoint(load) or bool(
+            c.non_persistent_dir and c.save and os.path.realpath(load) == os.path.realpath(c.save)
+            and ckpt.has_checkpoint(c.non_persistent_dir))
 
     @staticmethod
     def _newest_of(load: str, non_persistent: str) -> str:

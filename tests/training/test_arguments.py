@@ -267,6 +267,14 @@ def test_wsd_needs_its_decay_iters():
     cfg = config(BASE + ["--lr-decay-style", "WSD", "--lr-wsd-decay-iters", "1",
                          "--lr-wsd-decay-style", "cosine"])
     assert (cfg.train.lr_wsd_decay_iters, cfg.train.lr_wsd_decay_style) == (1, "cosine")
+    # In samples with --train-samples (8 per iteration here), rounded to iterations.
+    samples = ["--model", "tiny-4l", "--mock-data", "--global-batch-size", "8",
+               "--train-samples", "80", "--lr-decay-style", "WSD"]
+    assert config(samples + ["--lr-wsd-decay-samples", "23"]).train.lr_wsd_decay_iters == 3
+    with pytest.raises(ValueError, match="--lr-wsd-decay-samples goes with --train-samples"):
+        config(BASE + ["--lr-decay-style", "WSD", "--lr-wsd-decay-samples", "8"])
+    with pytest.raises(ValueError, match="not both"):
+        config(samples + ["--lr-wsd-decay-samples", "8", "--lr-wsd-decay-iters", "1"])
 
 
 def test_scheduler_resume_flags_use_megatron_names():
@@ -486,6 +494,10 @@ def test_sample_based_schedule_flags_become_iterations():
     (["--train-iters", "4", "--model-parallel-size", "2"], "use --tensor-model-parallel-size"),
     (["--train-iters", "4", "--warmup", "0.1"], "use --lr-warmup-fraction or --lr-warmup-iters"),
     (["--train-iters", "4", "--checkpoint-activations"], "use --recompute-activations"),
+    (["--train-iters", "4", "--check-for-spiky-loss"], "--check-for-spiky-loss: megastack does "
+                                                       "not re-run iterations"),
+    (["--train-iters", "4", "--decoupled-min-lr", "0"], "--decoupled-min-lr: one LR schedule"),
+    (["--train-iters", "4", "--trust-remote-code"], "without running code from them"),
     (["--train-iters", "4", "--deterministic-mode", "--cross-entropy-loss-fusion"],
      "the fused cross-entropy is not deterministic"),
 ])
@@ -612,6 +624,11 @@ def test_virtual_stages_per_pipeline_rank_is_the_other_spelling(monkeypatch):
     with pytest.raises(ValueError, match="not both"):
         config(base + ["--num-virtual-stages-per-pipeline-rank", "2",
                        "--num-layers-per-virtual-pipeline-stage", "1"])
+
+
+def test_persistent_save_interval_is_save_interval(tmp_path):
+    cfg = config(BASE + ["--save", str(tmp_path), "--persistent-save-interval", "5"])
+    assert cfg.checkpoint.save_interval == 5
 
 
 def test_logging_level_and_local_rank(monkeypatch):

@@ -455,8 +455,7 @@ def test_megatron_logging_flags(tmp_path):
     trainer = run(["--train-iters", "6", "--log-interval", "3", "--tensorboard-log-interval", "2",
                    "--tensorboard-dir", str(tmp_path), "--log-params-norm",
                    "--log-num-zeros-in-grad", "--log-timers-to-tensorboard",
-                   "--log-world-size-to-tensorboard", "--log-loss-scale-to-tensorboard",
-                   "--log-memory-to-tensorboard"])
+                   "--log-world-size-to-tensorboard", "--log-memory-to-tensorboard"])
     records = [m for m in trainer.state.history if "lm loss" in m]
     assert [m["iteration"] for m in records] == [3, 6]
     weights = torch.cat([p.detach().flatten() for p in trainer.chunks[0].parameters()])
@@ -469,7 +468,9 @@ def test_megatron_logging_flags(tmp_path):
                 "optimizer-time", "world-size", "loss-scale"):
         assert steps[tag] == [2, 4, 6], tag
     assert steps["params-norm"] == steps["tokens-per-sec"] == [3, 6]
-    assert [e.value for e in acc.Scalars("loss-scale")] == [1.0] * 3
+    assert [e.value for e in acc.Scalars("loss-scale")] == [1.0] * 3  # written by default
+    args = parse_args(BASE + ["--no-log-loss-scale-to-tensorboard"])
+    assert not args.log_loss_scale_to_tensorboard
     assert all(e.value > 0 for e in acc.Scalars("forward-backward-time"))
 
 
@@ -749,3 +750,20 @@ def test_deterministic_mode_reaches_torch_and_megatron_core():
         torch.use_deterministic_algorithms(False)
     assert all(chunk.config.deterministic_mode for chunk in trainer.chunks)
     assert train_losses(trainer) == straight  # CPU kernels were deterministic already
+
+
+def test_pretrained_checkpoint_starts_a_run_that_later_resumes_from_load(tmp_path):
+    """--pretrained-checkpoint P --load S --save S: the first launch fine-tunes P (as --load P
+    --finetune), the next resumes from S."""
+    pretrained, save = tmp_path / "pretrained", tmp_path / "run"
+    run(["--train-iters", "2", "--save", str(pretrained)])
+    finetuned = train_losses(run(["--train-iters", "2", "--load", str(pretrained),
+                                  "--finetune"]))
+    flags = ["--pretrained-checkpoint", str(pretrained), "--load", str(save), "--save", str(save)]
+    first = run(["--train-iters", "2", *flags])
+    assert train_losses(first) == pytest.approx(finetuned, rel=1e-6)
+    resumed = run(["--train-iters", "3", "--override-opt_param-scheduler", *flags])
+    assert sorted(train_losses(resumed)) == [3]
+    with pytest.raises(ValueError, match=f"--pretrained-checkpoint {tmp_path / 'none'}: no "
+                                         f"checkpoint there"):
+        run(["--train-iters", "2", "--pretrained-checkpoint", str(tmp_path / "none")])
