@@ -19,10 +19,12 @@ INSTALL_REQUIRES = [
     "tensorboard==2.21.0",
     "psutil==7.2.2",  # dist_checkpointing's forked writers need it (they hang without)
     "tqdm==4.70.1",
+    "safetensors==0.8.0",  # tools/export_hf.py and tools/import_hf.py
 ]
 
 EXTRAS = {
-    "test": ["pytest==9.2.0", "hypothesis>=6.150,<7"],
+    # transformers: the HF conversion tests compare LlamaForCausalLM's logits with megastack's.
+    "test": ["pytest==9.2.0", "hypothesis>=6.150,<7", "transformers==5.24.0"],
     "plot": ["matplotlib==3.11.2"],
     # Both need CUDA; megastack uses them when importable.
     "te": ["transformer-engine[pytorch]"],

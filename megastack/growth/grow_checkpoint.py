@@ -20,13 +20,13 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 
+from megastack.checkpoint import output_dir
 from megastack.checkpoint.dist_reader import COMMON_FILE, DistCheckpointReader
 from megastack.checkpoint.dist_writer import DistCheckpointWriter
 from megastack.checkpoint.layer_map import LayerPlacement, format_layer_map, growth_layer_map
@@ -178,7 +178,7 @@ def grow_checkpoint(
         out = depth.transform(key, tensor)
         return width.transform(key, out) if width is not None else out
 
-    tmp_root = _new_temp_root(dst)
+    tmp_root = output_dir.new_temp_root(dst)
     out_dir = checkpoint_dir(tmp_root, GROWN_ITERATION)
     try:
         writer = DistCheckpointWriter(out_dir, fsync=fsync)
@@ -196,7 +196,7 @@ def grow_checkpoint(
         )
         stats = writer.write(grown_common)
         write_latest(tmp_root, GROWN_ITERATION)
-        _publish(tmp_root, dst)
+        output_dir.publish(tmp_root, dst)
     except BaseException:
         shutil.rmtree(tmp_root, ignore_errors=True)
         raise
@@ -325,24 +325,6 @@ def _target_parallel(src: ParallelConfig, model: ModelConfig, tp: Optional[int],
 
 
 # ---- destination -------------------------------------------------------------------------------
-def _new_temp_root(dst: str) -> str:
-    """A directory that did not exist before, beside DST (so the final rename stays on one file
-    system). A fixed name like DST.tmp could be the user's data, or the source itself."""
-    dst_abs = os.path.normpath(os.path.abspath(dst))
-    parent, name = os.path.split(dst_abs)
-    os.makedirs(parent, exist_ok=True)
-    debris = [e for e in os.listdir(parent) if e.startswith(f"{name}.tmp-")]
-    if debris:
-        logger.warning("%s: %s look like output of an interrupted growth into %s; remove them "
-                       "if no other growth is running", parent, ", ".join(sorted(debris)), dst)
-    tmp = tempfile.mkdtemp(prefix=f"{name}.tmp-", dir=parent)
-    # mkdtemp makes it private (0700); the published checkpoint gets the mode mkdir would give.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    return tmp
-
-
 def _check_destination(dst: str, ckpt: str, force: bool) -> None:
     dst_abs = os.path.realpath(dst)
     src_abs = os.path.realpath(ckpt)
@@ -374,22 +356,6 @@ def _is_grown_checkpoint(root: str) -> bool:
     except Exception:  # unreadable or missing: not provably ours
         return False
     return isinstance(common, dict) and "grown_from" in common
-
-
-def _publish(tmp_root: str, dst: str) -> None:
-    if os.path.isdir(dst) and os.listdir(dst):  # --force over an earlier grown checkpoint
-        # Moved aside under a name no one else holds (renaming onto the new empty directory),
-        # so a crash between the renames leaves both trees on disk.
-        dst_abs = os.path.normpath(os.path.abspath(dst))
-        old = tempfile.mkdtemp(prefix=f"{os.path.basename(dst_abs)}.replaced-",
-                               dir=os.path.dirname(dst_abs))
-        os.rename(dst, old)
-        os.rename(tmp_root, dst)
-        shutil.rmtree(old)
-    else:
-        if os.path.isdir(dst):
-            os.rmdir(dst)  # empty: replaced by the finished tree
-        os.rename(tmp_root, dst)
 
 
 # ---- what gets written -------------------------------------------------------------------------

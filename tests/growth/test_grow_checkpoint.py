@@ -393,11 +393,11 @@ def test_sigterm_removes_the_temporary_directory(src, tmp_path):
     dst = str(tmp_path / "dst")
     script = (
         "import sys, time\n"
-        "import megastack.growth.grow_checkpoint as g\n"
+        "import megastack.checkpoint.output_dir as g\n"
         "def slow_publish(*args):\n"
         "    print('written', flush=True)\n"
         "    time.sleep(120)\n"
-        "g._publish = slow_publish\n"
+        "g.publish = slow_publish\n"
         "from tests.scripts import load_script\n"
         f"sys.exit(load_script('tools/grow_checkpoint.py').main(['--load', {src!r}, '--save', "
         f"{dst!r}, '--stacking-list', '0-3*2', '--no-fsync']))\n")

@@ -1,0 +1,209 @@
+"""Hugging Face Llama <-> megatron-core GPT: the architecture and the weight names and layouts.
+
+megastack's models are Llama's (RMSNorm, SwiGLU, RoPE, GQA), so a checkpoint maps onto
+``LlamaForCausalLM`` tensor for tensor; three layouts differ:
+
+- megatron-core's ``linear_qkv`` holds, for each query group, that group's query heads, then
+  its key head, then its value head ([g0: q q k v][g1: q q k v] ...); HF keeps ``q_proj``,
+  ``k_proj`` and ``v_proj`` apart;
+- megatron-core's ``linear_fc1`` is ``[gate; up]``; HF has ``gate_proj`` and ``up_proj``;
+- megatron-core stacks each layer's tensor on a leading layer axis (``decoder.layers.*``).
+
+RoPE needs no permutation: megatron-core's default (non-interleaved) rotary embedding rotates
+the two halves of each head as HF's Llama does. Both directions work on "global state" dicts:
+full tensors under megatron-core's checkpoint keys (as megastack.growth.state and the dist
+checkpoint reader give them).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional
+
+import torch
+
+from megastack.config import ModelConfig
+
+# megatron-core key (layer-stacked under decoder.layers.) -> the HF name of one layer's tensor.
+_LAYER = "decoder.layers."
+_QKV = _LAYER + "self_attention.linear_qkv.weight"
+_QKV_BIAS = _LAYER + "self_attention.linear_qkv.bias"
+_FC1 = _LAYER + "mlp.linear_fc1.weight"
+_FC1_BIAS = _LAYER + "mlp.linear_fc1.bias"
+_DIRECT_LAYER_KEYS = {
+    _LAYER + "self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
+    _LAYER + "self_attention.linear_proj.weight": "self_attn.o_proj.weight",
+    _LAYER + "self_attention.linear_proj.bias": "self_attn.o_proj.bias",
+    _LAYER + "mlp.linear_fc1.layer_norm_weight": "post_attention_layernorm.weight",
+    _LAYER + "mlp.linear_fc2.weight": "mlp.down_proj.weight",
+    _LAYER + "mlp.linear_fc2.bias": "mlp.down_proj.bias",
+}
+_GLOBAL_KEYS = {
+    "embedding.word_embeddings.weight": "model.embed_tokens.weight",
+    "decoder.final_layernorm.weight": "model.norm.weight",
+    "output_layer.weight": "lm_head.weight",
+}
+
+
+def check_llama_compatible(model: ModelConfig, what: str) -> None:
+    """Refuse what HF's Llama cannot express, naming the difference."""
+    differences = []
+    if model.normalization != "RMSNorm":
+        differences.append(f"{model.normalization} (Llama has RMSNorm)")
+    if not model.swiglu:
+        differences.append("a GeLU MLP (Llama has SwiGLU)")
+    if model.position_embedding_type != "rope":
+        differences.append(f"{model.position_embedding_type} positions (Llama has RoPE)")
+    if differences:
+        raise ValueError(f"{what}: the model has {', '.join(differences)}: Hugging Face's "
+                         f"LlamaForCausalLM cannot hold it")
+
+
+def hf_config(model: ModelConfig, dtype: torch.dtype,
+              bos_token_id: Optional[int] = None, eos_token_id: Optional[int] = None
+              ) -> dict[str, Any]:
+    """config.json of the LlamaForCausalLM that computes what `model` computes."""
+    check_llama_compatible(model, "export to Hugging Face")
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": model.hidden_size,
+        "intermediate_size": model.ffn_hidden_size,
+        "num_hidden_layers": model.num_layers,
+        "num_attention_heads": model.num_attention_heads,
+        "num_key_value_heads": model.num_query_groups,
+        "head_dim": model.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": model.max_position_embeddings,
+        "rms_norm_eps": model.norm_epsilon,
+        "rope_theta": float(model.rotary_base),
+        "rope_scaling": None,
+        "vocab_size": model.vocab_size,
+        "tie_word_embeddings": not model.untie_embeddings_and_output_weights,
+        "attention_bias": model.add_bias_linear,
+        "mlp_bias": model.add_bias_linear,
+        "attention_dropout": model.attention_dropout,
+        "initializer_range": model.init_method_std,
+        "bos_token_id": bos_token_id,
+        "eos_token_id": eos_token_id,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "use_cache": True,
+    }
+
+
+def model_config_from_hf(config: dict[str, Any], source: str) -> ModelConfig:
+    """The ModelConfig of a Llama config.json; `source` names the file in errors."""
+    model_type = config.get("model_type")
+    if model_type not in ("llama", "mistral"):
+        raise ValueError(f"{source}: model_type {model_type!r}: only Llama-architecture models "
+                         f"(model_type llama, or mistral without sliding windows) map onto "
+                         f"megastack's GPT")
+    if config.get("sliding_window") is not None:
+        raise ValueError(f"{source}: sliding_window {config['sliding_window']}: sliding-window "
+                         f"attention is not among megastack's architectures")
+    rope = config.get("rope_parameters") or {}
+    scaling = config.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default"
+                                             else None)
+    if scaling:
+        raise ValueError(f"{source}: RoPE scaling {scaling} (e.g. Llama 3.1's) is not among "
+                         f"megastack's architectures")
+    if config.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"{source}: hidden_act {config['hidden_act']!r}: megastack's SwiGLU "
+                         f"uses silu")
+    if bool(config.get("attention_bias", False)) != bool(config.get("mlp_bias", False)):
+        raise ValueError(f"{source}: attention_bias {config.get('attention_bias')} and mlp_bias "
+                         f"{config.get('mlp_bias')}: megatron-core's add_bias_linear gives every "
+                         f"linear layer a bias or none")
+    heads, hidden = config["num_attention_heads"], config["hidden_size"]
+    head_dim = config.get("head_dim") or hidden // heads
+    if head_dim * heads != hidden:
+        raise ValueError(f"{source}: head_dim {head_dim} x num_attention_heads {heads} is not "
+                         f"hidden_size {hidden}: megastack's heads are hidden_size / heads wide")
+    positions = config.get("max_position_embeddings", 2048)
+    return ModelConfig(
+        num_layers=config["num_hidden_layers"], hidden_size=hidden, num_attention_heads=heads,
+        num_query_groups=config.get("num_key_value_heads") or heads,
+        ffn_hidden_size=config["intermediate_size"], vocab_size=config["vocab_size"],
+        seq_length=positions, max_position_embeddings=positions,
+        norm_epsilon=config.get("rms_norm_eps", 1e-6),
+        rotary_base=int(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
+        untie_embeddings_and_output_weights=not config.get("tie_word_embeddings", False),
+        add_bias_linear=bool(config.get("attention_bias", False)),
+        init_method_std=config.get("initializer_range", 0.02),
+    )
+
+
+def _qkv_sizes(model: ModelConfig) -> tuple[int, int, int]:
+    """Rows of one query group's queries, and of its key (= its value), and the group count."""
+    d, groups = model.head_dim, model.num_query_groups
+    return model.num_attention_heads // groups * d, d, groups
+
+
+def split_qkv(qkv: torch.Tensor, model: ModelConfig) -> tuple[torch.Tensor, ...]:
+    """One layer's linear_qkv weight (or bias) -> q, k, v in HF's order."""
+    q_rows, kv_rows, groups = _qkv_sizes(model)
+    grouped = qkv.reshape(groups, q_rows + 2 * kv_rows, *qkv.shape[1:])
+    q, k, v = grouped.split([q_rows, kv_rows, kv_rows], dim=1)
+    return tuple(t.reshape(-1, *qkv.shape[1:]) for t in (q, k, v))
+
+
+def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              model: ModelConfig) -> torch.Tensor:
+    q_rows, kv_rows, groups = _qkv_sizes(model)
+    rest = q.shape[1:]
+    return torch.cat([q.reshape(groups, q_rows, *rest), k.reshape(groups, kv_rows, *rest),
+                      v.reshape(groups, kv_rows, *rest)], dim=1).reshape(-1, *rest)
+
+
+def hf_tensors(key: str, stacked: torch.Tensor, model: ModelConfig
+               ) -> Iterator[tuple[str, torch.Tensor]]:
+    """The HF (name, tensor) pairs held by megatron-core's `key` (its full, layer-stacked value).
+    Unknown keys are an error: a tensor HF's Llama has no place for would be lost."""
+    if key in _GLOBAL_KEYS:
+        if key == "output_layer.weight" and not model.untie_embeddings_and_output_weights:
+            return  # tied: HF takes lm_head from the embedding
+        yield _GLOBAL_KEYS[key], stacked
+        return
+    if not key.startswith(_LAYER):
+        raise ValueError(f"{key}: no Hugging Face Llama tensor corresponds to it")
+    for layer, tensor in enumerate(stacked):
+        prefix = f"model.layers.{layer}."
+        if key in (_QKV, _QKV_BIAS):
+            suffix = "weight" if key == _QKV else "bias"
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), split_qkv(tensor, model)):
+                yield f"{prefix}self_attn.{name}.{suffix}", part
+        elif key in (_FC1, _FC1_BIAS):
+            suffix = "weight" if key == _FC1 else "bias"
+            gate, up = tensor.chunk(2, dim=0)
+            yield f"{prefix}mlp.gate_proj.{suffix}", gate
+            yield f"{prefix}mlp.up_proj.{suffix}", up
+        elif key in _DIRECT_LAYER_KEYS:
+            yield prefix + _DIRECT_LAYER_KEYS[key], tensor
+        else:
+            raise ValueError(f"{key}: no Hugging Face Llama tensor corresponds to it")
+
+
+def megatron_state(get: "callable", model: ModelConfig) -> dict[str, torch.Tensor]:
+    """megatron-core's global state from HF tensors; `get(name)` returns one HF tensor (and
+    raises KeyError for a missing one)."""
+    state: dict[str, torch.Tensor] = {}
+    for key, name in _GLOBAL_KEYS.items():
+        if key == "output_layer.weight" and not model.untie_embeddings_and_output_weights:
+            continue
+        state[key] = get(name)
+    suffixes = ["weight"] + (["bias"] if model.add_bias_linear else [])
+    layers = range(model.num_layers)
+    for suffix in suffixes:
+        qkv_key = _QKV if suffix == "weight" else _QKV_BIAS
+        state[qkv_key] = torch.stack([merge_qkv(
+            *(get(f"model.layers.{i}.self_attn.{p}.{suffix}") for p in ("q_proj", "k_proj",
+                                                                          "v_proj")),
+            model) for i in layers])
+        fc1_key = _FC1 if suffix == "weight" else _FC1_BIAS
+        state[fc1_key] = torch.stack([torch.cat([get(f"model.layers.{i}.mlp.gate_proj.{suffix}"),
+                                                 get(f"model.layers.{i}.mlp.up_proj.{suffix}")])
+                                      for i in layers])
+    for key, name in _DIRECT_LAYER_KEYS.items():
+        if key.endswith(".bias") and not model.add_bias_linear:
+            continue
+        state[key] = torch.stack([get(f"model.layers.{i}.{name}") for i in layers])
+    return state

@@ -1,0 +1,176 @@
+"""tools/export_hf.py and tools/import_hf.py: megastack checkpoints <-> Hugging Face Llama.
+
+The checks are the logits: transformers' LlamaForCausalLM built from an export computes what the
+megastack model computes, and a megastack model imported from a HF Llama computes what HF does.
+"""
+
+import json
+import os
+
+import pytest
+import torch
+
+from megastack.config import ModelConfig, ParallelConfig
+from tests.scripts import load_script
+
+transformers = pytest.importorskip("transformers")  # a test dependency (setup.py's "test")
+
+GQA = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, num_query_groups=2,
+                  ffn_hidden_size=48, vocab_size=128, seq_length=16)
+# Multi-head attention, tied embeddings and biases in every linear layer.
+TIED_BIASED = GQA.replace(num_query_groups=4, untie_embeddings_and_output_weights=False,
+                          add_bias_linear=True)
+
+
+def tokens(vocab: int, seq: int = 16) -> torch.Tensor:
+    return torch.randint(0, vocab, (2, seq), generator=torch.Generator().manual_seed(0))
+
+
+def megastack_logits(model, ids: torch.Tensor) -> torch.Tensor:
+    positions = torch.arange(ids.shape[1]).unsqueeze(0).expand(ids.shape[0], -1)
+    with torch.no_grad():
+        return model.eval()(ids, positions, None).float()
+
+
+def hf_logits(directory, ids: torch.Tensor) -> torch.Tensor:
+    hf = transformers.LlamaForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
+    with torch.no_grad():
+        return hf.eval()(input_ids=ids).logits.float()
+
+
+def random_model(cfg: ModelConfig, seed: int):
+    from megastack.model import build_model_chunks
+
+    model = build_model_chunks(cfg, ParallelConfig(), seed=seed)[0]
+    with torch.no_grad():  # biases and norm weights start at 0 and 1: make them count
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def save(model, cfg: ModelConfig, root) -> str:
+    import dataclasses
+
+    from megastack.checkpoint.training_checkpoint import save_checkpoint
+
+    return save_checkpoint(str(root), 3, [model], save_rng=False, common={
+        "megastack": {"model": cfg.to_dict(), "parallel": dataclasses.asdict(ParallelConfig())}})
+
+
+def load(cfg: ModelConfig, root):
+    from megastack.checkpoint.training_checkpoint import load_checkpoint
+    from megastack.model import build_model_chunks
+
+    model = build_model_chunks(cfg, ParallelConfig(), seed=99)[0]
+    load_checkpoint(str(root), [model], load_rng=False)
+    return model
+
+
+@pytest.mark.parametrize("cfg", [GQA, TIED_BIASED], ids=["gqa", "tied-biased"])
+def test_exported_model_computes_the_megastack_logits(megatron_world, tmp_path, cfg):
+    from megastack.checkpoint.hf_convert import export_hf
+
+    model = random_model(cfg, seed=1)
+    save(model, cfg, tmp_path / "ckpt")
+    report = export_hf(str(tmp_path / "ckpt"), str(tmp_path / "hf"), dtype="fp32")
+    assert report.files == ("config.json", "model.safetensors")
+    ids = tokens(cfg.vocab_size)
+    expected = megastack_logits(model, ids)
+    assert torch.allclose(hf_logits(tmp_path / "hf", ids), expected, atol=1e-5, rtol=1e-4)
+
+    # And back: the import holds the very same tensors.
+    from megastack.checkpoint.dist_reader import DistCheckpointReader
+    from megastack.checkpoint.hf_convert import import_hf
+
+    import_hf(str(tmp_path / "hf"), str(tmp_path / "back"))
+    original = DistCheckpointReader(str(tmp_path / "ckpt" / "iter_0000003"))
+    back = DistCheckpointReader(str(tmp_path / "back" / "iter_0000000"))
+    assert sorted(original.tensor_keys()) == sorted(back.tensor_keys())
+    for key in original.tensor_keys():
+        assert torch.equal(original.load_tensor(key), back.load_tensor(key)), key
+
+
+def test_imported_llama_computes_the_hf_logits_and_grows(megatron_world, tmp_path):
+    """A HF Llama (vocabulary 100, padded to 128 on import) trains in megastack: same logits,
+    and tools/grow_checkpoint.py stacks it."""
+    from megastack.checkpoint.hf_convert import import_hf
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=100, max_position_embeddings=16, rope_theta=500000.0,
+        rms_norm_eps=1e-5)
+    hf = transformers.LlamaForCausalLM(config)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    hf.save_pretrained(str(tmp_path / "hf"))
+    report = import_hf(str(tmp_path / "hf"), str(tmp_path / "ckpt"))
+    cfg = report.model
+    assert (cfg.vocab_size, cfg.rotary_base, cfg.num_query_groups) == (128, 500000, 2)
+    ids = tokens(100)
+    logits = megastack_logits(load(cfg, tmp_path / "ckpt"), ids)
+    assert torch.allclose(logits[..., :100], hf_logits(tmp_path / "hf", ids), atol=1e-5,
+                          rtol=1e-4)
+
+    grow = load_script("tools/grow_checkpoint.py")
+    assert grow.main(["--load", str(tmp_path / "ckpt"), "--save", str(tmp_path / "grown"),
+                      "--stacking-list", "0,1,0,1", "--no-fsync"]) == 0
+
+
+def test_hf_configs_megastack_cannot_hold_are_named(tmp_path):
+    from megastack.checkpoint.hf_llama import model_config_from_hf
+
+    base = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 48,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100}
+    assert model_config_from_hf(base, "c.json").num_query_groups == 4
+    for changes, message in [
+        ({"model_type": "gpt2"}, "model_type 'gpt2': only Llama-architecture models"),
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "RoPE scaling"),
+        ({"attention_bias": True}, "every linear layer a bias or none"),
+        ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
+        ({"head_dim": 16}, "head_dim 16 x num_attention_heads 4 is not hidden_size 32"),
+        ({"model_type": "mistral", "sliding_window": 4096}, "sliding-window attention"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            model_config_from_hf({**base, **changes}, "c.json")
+
+
+def test_tools_refuse_bad_input_and_write_nothing(megatron_world, tmp_path, capsys):
+    from megastack.checkpoint.hf_convert import export_hf
+
+    layernorm = GQA.replace(normalization="LayerNorm")
+    save(random_model(layernorm, seed=1), layernorm, tmp_path / "ln")
+    with pytest.raises(ValueError, match="the model has LayerNorm .* LlamaForCausalLM cannot"):
+        export_hf(str(tmp_path / "ln"), str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out")
+
+    save(random_model(GQA, seed=1), GQA, tmp_path / "ckpt")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    export = load_script("tools/export_hf.py")
+    assert export.main(["--load", str(tmp_path / "ckpt"), "--output", str(tmp_path / "taken")]) == 2
+    assert "exists and is not an empty directory" in capsys.readouterr().err
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+
+    # Sharded output: one file per tensor at a tiny shard size, with HF's index.
+    report = export_hf(str(tmp_path / "ckpt"), str(tmp_path / "sharded"), dtype="bf16",
+                       max_shard_bytes=1)
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) == report.tensors == len(report.files) - 2
+
+    import_tool = load_script("tools/import_hf.py")
+    extra = tmp_path / "sharded_extra"
+    os.rename(tmp_path / "sharded", extra)
+    from safetensors.torch import save_file
+    save_file({"model.layers.0.self_attn.q_norm.weight": torch.ones(8)},
+              str(extra / "model-extra.safetensors"))
+    index["weight_map"]["model.layers.0.self_attn.q_norm.weight"] = "model-extra.safetensors"
+    (extra / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert import_tool.main(["--hf-dir", str(extra), "--save", str(tmp_path / "imp")]) == 2
+    assert "have no place in megastack's GPT (e.g. model.layers.0.self_attn.q_norm.weight)" in \
+        capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "imp")
