@@ -37,7 +37,6 @@ def main(argv=None) -> int:
     # megatron-core's notes on missing Transformer Engine/Apex and deprecated defaults are
     # about training speed, not about this conversion.
     warnings.filterwarnings("ignore", category=UserWarning, module="megatron")
-    from megastack import runtime
     from megastack.checkpoint.hf_convert import import_hf
     from megastack.data.termination import interruption_report, sigterm_raises
 
@@ -55,8 +54,6 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    finally:
-        runtime.shutdown()
     print(report.summary())
     return 0
 

@@ -256,12 +256,15 @@ def import_hf(hf_dir: str, save: str, *, dtype: str = "fp32",
                 state[key] = torch.cat([rows, rows.new_zeros(padded - len(rows), rows.shape[1])])
         model = model.replace(vocab_size=padded)
     parallel = ParallelConfig()
+    # A one-process job of its own, unless the caller already runs one (it is left as it was).
+    own_job = not torch.distributed.is_initialized()
     runtime.initialize(parallel, model.num_layers, seed=0)
-    chunks = build_model_chunks(model, parallel, bf16=dtype == "bf16", transformer_impl="local")
-    load_global_state(chunks, state)
-    del state
     tmp = output_dir.new_temp_root(save)
     try:
+        chunks = build_model_chunks(model, parallel, bf16=dtype == "bf16",
+                                    transformer_impl="local")
+        load_global_state(chunks, state)
+        del state
         save_checkpoint(tmp, 0, chunks, save_rng=False, common={
             "consumed_train_samples": 0,
             "num_floating_point_operations_so_far": 0.0,
@@ -272,5 +275,8 @@ def import_hf(hf_dir: str, save: str, *, dtype: str = "fp32",
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if own_job:
+            runtime.shutdown()
     logger.info("imported %s into %s", hf_dir, save)
     return ConversionReport(hf_dir, save, model, len(tensors.used), ("iter_0000000",))

@@ -661,9 +661,10 @@ class Trainer:
         self.state.iteration += 1
         self.state.consumed_train_samples += batch_size
         # Reading the skipped samples only to drop them is wasted I/O: restart the iterators
-        # after them.
-        self.train_iterators = self._iterators(self.datasets[0],
-                                               self.state.consumed_train_samples)
+        # after them (unless this was the last iteration, whose dataset may end there).
+        if self.state.iteration < self.cfg.train.train_iters:
+            self.train_iterators = self._iterators(self.datasets[0],
+                                                   self.state.consumed_train_samples)
         logger.info("iteration %d: skipped (--iterations-to-skip), passing over its %d samples",
                     self.state.iteration, batch_size)
         return {"lm loss": None, "grad-norm": None, "num-zeros": None, "skipped": False,
