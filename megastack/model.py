@@ -87,11 +87,6 @@ def build_model_chunks(
 
     check_sequence_parallel(transformer_impl, parallel.tensor_model_parallel_size,
                             parallel.sequence_parallel)
-    if recompute_granularity == "full" and not torch.cuda.is_available():
-        # megatron-core re-runs the forward inside autograd's backward, where it builds the
-        # attention mask on CUDA (megastack's CPU bridge covers the forward pass only).
-        raise ValueError("--recompute-granularity full needs a CUDA device; on CPU use "
-                         "--recompute-granularity selective or leave it out")
     impl, spec = select_layer_spec(transformer_impl)
     vp_size = parallel.virtual_pipeline_size(model_cfg.num_layers)
     config = to_transformer_config(

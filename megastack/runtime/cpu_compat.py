@@ -9,12 +9,15 @@ megatron-core 0.16.1 assumes a GPU in three ways (see DESIGN.md):
 
 `enable()` bridges them, and only when CUDA is unavailable: a `TorchFunctionMode` maps CUDA
 devices to the CPU and reports CUDA type names for CPU tensors, and a handful of ``torch.cuda``
-functions get CPU stand-ins. Each bridged point has a test in tests/runtime/test_cpu_compat.py,
+functions get CPU stand-ins. Activation recomputation re-runs forward code inside autograd's
+backward, where the mode of the forward's thread does not apply: megatron-core's two
+recomputation entry points enter the mode themselves. Each bridged point has a test in tests/runtime/test_cpu_compat.py,
 so a megatron-core upgrade shows at once which assumption changed.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -78,9 +81,18 @@ def _noop(*args: Any, **kwargs: Any) -> None:
     return None
 
 
+def _under_cpu_mode(fn):
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any):
+        with CudaToCpuMode():
+            return fn(*args, **kwargs)
+    return run
+
+
 def _patches() -> list[tuple[Any, str, Any]]:
     from megatron.core.tensor_parallel import random as mcore_random
 
+    checkpoint, without_output = mcore_random.CheckpointFunction, mcore_random.CheckpointWithoutOutput
     return [
         (torch.cuda, "current_device", _cpu_current_device),
         (torch.cuda, "synchronize", _noop),
@@ -90,6 +102,9 @@ def _patches() -> list[tuple[Any, str, Any]]:
         (torch.cuda, "manual_seed", lambda seed: torch.manual_seed(seed)),
         (mcore_random, "_get_cuda_rng_state", _cpu_get_rng_state),
         (mcore_random, "_set_cuda_rng_state", _cpu_set_rng_state),
+        # Recomputation (selective or full) in backward: the causal mask, RNG states, ...
+        (checkpoint, "backward", staticmethod(_under_cpu_mode(checkpoint.backward))),
+        (without_output, "_recompute", _under_cpu_mode(without_output._recompute)),
     ]
 
 
@@ -104,7 +119,8 @@ def enable() -> bool:
     if is_enabled():
         return True
     for owner, name, replacement in _patches():
-        _state["saved"][(owner, name)] = getattr(owner, name)
+        # From the class __dict__ where it is one, so a staticmethod is put back as it was.
+        _state["saved"][(owner, name)] = vars(owner).get(name, getattr(owner, name))
         setattr(owner, name, replacement)
     mode = CudaToCpuMode()
     mode.__enter__()

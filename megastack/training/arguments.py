@@ -44,6 +44,7 @@ class TrainConfig:
     recompute_granularity: Optional[str] = None
     recompute_method: Optional[str] = None  # "uniform" or "block"; needed by "full"
     recompute_num_layers: Optional[int] = None
+    recompute_modules: Optional[tuple[str, ...]] = None  # selective; None: megatron-core's
     lr_wsd_decay_style: str = "exponential"
     lr_wsd_decay_iters: Optional[int] = None
     override_opt_param_scheduler: bool = False
@@ -409,6 +410,10 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--recompute-num-layers", type=int,
                    help="layers per recompute unit (uniform) or recomputed per stage (block); "
                         "default 1 with --recompute-granularity full")
+    g.add_argument("--recompute-modules", nargs="+", metavar="MODULE",
+                   help="selective recompute: which parts of each layer to recompute, among "
+                        "core_attn (the default), mlp and layernorm (layernorm needs Transformer "
+                        "Engine)")
 
 
 # Megatron-LM's SentencePiece tokenizer types for GPT training. Training takes only the
@@ -1082,7 +1087,33 @@ def _validate_recompute(args: argparse.Namespace) -> Optional[int]:
     _check(args.recompute_method is None and args.recompute_num_layers is None,
            "--recompute-method and --recompute-num-layers apply to --recompute-granularity full "
            "only: drop them or use --recompute-granularity full")
+    if args.recompute_modules is not None:
+        _validate_recompute_modules(args)
     return None
+
+
+# megatron-core's selective recompute modules of dense models; the others belong to MoE and MLA.
+_RECOMPUTE_MODULES = ("core_attn", "mlp", "layernorm")
+
+
+def _validate_recompute_modules(args: argparse.Namespace) -> None:
+    modules = args.recompute_modules
+    _check(args.recompute_granularity == "selective",
+           f"--recompute-modules {' '.join(modules)} choose what selective recompute recomputes: "
+           f"add --recompute-granularity selective")
+    unknown = [m for m in modules if m not in _RECOMPUTE_MODULES]
+    _check(not unknown,
+           f"--recompute-modules {' '.join(unknown)}: megastack's dense layers have "
+           f"{', '.join(_RECOMPUTE_MODULES)} (moe, moe_act, shared_experts and mla_up_proj "
+           f"belong to mixture-of-experts and multi-latent attention)")
+    if "layernorm" in modules:
+        from megastack.layer_impl import transformer_engine_available
+
+        # megatron-core 0.16.1 recomputes norms through its FP8 path, which imports Transformer
+        # Engine (CheckpointWithoutOutput() takes FP8 as on).
+        _check(transformer_engine_available(),
+               "--recompute-modules layernorm needs Transformer Engine (megatron-core 0.16.1 "
+               "recomputes norms through its FP8 code): recompute core_attn and mlp only")
 
 
 def _check_interleaved_microbatches(parallel: ParallelConfig, model: ModelConfig,
@@ -1359,6 +1390,8 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         hysteresis=args.hysteresis, seed=args.seed,
         transformer_impl=args.transformer_impl, recompute_granularity=args.recompute_granularity,
         recompute_method=args.recompute_method, recompute_num_layers=recompute_num_layers,
+        recompute_modules=(tuple(args.recompute_modules) if args.recompute_modules is not None
+                           else None),
         lr_wsd_decay_style=args.lr_wsd_decay_style, lr_wsd_decay_iters=args.lr_wsd_decay_iters,
         override_opt_param_scheduler=args.override_opt_param_scheduler,
         use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,

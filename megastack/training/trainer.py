@@ -174,7 +174,9 @@ class Trainer:
                 cross_entropy_loss_fusion=cfg.train.cross_entropy_loss_fusion,
                 cross_entropy_fusion_impl=cfg.train.cross_entropy_fusion_impl,
                 apply_query_key_layer_scaling=cfg.train.apply_query_key_layer_scaling,
-                deterministic_mode=cfg.train.deterministic_mode),
+                deterministic_mode=cfg.train.deterministic_mode,
+                **({"recompute_modules": list(cfg.train.recompute_modules)}
+                   if cfg.train.recompute_modules is not None else {})),
         )
         self.ddp_chunks = self._wrap_ddp(self.chunks)
         self.optimizer = self._build_optimizer()

@@ -118,6 +118,37 @@ def test_clip_grads_accepts_cpu_grads(bridge):
     assert torch.allclose(p.grad, torch.full((4,), 0.5), atol=1e-6)
 
 
+# 4. activation recomputation: forward code re-run inside autograd's backward -----------------
+def test_megatron_still_builds_the_causal_mask_on_cuda():
+    from megatron.core.transformer import utils
+
+    assert 'device="cuda"' in inspect.getsource(utils.get_default_causal_mask)
+
+
+@pytest.mark.parametrize("entry", ["checkpoint", "checkpoint_without_output"])
+def test_recomputation_in_backward_runs_on_cpu(bridge, entry):
+    """Backward ran outside the bridge's mode: the recomputed forward's CUDA tensors failed
+    ("Torch not compiled with CUDA enabled"), so selective and full recomputation crashed."""
+    from megatron.core import tensor_parallel
+
+    def forward(t):
+        return t * torch.full((3,), 2.0, device="cuda")
+
+    x = torch.ones(3, requires_grad=True)
+    if entry == "checkpoint":
+        y = tensor_parallel.checkpoint(forward, False, x)
+    else:
+        # megatron-core 0.16.1's CheckpointWithoutOutput takes any fp8 argument, False too, as
+        # FP8 (Transformer Engine) on: None is the only off.
+        recompute = tensor_parallel.CheckpointWithoutOutput(fp8=None)
+        y = recompute.checkpoint(forward, x)
+        z = y * 3
+        recompute.discard_output_and_register_recompute(z)
+        y = z
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), 2.0 if entry == "checkpoint" else 6.0))
+
+
 def test_disable_restores_torch(bridge):
     cpu_compat.disable()
     try:

@@ -494,6 +494,9 @@ def test_sample_based_schedule_flags_become_iterations():
     (["--train-iters", "4", "--model-parallel-size", "2"], "use --tensor-model-parallel-size"),
     (["--train-iters", "4", "--warmup", "0.1"], "use --lr-warmup-fraction or --lr-warmup-iters"),
     (["--train-iters", "4", "--checkpoint-activations"], "use --recompute-activations"),
+    (["--train-iters", "4", "--recompute-modules", "mlp"], "add --recompute-granularity selective"),
+    (["--train-iters", "4", "--recompute-granularity", "selective", "--recompute-modules", "moe"],
+     "--recompute-modules moe: megastack's dense layers have core_attn, mlp, layernorm"),
     (["--train-iters", "4", "--check-for-spiky-loss"], "--check-for-spiky-loss: megastack does "
                                                        "not re-run iterations"),
     (["--train-iters", "4", "--decoupled-min-lr", "0"], "--decoupled-min-lr: one LR schedule"),
