@@ -163,6 +163,7 @@ class LoggingConfig:
     profile_step_start: int = 10
     profile_step_end: int = 12
     profile_ranks: tuple[int, ...] = (0,)
+    memory_snapshot_path: Optional[str] = None  # --record-memory-history: where to dump
 
 
 @dataclass(frozen=True)
@@ -587,6 +588,13 @@ def add_logging_args(p: argparse.ArgumentParser) -> None:
                         "--use-pytorch-profiler a trace in --tensorboard-dir, else an Nsight "
                         "Systems capture range (nsys profile --capture-range=cudaProfilerApi)")
     g.add_argument("--use-pytorch-profiler", action="store_true")
+    g.add_argument("--record-memory-history", action="store_true",
+                   help="record the CUDA allocator's history and write a snapshot for PyTorch's "
+                        "memory visualizer every --log-interval (last rank), and on every rank "
+                        "that runs out of memory")
+    g.add_argument("--memory-snapshot-path", default="snapshot.pickle",
+                   help="where --record-memory-history writes (default snapshot.pickle; out of "
+                        "memory: oom_rank-R_snapshot.pickle beside it)")
     g.add_argument("--profile-step-start", type=int, default=10)
     g.add_argument("--profile-step-end", type=int, default=12)
     g.add_argument("--profile-ranks", type=int, nargs="+", default=[0],
@@ -1374,11 +1382,18 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _check(all(n >= 0 for n in args.iterations_to_skip),
            f"--iterations-to-skip {' '.join(map(str, args.iterations_to_skip))}: iterations "
            f"are counted from 0")
+    if args.record_memory_history:
+        import torch  # only here: tools/plan.py imports this module without torch
+
+        _check(torch.cuda.is_available(),
+               "--record-memory-history records the CUDA allocator: it needs a GPU")
     for flag, path in (("--save", args.save), ("--tensorboard-dir", args.tensorboard_dir),
-                       ("--data-cache-path", args.data_cache_path)):
+                       ("--data-cache-path", args.data_cache_path),
+                       ("--memory-snapshot-path", os.path.dirname(args.memory_snapshot_path)
+                        if args.record_memory_history else None)):
         if path is not None:
             # Refused now, not at the first checkpoint after hours of training.
-            check_output_dir(f"{flag} {path}", path)
+            check_output_dir(f"{flag} {path}", path or ".")
     train = TrainConfig(
         micro_batch_size=mbs, global_batch_size=gbs, train_iters=train_iters, lr=args.lr,
         min_lr=args.min_lr, lr_warmup_iters=warmup_iters,
@@ -1457,6 +1472,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         profile=args.profile, use_pytorch_profiler=args.use_pytorch_profiler,
         profile_step_start=args.profile_step_start, profile_step_end=args.profile_step_end,
         profile_ranks=tuple(args.profile_ranks),
+        memory_snapshot_path=args.memory_snapshot_path if args.record_memory_history else None,
     )
     growth = growth_config_from_args(args, model, parallel, gbs, rampup)
     _check(args.pretrained_checkpoint is None or growth is None,

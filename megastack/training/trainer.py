@@ -135,6 +135,7 @@ class Trainer:
         self.state = TrainState()
         self.rank: Optional[runtime.RankInfo] = None
         self.tb: Optional[TensorBoardWriter] = None
+        self.memory_history = None  # --record-memory-history
         self.last_saved_iteration: Optional[int] = None
         # (iteration, validation loss, loss per validation set)
         self.last_eval: Optional[tuple[int, Optional[float], Optional[dict[str, float]]]] = None
@@ -212,6 +213,10 @@ class Trainer:
                                         self.rank.world_size, writer=self.rank.rank == 0)
             if start_state is None:  # not the second phase of a growth run: a new job
                 self.progress.job_started(self.state.iteration)
+        if cfg.logging.memory_snapshot_path:
+            from megastack.training.memory_history import MemoryHistory
+
+            self.memory_history = MemoryHistory(cfg.logging.memory_snapshot_path, self.rank.rank)
         if self.rank.is_logging_rank:
             self.tb = TensorBoardWriter(cfg.logging.tensorboard_dir,
                                         cfg.logging.tensorboard_queue_size)
@@ -880,6 +885,8 @@ class Trainer:
                     metrics["params-norm"] = params_l2_norm(self.chunks)
                 # TensorBoard has these per iteration (--tensorboard-log-interval), not averaged.
                 self._log(metrics, tensorboard_skips=_PER_ITERATION_TAGS)
+                if self.memory_history is not None and self.rank.is_logging_rank:
+                    self.memory_history.dump()
                 loss_sum, loss_count, skipped, passed_over = 0.0, 0, 0, 0
                 last_log_time, last_log_iter = time.perf_counter(), it
                 last_log_samples = self.state.consumed_train_samples
@@ -1020,6 +1027,9 @@ class Trainer:
             self.async_saves = None
         if self.cfg.train.manual_gc:
             gc.enable()
+        if self.memory_history is not None:
+            self.memory_history.close()
+            self.memory_history = None
         if self.tb is not None:
             self.tb.close()
 

@@ -758,3 +758,22 @@ def test_pretrained_checkpoint_starts_a_run_that_later_resumes_from_load(tmp_pat
     with pytest.raises(ValueError, match=f"--pretrained-checkpoint {tmp_path / 'none'}: no "
                                          f"checkpoint there"):
         run(["--train-iters", "2", "--pretrained-checkpoint", str(tmp_path / "none")])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+def test_memory_history_without_cuda_is_refused():
+    with pytest.raises(ValueError, match="--record-memory-history records the CUDA allocator: "
+                                         "it needs a GPU"):
+        make_trainer(["--train-iters", "2", "--record-memory-history"])
+
+
+@pytest.mark.gpu
+def test_memory_history_snapshot_is_written_every_log_interval(tmp_path):
+    import pickle
+
+    path = tmp_path / "mem" / "snapshot.pickle"
+    path.parent.mkdir()
+    run(["--train-iters", "2", "--record-memory-history", "--memory-snapshot-path", str(path)])
+    snapshot = pickle.loads(path.read_bytes())
+    assert snapshot["segments"] and snapshot["device_traces"]
+    assert not list(path.parent.glob("*.tmp-*"))
