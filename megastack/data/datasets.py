@@ -225,9 +225,11 @@ def build_gpt_datasets(*, data_path: Optional[Sequence[str]], split: str, seq_le
     if (full_validation or multiple_validation_sets) and valid_blend and valid_blend[1]:
         # megatron-core builds a whole epoch (or separate sets) from unweighted datasets only.
         flag = "--data-path" if blend_per_split is None else "--valid-data-path"
-        raise ValueError(f"{flag} is weighted, but --full-validation and "
-                         f"--multiple-validation-sets read each validation dataset as it is: "
-                         f"give the validation datasets without weights"
+        given = " and ".join(f for f, on in (("--full-validation", full_validation),
+                                             ("--multiple-validation-sets",
+                                              multiple_validation_sets)) if on)
+        raise ValueError(f"{flag} is weighted, but {given} read each validation dataset as it "
+                         f"is: give the validation datasets without weights"
                          + (" with --valid-data-path" if blend_per_split is None else ""))
     config = GPTDatasetConfig(
         random_seed=seed,

@@ -83,3 +83,10 @@ def test_full_validation_of_a_set_smaller_than_a_batch_is_refused(corpora, tmp_p
                                          r"1 sequences, less than one --global-batch-size \(4\)"):
         run(corpora, [corpora["web"], prefix], ["--multiple-validation-sets",
                                                  "--full-validation"])
+
+
+def test_full_validation_of_a_weighted_blend_is_refused(corpora):
+    # megatron-core asserts on it ("size_is_none => weights_are_none fails").
+    with pytest.raises(ValueError, match="--valid-data-path is weighted, but --full-validation "
+                                         "read each validation dataset as it is"):
+        run(corpora, ["0.5", corpora["web"], "0.5", corpora["code"]], ["--full-validation"])
