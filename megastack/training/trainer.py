@@ -828,7 +828,8 @@ class Trainer:
         last_log_time, last_log_iter = time.perf_counter(), self.state.iteration
         last_log_samples = self.state.consumed_train_samples
         loss_sum, loss_count, skipped = 0.0, 0, 0
-        passed_over = 0  # samples of --iterations-to-skip since the last log
+        passed_over, trained = 0, 0  # samples of --iterations-to-skip, and iterations trained,
+        # since the last log
         while self.state.iteration < t.train_iters:
             if profiler is not None:
                 profiler.begin(self.state.iteration + 1)
@@ -838,6 +839,7 @@ class Trainer:
             if out["trained"]:
                 self._count_step(flops_per_token * out["batch-size"] * seq,
                                  time.perf_counter() - step_start)
+                trained, last_trained = trained + 1, out
             else:
                 passed_over += out["batch-size"]
             self.finalize_async_saves(blocking=False)
@@ -854,7 +856,13 @@ class Trainer:
                 loss_sum, loss_count = loss_sum + out["lm loss"], loss_count + 1
             if self.tb is not None and it % lg.tensorboard_log_interval == 0:
                 self._tensorboard_iteration(out, it)
-            if it % lg.log_interval == 0 or it == t.train_iters:
+            log_now = it % lg.log_interval == 0 or it == t.train_iters
+            if log_now and not trained:
+                # Only --iterations-to-skip since the last log: no training to report.
+                passed_over = 0
+                last_log_time, last_log_iter = time.perf_counter(), it
+                last_log_samples = self.state.consumed_train_samples
+            elif log_now:
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
                 elapsed = time.perf_counter() - last_log_time
@@ -865,7 +873,8 @@ class Trainer:
                     "global batch size": out["batch-size"],
                     "lm loss": loss_sum / loss_count if loss_count else float("nan"),
                     "learning-rate": self.optimizer.param_groups[0]["lr"],
-                    "grad-norm": float(out["grad-norm"]) if out["grad-norm"] is not None else float("nan"),
+                    "grad-norm": (float(last_trained["grad-norm"])
+                                  if last_trained["grad-norm"] is not None else float("nan")),
                     "tokens-per-sec": tokens / elapsed,
                     "iteration-time": elapsed / max(it - last_log_iter, 1),
                 }
@@ -875,8 +884,8 @@ class Trainer:
                     if peak:
                         metrics["mfu"] = tflops / peak
                     metrics["mem-max-allocated-GB"] = torch.cuda.max_memory_allocated() / 2**30
-                if out["num-zeros"] is not None:
-                    metrics["num-zeros"] = float(out["num-zeros"])
+                if last_trained["num-zeros"] is not None:
+                    metrics["num-zeros"] = float(last_trained["num-zeros"])
                 if t.fp16:
                     metrics["loss scale"] = float(self.optimizer.get_loss_scale())
                 metrics["skipped iterations"] = skipped
@@ -887,7 +896,7 @@ class Trainer:
                 self._log(metrics, tensorboard_skips=_PER_ITERATION_TAGS)
                 if self.memory_history is not None and self.rank.is_logging_rank:
                     self.memory_history.dump()
-                loss_sum, loss_count, skipped, passed_over = 0.0, 0, 0, 0
+                loss_sum, loss_count, skipped, passed_over, trained = 0.0, 0, 0, 0, 0
                 last_log_time, last_log_iter = time.perf_counter(), it
                 last_log_samples = self.state.consumed_train_samples
             # Like Megatron-LM, throughput and iteration time count training only: the time
