@@ -164,6 +164,11 @@ class LoggingConfig:
     profile_step_end: int = 12
     profile_ranks: tuple[int, ...] = (0,)
     memory_snapshot_path: Optional[str] = None  # --record-memory-history: where to dump
+    # Weights & Biases (Megatron-LM's flags): the TensorBoard scalars, also sent there.
+    wandb_project: Optional[str] = None
+    wandb_exp_name: Optional[str] = None
+    wandb_save_dir: Optional[str] = None
+    wandb_entity: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -588,6 +593,12 @@ def add_logging_args(p: argparse.ArgumentParser) -> None:
                         "--use-pytorch-profiler a trace in --tensorboard-dir, else an Nsight "
                         "Systems capture range (nsys profile --capture-range=cudaProfilerApi)")
     g.add_argument("--use-pytorch-profiler", action="store_true")
+    g.add_argument("--wandb-project",
+                   help="also send the TensorBoard scalars to this Weights & Biases project "
+                        "(needs the wandb package; WANDB_MODE=offline keeps them local)")
+    g.add_argument("--wandb-exp-name", help="the W&B run's name")
+    g.add_argument("--wandb-save-dir", help="W&B's local directory (default: wandb's, ./wandb)")
+    g.add_argument("--wandb-entity", help="the W&B team or user")
     g.add_argument("--record-memory-history", action="store_true",
                    help="record the CUDA allocator's history and write a snapshot for PyTorch's "
                         "memory visualizer every --log-interval (last rank), and on every rank "
@@ -661,7 +672,6 @@ _NO_FSDP = ("FSDP is not implemented: use --use-distributed-optimizer (ZeRO-1) w
             "tensor/pipeline parallelism")
 _TIMERS = ("megastack times each iteration's forward-backward and optimizer step "
            "(--log-timers-to-tensorboard): drop it")
-_NO_WANDB = "Weights & Biases logging is not implemented: use --tensorboard-dir"
 _ONE_LR = ("one LR schedule drives all parameters (a separate LR for the embedding and output "
            "layer is not implemented)")
 _NO_RERUN = ("megastack does not re-run iterations to check their results (Megatron-LM's rerun "
@@ -706,10 +716,6 @@ UNSUPPORTED_FLAGS = {  # attr: (flag, why and what instead, number of values it 
                              "or unexpected tensor is an error naming it): drop it", 1),
     "timing_log_level": ("--timing-log-level", _TIMERS, 1),
     "timing_log_option": ("--timing-log-option", _TIMERS, 1),
-    "wandb_project": ("--wandb-project", _NO_WANDB, 1),
-    "wandb_exp_name": ("--wandb-exp-name", _NO_WANDB, 1),
-    "wandb_save_dir": ("--wandb-save-dir", _NO_WANDB, 1),
-    "wandb_entity": ("--wandb-entity", _NO_WANDB, 1),
     "log_straggler": ("--log-straggler", "straggler detection is not implemented: compare the "
                       "ranks' iteration times with --log-timers-to-tensorboard", 0),
     "use_rope_scaling": ("--use-rope-scaling", "Llama 3.1's RoPE frequency scaling is not among "
@@ -1382,6 +1388,16 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _check(all(n >= 0 for n in args.iterations_to_skip),
            f"--iterations-to-skip {' '.join(map(str, args.iterations_to_skip))}: iterations "
            f"are counted from 0")
+    if args.wandb_project is not None:
+        from megastack.training.wandb_writer import wandb_available
+
+        _check(wandb_available(),
+               f"--wandb-project {args.wandb_project}: the wandb package is not installed "
+               f"(pip install wandb), or log to --tensorboard-dir only")
+    else:
+        _check(args.wandb_exp_name is None and args.wandb_save_dir is None
+               and args.wandb_entity is None,
+               "--wandb-exp-name, --wandb-save-dir and --wandb-entity go with --wandb-project")
     if args.record_memory_history:
         import torch  # only here: tools/plan.py imports this module without torch
 
@@ -1389,6 +1405,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
                "--record-memory-history records the CUDA allocator: it needs a GPU")
     for flag, path in (("--save", args.save), ("--tensorboard-dir", args.tensorboard_dir),
                        ("--data-cache-path", args.data_cache_path),
+                       ("--wandb-save-dir", args.wandb_save_dir),
                        ("--memory-snapshot-path", os.path.dirname(args.memory_snapshot_path)
                         if args.record_memory_history else None)):
         if path is not None:
@@ -1473,6 +1490,8 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         profile_step_start=args.profile_step_start, profile_step_end=args.profile_step_end,
         profile_ranks=tuple(args.profile_ranks),
         memory_snapshot_path=args.memory_snapshot_path if args.record_memory_history else None,
+        wandb_project=args.wandb_project, wandb_exp_name=args.wandb_exp_name,
+        wandb_save_dir=args.wandb_save_dir, wandb_entity=args.wandb_entity,
     )
     growth = growth_config_from_args(args, model, parallel, gbs, rampup)
     _check(args.pretrained_checkpoint is None or growth is None,

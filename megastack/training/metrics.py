@@ -1,4 +1,5 @@
-"""Training metrics: throughput, MFU, weight norm, step timers, and the TensorBoard writer."""
+"""Training metrics: throughput, MFU, weight norm, step timers, and the scalar writers
+(TensorBoard, and Weights & Biases when asked for)."""
 
 from __future__ import annotations
 
@@ -96,3 +97,22 @@ class TensorBoardWriter:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+class ScalarWriters:
+    """The same scalars to several writers (TensorBoard, W&B), each with that interface."""
+
+    def __init__(self, writers: list) -> None:
+        self.writers = writers
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for w in self.writers:
+            w.scalars(values, step)
+
+    def flush(self) -> None:
+        for w in self.writers:
+            w.flush()
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()

@@ -31,8 +31,8 @@ from megastack.model import build_model_chunks
 from megastack.training import exit_signal
 from megastack.training.arguments import PretrainConfig
 from megastack.training.data_iterators import build_iterator
-from megastack.training.metrics import (StepTimer, TensorBoardWriter, cuda_memory_scalars,
-                                        params_l2_norm, peak_tflops)
+from megastack.training.metrics import (ScalarWriters, StepTimer, TensorBoardWriter,
+                                        cuda_memory_scalars, params_l2_norm, peak_tflops)
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class Trainer:
                                     or cfg.train.batch_schedule().samples_after(cfg.train.train_iters))
         self.state = TrainState()
         self.rank: Optional[runtime.RankInfo] = None
-        self.tb: Optional[TensorBoardWriter] = None
+        self.tb: Optional[ScalarWriters] = None  # TensorBoard (and W&B) on the logging rank
         self.memory_history = None  # --record-memory-history
         self.last_saved_iteration: Optional[int] = None
         # (iteration, validation loss, loss per validation set)
@@ -218,8 +218,16 @@ class Trainer:
 
             self.memory_history = MemoryHistory(cfg.logging.memory_snapshot_path, self.rank.rank)
         if self.rank.is_logging_rank:
-            self.tb = TensorBoardWriter(cfg.logging.tensorboard_dir,
-                                        cfg.logging.tensorboard_queue_size)
+            writers = [TensorBoardWriter(cfg.logging.tensorboard_dir,
+                                         cfg.logging.tensorboard_queue_size)]
+            if cfg.logging.wandb_project:
+                from megastack.training.wandb_writer import WandbWriter
+
+                lg = cfg.logging
+                writers.append(WandbWriter(lg.wandb_project, lg.wandb_exp_name,
+                                           lg.wandb_save_dir, lg.wandb_entity,
+                                           config=vars(self.args) if self.args else {}))
+            self.tb = ScalarWriters(writers)
             self._tb_steps: dict[str, int] = {}  # tag -> the last step written
         n_params = sum(p.numel() for m in self.chunks for p in m.parameters())
         logger.info("rank %d: %d parameters on this rank (%s), model total %.3fM",

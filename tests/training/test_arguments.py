@@ -467,8 +467,7 @@ def test_sample_based_schedule_flags_become_iterations():
     (["--train-iters", "4", "--grad-reduce-in-bf16"], "--grad-reduce-in-bf16 needs --bf16"),
     (["--train-iters", "4", "--distributed-timeout-minutes", "0"],
      "--distributed-timeout-minutes must be >= 1"),
-    (["--train-iters", "4", "--wandb-project", "p"], "--wandb-project: Weights & Biases logging is "
-                                                     "not implemented: use --tensorboard-dir"),
+    (["--train-iters", "4", "--wandb-exp-name", "e"], "go with --wandb-project"),
     (["--train-iters", "4", "--timing-log-level", "2"], "--timing-log-level: megastack times "),
     (["--train-iters", "4", "--main-grads-dtype", "bf16"], "--main-grads-dtype bf16: Transformer "
                                                            "Engine's precision-aware optimizer"),
@@ -656,3 +655,12 @@ def test_unknown_flags_are_explained(capsys):
     assert "--moe-router-topk: a Megatron-LM flag megastack does not take: mixture-of-experts" in err
     assert "--tensor-model-paralel-size: did you mean --tensor-model-parallel-size" in err
     assert "--frobnicate: not a megastack flag" in err
+
+
+def test_wandb_without_the_package_is_named(monkeypatch):
+    from megastack.training import wandb_writer
+
+    monkeypatch.setattr(wandb_writer, "wandb_available", lambda: False)
+    with pytest.raises(ValueError, match="--wandb-project p: the wandb package is not installed "
+                                         r"\(pip install wandb\)"):
+        config(BASE + ["--wandb-project", "p"])

@@ -777,3 +777,35 @@ def test_memory_history_snapshot_is_written_every_log_interval(tmp_path):
     snapshot = pickle.loads(path.read_bytes())
     assert snapshot["segments"] and snapshot["device_traces"]
     assert not list(path.parent.glob("*.tmp-*"))
+
+
+def test_wandb_receives_the_tensorboard_scalars(monkeypatch, tmp_path):
+    """--wandb-project with a stand-in for the wandb package (not a dependency, and W&B needs
+    the network): one run, initialised from the flags, gets the scalars TensorBoard gets."""
+    import sys
+    import types
+
+    from megastack.training import wandb_writer
+
+    inits, logged = [], []
+
+    class Run:
+        name = "e"
+
+        def log(self, values, step):
+            logged.append((step, values))
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kwargs: inits.append(kwargs) or Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setattr(wandb_writer, "wandb_available", lambda: True)
+    monkeypatch.setattr(wandb_writer, "_run", None)
+    run(["--train-iters", "2", "--eval-interval", "2", "--wandb-project", "p",
+         "--wandb-exp-name", "e", "--wandb-save-dir", str(tmp_path)])
+    assert len(inits) == 1
+    init = inits[0]
+    assert (init["project"], init["name"], init["dir"]) == ("p", "e", str(tmp_path))
+    assert init["config"]["train_iters"] == 2  # the run's flags
+    steps = {(step, key) for step, values in logged for key in values}
+    assert {(1, "lm loss"), (2, "lm loss"), (2, "lm loss validation"),
+            (2, "learning-rate")} <= steps
