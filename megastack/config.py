@@ -32,6 +32,10 @@ class ModelConfig:
     add_bias_linear: bool = False
     position_embedding_type: str = "rope"
     rotary_base: int = 10000
+    # Llama 3.x's RoPE frequency scaling (megatron-core's: low/high frequency factors 1 and 4
+    # over an original context of 8192).
+    rope_scaling: bool = False
+    rope_scaling_factor: float = 8.0
     untie_embeddings_and_output_weights: bool = True
     init_method_std: float = 0.02
     # Training-time regularisation, not shape: kept here because megatron-core's
@@ -82,6 +86,11 @@ class ModelConfig:
                         ("--hidden-dropout", self.hidden_dropout)):
             need(0.0 <= p < 1.0, f"{flag} must be in [0, 1), got {p}")
         need(self.init_method_std > 0, f"--init-method-std must be > 0, got {self.init_method_std}")
+        need(not self.rope_scaling or self.position_embedding_type == "rope",
+             f"--use-rope-scaling scales RoPE frequencies: it needs --position-embedding-type "
+             f"rope, not {self.position_embedding_type}")
+        need(self.rope_scaling_factor > 0,
+             f"--rope-scaling-factor must be > 0, got {self.rope_scaling_factor}")
         need(self.norm_epsilon > 0, f"--norm-epsilon must be > 0, got {self.norm_epsilon}")
         need(
             self.max_position_embeddings >= self.seq_length,

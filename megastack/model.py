@@ -119,6 +119,8 @@ def build_model_chunks(
             share_embeddings_and_output_weights=not model_cfg.untie_embeddings_and_output_weights,
             position_embedding_type=model_cfg.position_embedding_type,
             rotary_base=model_cfg.rotary_base,
+            rope_scaling=model_cfg.rope_scaling,
+            rope_scaling_factor=model_cfg.rope_scaling_factor,
             vp_stage=stage,
         )
         if torch.cuda.is_available():

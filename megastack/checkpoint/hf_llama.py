@@ -37,6 +37,10 @@ _DIRECT_LAYER_KEYS = {
     _LAYER + "mlp.linear_fc2.weight": "mlp.down_proj.weight",
     _LAYER + "mlp.linear_fc2.bias": "mlp.down_proj.bias",
 }
+# megatron-core's Llama 3.x RoPE scaling: only its factor is a parameter.
+_LLAMA3_ROPE_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 8192}
+
 _GLOBAL_KEYS = {
     "embedding.word_embeddings.weight": "model.embed_tokens.weight",
     "decoder.final_layernorm.weight": "model.norm.weight",
@@ -76,7 +80,8 @@ def hf_config(model: ModelConfig, dtype: torch.dtype,
         "max_position_embeddings": model.max_position_embeddings,
         "rms_norm_eps": model.norm_epsilon,
         "rope_theta": float(model.rotary_base),
-        "rope_scaling": None,
+        "rope_scaling": ({"rope_type": "llama3", "factor": model.rope_scaling_factor,
+                          **_LLAMA3_ROPE_FIXED} if model.rope_scaling else None),
         "vocab_size": model.vocab_size,
         "tie_word_embeddings": not model.untie_embeddings_and_output_weights,
         "attention_bias": model.add_bias_linear,
@@ -103,9 +108,7 @@ def model_config_from_hf(config: dict[str, Any], source: str) -> ModelConfig:
     rope = config.get("rope_parameters") or {}
     scaling = config.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default"
                                              else None)
-    if scaling:
-        raise ValueError(f"{source}: RoPE scaling {scaling} (e.g. Llama 3.1's) is not among "
-                         f"megastack's architectures")
+    scaling_factor = _llama3_scaling_factor(scaling, source) if scaling else None
     if config.get("hidden_act", "silu") != "silu":
         raise ValueError(f"{source}: hidden_act {config['hidden_act']!r}: megastack's SwiGLU "
                          f"uses silu")
@@ -129,7 +132,19 @@ def model_config_from_hf(config: dict[str, Any], source: str) -> ModelConfig:
         untie_embeddings_and_output_weights=not config.get("tie_word_embeddings", False),
         add_bias_linear=bool(config.get("attention_bias", False)),
         init_method_std=config.get("initializer_range", 0.02),
+        rope_scaling=scaling_factor is not None, rope_scaling_factor=scaling_factor or 8.0,
     )
+
+
+def _llama3_scaling_factor(scaling: dict[str, Any], source: str) -> float:
+    """Llama 3.x's RoPE scaling as megatron-core implements it, or an error naming the values."""
+    kind = scaling.get("rope_type", scaling.get("type"))
+    fixed = {k: scaling.get(k) for k in _LLAMA3_ROPE_FIXED}
+    if kind != "llama3" or any(v is None or float(v) != _LLAMA3_ROPE_FIXED[k]
+                               for k, v in fixed.items()):
+        raise ValueError(f"{source}: RoPE scaling {scaling}: megastack implements Llama 3.x's "
+                         f"(rope_type llama3 with {_LLAMA3_ROPE_FIXED}) only")
+    return float(scaling["factor"])
 
 
 def _qkv_sizes(model: ModelConfig) -> tuple[int, int, int]:

@@ -87,9 +87,20 @@ _MEGATRON_MODEL_ARGS = {
         "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "seq_length",
         "max_position_embeddings", "position_embedding_type", "rotary_base", "normalization",
         "norm_epsilon", "swiglu", "add_bias_linear", "init_method_std",
-        "untie_embeddings_and_output_weights", "attention_dropout", "hidden_dropout")},
+        "untie_embeddings_and_output_weights", "attention_dropout", "hidden_dropout",
+        "rope_scaling_factor")},
     "padded_vocab_size": "vocab_size",
+    "use_rope_scaling": "rope_scaling",
 }
+
+
+def model_record_from_megatron_args(args: argparse.Namespace) -> dict[str, Any]:
+    """ModelConfig fields from the args a Megatron-LM checkpoint saved."""
+    record = {field: getattr(args, name) for name, field in _MEGATRON_MODEL_ARGS.items()
+              if getattr(args, name, None) is not None}
+    if getattr(args, "group_query_attention", False):
+        record["num_query_groups"] = args.num_query_groups
+    return record
 
 
 def read_model_record(path: str) -> dict[str, Any]:
@@ -109,11 +120,7 @@ def read_model_record(path: str) -> dict[str, Any]:
     if args is None:
         raise ValueError(f"--load {path}: {found} records no model flags (neither megastack's "
                          f"record nor Megatron-LM's args); give them on the command line")
-    record = {field: getattr(args, name) for name, field in _MEGATRON_MODEL_ARGS.items()
-              if getattr(args, name, None) is not None}
-    if getattr(args, "group_query_attention", False):
-        record["num_query_groups"] = args.num_query_groups
-    return record
+    return model_record_from_megatron_args(args)
 
 
 def _model_state(chunks: list[torch.nn.Module]) -> dict[str, Any]:

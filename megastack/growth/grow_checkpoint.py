@@ -33,6 +33,7 @@ from megastack.checkpoint.layer_map import LayerPlacement, format_layer_map, gro
 from megastack.checkpoint.training_checkpoint import (
     LATEST_FILE,
     checkpoint_dir,
+    model_record_from_megatron_args,
     resolve_checkpoint,
     write_latest,
 )
@@ -233,16 +234,8 @@ def source_model_config(common: dict[str, Any], ckpt: str) -> ModelConfig:
     if args is None:
         raise ValueError(f"{ckpt}/common.pt records neither a megastack model config nor Megatron "
                          f"args: cannot tell the source architecture")
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    values = {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
-    if getattr(args, "padded_vocab_size", None):  # Megatron-LM's embedding rows
-        values["vocab_size"] = args.padded_vocab_size
-    if not getattr(args, "group_query_attention", True):
-        values.pop("num_query_groups", None)
-    if getattr(args, "normalization", None) is None:
-        values.pop("normalization", None)
     try:
-        return ModelConfig.from_dict(values)
+        return ModelConfig.from_dict(model_record_from_megatron_args(args))
     except TypeError as e:
         raise ValueError(f"{ckpt}/common.pt: Megatron args lack the model sizes ({e})") from None
 

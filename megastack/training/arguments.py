@@ -216,6 +216,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--disable-bias-linear", action="store_true", default=None)
     g.add_argument("--position-embedding-type", choices=["rope", "learned_absolute", "none"])
     g.add_argument("--rotary-base", type=int)
+    g.add_argument("--use-rope-scaling", dest="rope_scaling", action="store_true", default=None,
+                   help="Llama 3.x's RoPE frequency scaling (megatron-core's)")
+    g.add_argument("--rope-scaling-factor", type=float,
+                   help="with --use-rope-scaling: the factor (Llama 3.1 8, Llama 3.2 32; "
+                        "default 8)")
     g.add_argument("--untie-embeddings-and-output-weights", action="store_true", default=None)
     g.add_argument("--seq-length", type=int)
     g.add_argument("--max-position-embeddings", type=int)
@@ -718,8 +723,6 @@ UNSUPPORTED_FLAGS = {  # attr: (flag, why and what instead, number of values it 
     "timing_log_option": ("--timing-log-option", _TIMERS, 1),
     "log_straggler": ("--log-straggler", "straggler detection is not implemented: compare the "
                       "ranks' iteration times with --log-timers-to-tensorboard", 0),
-    "use_rope_scaling": ("--use-rope-scaling", "Llama 3.1's RoPE frequency scaling is not among "
-                         "megastack's architectures", 0),
     "decoupled_lr": ("--decoupled-lr", _ONE_LR, 1),
     "decoupled_min_lr": ("--decoupled-min-lr", _ONE_LR, 1),
     "check_for_spiky_loss": ("--check-for-spiky-loss", _NO_RERUN, 0),
@@ -799,8 +802,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 _MODEL_FLAGS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                 "num_query_groups", "normalization", "norm_epsilon", "position_embedding_type",
-                "rotary_base", "seq_length", "max_position_embeddings", "init_method_std",
-                "attention_dropout", "hidden_dropout")
+                "rotary_base", "rope_scaling", "rope_scaling_factor", "seq_length",
+                "max_position_embeddings", "init_method_std", "attention_dropout",
+                "hidden_dropout")
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
@@ -872,7 +876,10 @@ def model_config_from_args(args: argparse.Namespace, vocab_size: Optional[int],
         base["vocab_size"] = padded_vocab_size(
             vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size
         )
-    return ModelConfig.from_dict(base)
+    model = ModelConfig.from_dict(base)
+    _check(args.rope_scaling_factor is None or model.rope_scaling,
+           "--rope-scaling-factor goes with --use-rope-scaling")
+    return model
 
 
 def _check(cond: bool, msg: str) -> None:

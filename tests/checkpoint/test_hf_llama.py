@@ -17,9 +17,15 @@ transformers = pytest.importorskip("transformers")  # a test dependency (setup.p
 
 GQA = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, num_query_groups=2,
                   ffn_hidden_size=48, vocab_size=128, seq_length=16)
-# Multi-head attention, tied embeddings and biases in every linear layer.
+# Multi-head attention, tied embeddings, biases in every linear layer, Llama 3.2's RoPE scaling.
 TIED_BIASED = GQA.replace(num_query_groups=4, untie_embeddings_and_output_weights=False,
-                          add_bias_linear=True)
+                          add_bias_linear=True, rotary_base=1000000, rope_scaling=True,
+                          rope_scaling_factor=32.0)
+
+
+# At init scale attention is nearly uniform and positions hardly matter: larger query and key
+# weights make the logits depend on how RoPE (and its scaling) rotates them.
+QK_GAIN = 20.0
 
 
 def tokens(vocab: int, seq: int = 16) -> torch.Tensor:
@@ -46,6 +52,8 @@ def random_model(cfg: ModelConfig, seed: int):
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
+            elif "linear_qkv" in name:
+                p.mul_(QK_GAIN)
     return model
 
 
@@ -92,28 +100,35 @@ def test_exported_model_computes_the_megastack_logits(megatron_world, tmp_path, 
 
 
 def test_imported_llama_computes_the_hf_logits_and_grows(megatron_world, tmp_path):
-    """A HF Llama (vocabulary 100, padded to 128 on import) trains in megastack: same logits,
-    and tools/grow_checkpoint.py stacks it."""
+    """A HF Llama 3.x-style model (GQA, RoPE scaling; vocabulary 100, padded to 128 on import)
+    trains in megastack: same logits, and tools/grow_checkpoint.py stacks it."""
     from megastack.checkpoint.hf_convert import import_hf
 
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
         hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=100, max_position_embeddings=16, rope_theta=500000.0,
-        rms_norm_eps=1e-5)
+        num_key_value_heads=2, vocab_size=100, max_position_embeddings=16, rope_theta=1000000.0,
+        rms_norm_eps=1e-5, rope_scaling={"rope_type": "llama3", "factor": 32.0,
+                                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                         "original_max_position_embeddings": 8192})
     hf = transformers.LlamaForCausalLM(config)
     with torch.no_grad():
         for name, p in hf.named_parameters():
             if "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
+            elif "q_proj" in name or "k_proj" in name:
+                p.mul_(QK_GAIN)
     hf.save_pretrained(str(tmp_path / "hf"))
     report = import_hf(str(tmp_path / "hf"), str(tmp_path / "ckpt"))
     cfg = report.model
-    assert (cfg.vocab_size, cfg.rotary_base, cfg.num_query_groups) == (128, 500000, 2)
+    assert (cfg.vocab_size, cfg.rotary_base, cfg.num_query_groups) == (128, 1000000, 2)
+    assert (cfg.rope_scaling, cfg.rope_scaling_factor) == (True, 32.0)
     ids = tokens(100)
+    expected = hf_logits(tmp_path / "hf", ids)
     logits = megastack_logits(load(cfg, tmp_path / "ckpt"), ids)
-    assert torch.allclose(logits[..., :100], hf_logits(tmp_path / "hf", ids), atol=1e-5,
-                          rtol=1e-4)
+    assert torch.allclose(logits[..., :100], expected, atol=1e-5, rtol=1e-4)
+    unscaled = megastack_logits(load(cfg.replace(rope_scaling=False), tmp_path / "ckpt"), ids)
+    assert not torch.allclose(unscaled[..., :100], expected, atol=1e-5, rtol=1e-4)
 
     grow = load_script("tools/grow_checkpoint.py")
     assert grow.main(["--load", str(tmp_path / "ckpt"), "--save", str(tmp_path / "grown"),
@@ -128,7 +143,10 @@ def test_hf_configs_megastack_cannot_hold_are_named(tmp_path):
     assert model_config_from_hf(base, "c.json").num_query_groups == 4
     for changes, message in [
         ({"model_type": "gpt2"}, "model_type 'gpt2': only Llama-architecture models"),
-        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling"),
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "Llama 3.x's"),
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 2.0,
+                           "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}},
+         "Llama 3.x's"),
         ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "RoPE scaling"),
         ({"attention_bias": True}, "every linear layer a bias or none"),
         ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),

@@ -664,3 +664,14 @@ def test_wandb_without_the_package_is_named(monkeypatch):
     with pytest.raises(ValueError, match="--wandb-project p: the wandb package is not installed "
                                          r"\(pip install wandb\)"):
         config(BASE + ["--wandb-project", "p"])
+
+
+def test_llama3_rope_scaling_flags():
+    model = config(BASE + ["--use-rope-scaling", "--rope-scaling-factor", "32"]).model
+    assert (model.rope_scaling, model.rope_scaling_factor) == (True, 32.0)
+    assert config(BASE + ["--use-rope-scaling"]).model.rope_scaling_factor == 8.0
+    with pytest.raises(ValueError, match="--rope-scaling-factor goes with --use-rope-scaling"):
+        config(BASE + ["--rope-scaling-factor", "32"])
+    with pytest.raises(ValueError, match="needs --position-embedding-type rope, not "
+                                         "learned_absolute"):
+        config(BASE + ["--use-rope-scaling", "--position-embedding-type", "learned_absolute"])
