@@ -5,7 +5,8 @@ record), ``common.pt`` (the non-sharded state), ``.metadata`` (PyTorch DCP: ever
 shape, dtype and the chunks it was saved in) and the ``__R_N.distcp`` shard files. The global
 shape of a key does not depend on the TP/PP layout it was saved at, so this reader gives the same
 answer for any layout: `tensor_keys()` and `shape(key)` from the metadata, `load_tensor(key)` for
-one key's full global tensor (assembled by DCP from whatever chunks the ranks wrote), and
+one key's full global tensor (assembled by DCP from whatever chunks the ranks wrote),
+`load_layer(key, layer)` for one layer of a layer-stacked key (reading only what it needs), and
 `load_object_bytes(key)` for a ShardedObject's serialized bytes, kept as bytes so they can be
 re-written verbatim. `layer_records(key)` says where each layer's stored record of a layer-stacked
 key lies, so that a growth which only reorders layers can copy records without decoding them.
@@ -28,10 +29,13 @@ from torch.distributed.checkpoint import load as dcp_load
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import (
     BytesStorageMetadata,
+    ChunkStorageMetadata,
     Metadata,
     MetadataIndex,
     TensorStorageMetadata,
 )
+from torch.distributed.checkpoint.planner import LoadPlan
+from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +81,22 @@ class _RawBytesLoadPlanner(DefaultLoadPlanner):
 
     def load_bytes(self, read_item, value: io.BytesIO) -> None:
         self.raw[read_item.dest_index.fqn] = value.read()
+
+
+class _ChunkLoadPlanner(DefaultLoadPlanner):
+    """Reads one box (`chunk`) of `key` into the state dict's tensor of the box's shape: DCP
+    computes the reads from the stored chunks that overlap it."""
+
+    def __init__(self, key: str, chunk: ChunkStorageMetadata) -> None:
+        super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
+        self.key, self.chunk = key, chunk
+
+    def create_local_plan(self) -> LoadPlan:
+        md = self.metadata.state_dict_metadata[self.key]
+        return LoadPlan(create_read_items_for_chunk_list(self.key, md, [self.chunk]))
+
+    def lookup_tensor(self, index: MetadataIndex) -> torch.Tensor:
+        return self.state_dict[index.fqn]  # the box itself; reads carry offsets into it
 
 
 class DistCheckpointReader:
@@ -153,6 +173,21 @@ class DistCheckpointReader:
         with single_process_dcp():
             dcp_load({key: out}, storage_reader=self._reader, planner=planner, no_dist=True)
         return out
+
+    def load_layer(self, key: str, layer: int) -> torch.Tensor:
+        """Layer `layer` of the layer-stacked `key` (its global tensor's row on axis 0), reading
+        only the stored chunks that hold it: memory for one layer, not the whole stack."""
+        md = self.tensor_metadata(key)
+        size = tuple(md.size)
+        if not size or not 0 <= layer < size[0]:
+            raise IndexError(f"{key}: layer {layer} of a tensor of shape {size}")
+        out = torch.empty((1, *size[1:]), dtype=md.properties.dtype)
+        chunk = ChunkStorageMetadata(offsets=torch.Size([layer] + [0] * (len(size) - 1)),
+                                     sizes=torch.Size(out.shape))
+        with single_process_dcp():
+            dcp_load({key: out}, storage_reader=self._reader,
+                     planner=_ChunkLoadPlanner(key, chunk), no_dist=True)
+        return out[0]
 
     def load_object_bytes(self, key: str) -> bytes:
         """The bytes megatron-core wrote for the ShardedObject `key` (a torch.save'd list)."""

@@ -2,7 +2,8 @@
 
 - ``export_hf``: a trained (or grown) checkpoint -> ``config.json`` + safetensors shards that
   ``LlamaForCausalLM.from_pretrained`` loads (to evaluate with HF tooling, or to publish). Reads
-  the checkpoint without building a model, one megatron-core tensor at a time.
+  the checkpoint without building a model, one layer at a time: its memory is a layer's weights
+  (and the embedding's) plus one shard.
 - ``import_hf``: a Llama directory -> a megastack checkpoint (iteration 0, weights only) that
   training loads with ``--finetune`` and tools/grow_checkpoint.py grows, e.g. to stack the layers
   of an existing small model. Builds the model in one process (memory for its weights in
@@ -135,17 +136,24 @@ def export_hf(load: str, output: str, *, dtype: str = "bf16", ckpt_step: Optiona
     model = source_model_config(reader.load_common(), ckpt)
     config = hf_llama.hf_config(model, DTYPES[dtype], bos_token_id, eos_token_id)
     keys = [k for k in reader.tensor_keys() if not k.startswith("optimizer")]
+    layer_keys = [k for k in keys if hf_llama.is_layer_key(k)]
     tmp = output_dir.new_temp_root(output)
     try:
         shards = _ShardWriter(tmp, max_shard_bytes)
         count = 0
-        for key in keys:
-            stacked = reader.load_tensor(key)
-            for name, tensor in hf_llama.hf_tensors(key, stacked, model):
-                # A copy, so that a shard does not keep the whole stacked tensor alive.
+
+        def add(pairs):
+            nonlocal count
+            for name, tensor in pairs:
+                # A copy, so that a shard does not keep the tensor it was cut from alive.
                 shards.add(name, tensor.to(DTYPES[dtype], copy=True).contiguous())
                 count += 1
-            del stacked
+
+        for key in (k for k in keys if k not in layer_keys):
+            add(hf_llama.hf_tensors(key, reader.load_tensor(key), model))
+        for layer in range(model.num_layers):
+            for key in layer_keys:
+                add(hf_llama.hf_tensors(key, reader.load_layer(key, layer), model, layer))
         files = shards.finish()
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)

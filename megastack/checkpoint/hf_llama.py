@@ -169,32 +169,37 @@ def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       v.reshape(groups, kv_rows, *rest)], dim=1).reshape(-1, *rest)
 
 
-def hf_tensors(key: str, stacked: torch.Tensor, model: ModelConfig
-               ) -> Iterator[tuple[str, torch.Tensor]]:
-    """The HF (name, tensor) pairs held by megatron-core's `key` (its full, layer-stacked value).
-    Unknown keys are an error: a tensor HF's Llama has no place for would be lost."""
-    if key in _GLOBAL_KEYS:
+def is_layer_key(key: str) -> bool:
+    return key.startswith(_LAYER)
+
+
+def hf_tensors(key: str, tensor: torch.Tensor, model: ModelConfig,
+               layer: Optional[int] = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """The HF (name, tensor) pairs held by megatron-core's `key`: its value, or for a
+    layer-stacked key the slice of `layer`. Unknown keys are an error: a tensor HF's Llama has
+    no place for would be lost."""
+    if not is_layer_key(key):
+        if key not in _GLOBAL_KEYS:
+            raise ValueError(f"{key}: no Hugging Face Llama tensor corresponds to it")
         if key == "output_layer.weight" and not model.untie_embeddings_and_output_weights:
             return  # tied: HF takes lm_head from the embedding
-        yield _GLOBAL_KEYS[key], stacked
+        yield _GLOBAL_KEYS[key], tensor
         return
-    if not key.startswith(_LAYER):
+    assert layer is not None, f"{key} is layer-stacked: give the layer of its slice"
+    prefix = f"model.layers.{layer}."
+    if key in (_QKV, _QKV_BIAS):
+        suffix = "weight" if key == _QKV else "bias"
+        for name, part in zip(("q_proj", "k_proj", "v_proj"), split_qkv(tensor, model)):
+            yield f"{prefix}self_attn.{name}.{suffix}", part
+    elif key in (_FC1, _FC1_BIAS):
+        suffix = "weight" if key == _FC1 else "bias"
+        gate, up = tensor.chunk(2, dim=0)
+        yield f"{prefix}mlp.gate_proj.{suffix}", gate
+        yield f"{prefix}mlp.up_proj.{suffix}", up
+    elif key in _DIRECT_LAYER_KEYS:
+        yield prefix + _DIRECT_LAYER_KEYS[key], tensor
+    else:
         raise ValueError(f"{key}: no Hugging Face Llama tensor corresponds to it")
-    for layer, tensor in enumerate(stacked):
-        prefix = f"model.layers.{layer}."
-        if key in (_QKV, _QKV_BIAS):
-            suffix = "weight" if key == _QKV else "bias"
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), split_qkv(tensor, model)):
-                yield f"{prefix}self_attn.{name}.{suffix}", part
-        elif key in (_FC1, _FC1_BIAS):
-            suffix = "weight" if key == _FC1 else "bias"
-            gate, up = tensor.chunk(2, dim=0)
-            yield f"{prefix}mlp.gate_proj.{suffix}", gate
-            yield f"{prefix}mlp.up_proj.{suffix}", up
-        elif key in _DIRECT_LAYER_KEYS:
-            yield prefix + _DIRECT_LAYER_KEYS[key], tensor
-        else:
-            raise ValueError(f"{key}: no Hugging Face Llama tensor corresponds to it")
 
 
 def megatron_state(get: "callable", model: ModelConfig) -> dict[str, torch.Tensor]:

@@ -100,6 +100,20 @@ def test_load_tensor_into_preallocated_out(tmp_path):
         reader.load_tensor(key, torch.empty(2, 24, 8))
 
 
+def test_load_layer_reads_one_layer_of_a_stacked_key(tmp_path):
+    path = str(tmp_path / "ckpt")
+    tensors = _tensors()
+    _write(path, tensors, {})
+    reader = DistCheckpointReader(path)
+    for key in ("decoder.layers.self_attention.linear_qkv.weight",
+                "decoder.layers.mlp.linear_fc1.layer_norm_weight"):
+        for layer in range(LAYERS):
+            got = reader.load_layer(key, layer)
+            assert got.dtype == tensors[key].dtype and torch.equal(got, tensors[key][layer])
+    with pytest.raises(IndexError, match="layer 3 of a tensor of shape"):
+        reader.load_layer("decoder.layers.self_attention.linear_qkv.weight", LAYERS)
+
+
 def test_producer_with_the_wrong_shape_is_an_error(tmp_path):
     writer = DistCheckpointWriter(str(tmp_path / "ckpt"), fsync=False)
     writer.add_tensor("a", (2, 3), torch.float32, lambda: torch.zeros(3, 2))
