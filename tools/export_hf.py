@@ -5,7 +5,8 @@
 
 Writes config.json and safetensors shards that transformers' LlamaForCausalLM.from_pretrained
 loads (e.g. to evaluate a grown model with HF tooling). Reads the checkpoint (any TP/PP layout)
-tensor by tensor without building a model; the optimizer state is left out.
+layer by layer without building a model (memory: one layer's weights and the embedding, plus
+one shard); the optimizer state is left out.
 """
 
 from __future__ import annotations
