@@ -104,7 +104,8 @@ class _ShardWriter:
         names, weight_map = [], {}
         for i, tensors in enumerate(self.shards):
             name = f"model-{i + 1:05d}-of-{len(self.shards):05d}.safetensors"
-            os.rename(os.path.join(self.directory, f"shard-{i}"), os.path.join(self.directory, name))
+            os.rename(os.path.join(self.directory, f"shard-{i}"),
+                      os.path.join(self.directory, name))
             names.append(name)
             weight_map.update(dict.fromkeys(tensors, name))
         with open(os.path.join(self.directory, INDEX_FILE), "w") as f:

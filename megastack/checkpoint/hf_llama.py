@@ -10,14 +10,14 @@ megastack's models are Llama's (RMSNorm, SwiGLU, RoPE, GQA), so a checkpoint map
 - megatron-core stacks each layer's tensor on a leading layer axis (``decoder.layers.*``).
 
 RoPE needs no permutation: megatron-core's default (non-interleaved) rotary embedding rotates
-the two halves of each head as HF's Llama does. Both directions work on "global state" dicts:
-full tensors under megatron-core's checkpoint keys (as megastack.growth.state and the dist
-checkpoint reader give them).
+the two halves of each head as HF's Llama does. megatron-core's side is "global state": full
+tensors under its checkpoint keys (as megastack.growth.state and the dist checkpoint reader give
+them), one layer's slice at a time for the export.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -37,15 +37,14 @@ _DIRECT_LAYER_KEYS = {
     _LAYER + "mlp.linear_fc2.weight": "mlp.down_proj.weight",
     _LAYER + "mlp.linear_fc2.bias": "mlp.down_proj.bias",
 }
-# megatron-core's Llama 3.x RoPE scaling: only its factor is a parameter.
-_LLAMA3_ROPE_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 8192}
-
 _GLOBAL_KEYS = {
     "embedding.word_embeddings.weight": "model.embed_tokens.weight",
     "decoder.final_layernorm.weight": "model.norm.weight",
     "output_layer.weight": "lm_head.weight",
 }
+# megatron-core's Llama 3.x RoPE scaling: only its factor is a parameter.
+_LLAMA3_ROPE_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 8192}
 
 
 def check_llama_compatible(model: ModelConfig, what: str) -> None:
@@ -202,7 +201,8 @@ def hf_tensors(key: str, tensor: torch.Tensor, model: ModelConfig,
         raise ValueError(f"{key}: no Hugging Face Llama tensor corresponds to it")
 
 
-def megatron_state(get: "callable", model: ModelConfig) -> dict[str, torch.Tensor]:
+def megatron_state(get: Callable[[str], torch.Tensor],
+                   model: ModelConfig) -> dict[str, torch.Tensor]:
     """megatron-core's global state from HF tensors; `get(name)` returns one HF tensor (and
     raises KeyError for a missing one)."""
     state: dict[str, torch.Tensor] = {}

@@ -65,10 +65,10 @@ def read_per_split_data_args_file(path: str, flag: str = "--per-split-data-args-
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as err:
+        example = '{"train": ["0.7", "a_text_document", "0.3", "b_text_document"], ' \
+                  '"valid": "c_text_document"}'
         raise ValueError(f"{flag} {path}: line {err.lineno}, column {err.colno}: {err.msg} "
-                         f"(the file must be JSON such as {{\"train\": [\"0.7\", \"a_text_document\", "
-                         f"\"0.3\", \"b_text_document\"], \"valid\": \"c_text_document\"}})"
-                         ) from None
+                         f"(the file must be JSON such as {example})") from None
     if not isinstance(spec, dict):
         raise ValueError(f"{flag} {path}: the file must hold a JSON object with the keys "
                          f"{', '.join(SPLIT_KEYS)}, got a {type(spec).__name__}")

@@ -11,8 +11,9 @@ megatron-core 0.16.1 assumes a GPU in three ways (see DESIGN.md):
 devices to the CPU and reports CUDA type names for CPU tensors, and a handful of ``torch.cuda``
 functions get CPU stand-ins. Activation recomputation re-runs forward code inside autograd's
 backward, where the mode of the forward's thread does not apply: megatron-core's two
-recomputation entry points enter the mode themselves. Each bridged point has a test in tests/runtime/test_cpu_compat.py,
-so a megatron-core upgrade shows at once which assumption changed.
+recomputation entry points enter the mode themselves. Each bridged point has a test in
+tests/runtime/test_cpu_compat.py, so a megatron-core upgrade shows at once which assumption
+changed.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def _under_cpu_mode(fn):
 def _patches() -> list[tuple[Any, str, Any]]:
     from megatron.core.tensor_parallel import random as mcore_random
 
-    checkpoint, without_output = mcore_random.CheckpointFunction, mcore_random.CheckpointWithoutOutput
+    checkpoint = mcore_random.CheckpointFunction
+    without_output = mcore_random.CheckpointWithoutOutput
     return [
         (torch.cuda, "current_device", _cpu_current_device),
         (torch.cuda, "synchronize", _noop),

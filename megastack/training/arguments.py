@@ -1387,11 +1387,12 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
                         ("--save-retain-interval", args.save_retain_interval)):
         _check(value is None or value >= 1, f"{flag} must be >= 1, got {value}")
     if args.save_retain_interval is not None:
+        interval = "" if args.save_interval is None else f" {args.save_interval}"
         _check(args.save_interval is not None and
                args.save_retain_interval % args.save_interval == 0,
                f"--save-retain-interval {args.save_retain_interval} must be a multiple of "
-               f"--save-interval{'' if args.save_interval is None else ' ' + str(args.save_interval)}"
-               f" (as in Megatron-LM): the checkpoints it keeps are among those saved")
+               f"--save-interval{interval} (as in Megatron-LM): the checkpoints it keeps are "
+               f"among those saved")
     _check(all(n >= 0 for n in args.iterations_to_skip),
            f"--iterations-to-skip {' '.join(map(str, args.iterations_to_skip))}: iterations "
            f"are counted from 0")
