@@ -31,9 +31,11 @@ def test_there_are_kernels_to_compile():
 @pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: p.name)
 def test_cu_compiles_for_sm80_and_sm90(cu, tmp_path, ptxas_registers):
     # One invocation per file with a -gencode per architecture: the device code is compiled
-    # for each (as -arch=sm_80 and -arch=sm_90 would), the host code once.
+    # for each (as -arch=sm_80 and -arch=sm_90 would), the host code once; --threads compiles
+    # the two architectures side by side.
     out = tmp_path / (cu.stem + ".o")
-    cmd = ptxas_registers.torch_nvcc_command(cu, out, ["80", "90"]) + ["-Werror=all-warnings"]
+    cmd = ptxas_registers.torch_nvcc_command(cu, out, ["80", "90"]) + ["-Werror=all-warnings",
+                                                                       "--threads", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=os.environ)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
     assert out.stat().st_size > 0
