@@ -39,27 +39,21 @@ def main(argv=None) -> int:
     args = get_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from megastack.checkpoint.hf_convert import export_hf
-    from megastack.data.termination import interruption_report, sigterm_raises
+    from megastack.data.termination import run_tool
 
     if args.max_shard_size_gb <= 0:
         print(f"error: --max-shard-size-gb must be > 0, got {args.max_shard_size_gb}",
               file=sys.stderr)
         return 2
-    try:
-        with sigterm_raises():
-            report = export_hf(args.load, args.output, dtype=args.dtype, ckpt_step=args.ckpt_step,
-                               max_shard_bytes=int(args.max_shard_size_gb * 2**30),
-                               tokenizer_dir=args.tokenizer_dir,
-                               bos_token_id=args.bos_token_id, eos_token_id=args.eos_token_id)
-    except KeyboardInterrupt as err:
-        what, status = interruption_report(err)
-        print(f"error: {what}; the partial export was removed", file=sys.stderr)
-        return status
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    return 0
+    status, report = run_tool(
+        lambda: export_hf(args.load, args.output, dtype=args.dtype, ckpt_step=args.ckpt_step,
+                          max_shard_bytes=int(args.max_shard_size_gb * 2**30),
+                          tokenizer_dir=args.tokenizer_dir,
+                          bos_token_id=args.bos_token_id, eos_token_id=args.eos_token_id),
+        cleaned_up="the partial export was removed")
+    if status == 0:
+        print(report.summary())
+    return status
 
 
 if __name__ == "__main__":

@@ -68,42 +68,36 @@ def get_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = get_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from megastack.data.termination import interruption_report, sigterm_raises
+    from megastack.data.termination import run_tool
     from megastack.growth.grow_checkpoint import grow_checkpoint
 
-    try:
-        # A scheduler's SIGTERM (job cancelled, time limit) unwinds like Ctrl-C, so the
-        # temporary directory is removed instead of left beside --save.
-        with sigterm_raises():
-            report = grow_checkpoint(
-                args.load, args.save,
-                stacking_list=args.stacking_list,
-                operator=args.operator,
-                target_num_layers=args.target_num_layers,
-                target_tensor_parallel_size=args.target_tensor_parallel_size,
-                target_pipeline_parallel_size=args.target_pipeline_parallel_size,
-                target_num_layers_per_virtual_pipeline_stage=args.target_num_layers_per_virtual_pipeline_stage,
-                keep_optimizer_state=args.keep_optimizer_state,
-                target_hidden_size=args.target_hidden_size,
-                target_ffn_hidden_size=args.target_ffn_hidden_size,
-                target_num_attention_heads=args.target_num_attention_heads,
-                target_num_query_groups=args.target_num_query_groups,
-                width_operator=args.width_operator,
-                seed=args.seed,
-                force=args.force,
-                fsync=not args.no_fsync,
-            )
-    except KeyboardInterrupt as err:
-        what, status = interruption_report(err)
-        print(f"error: {what}; the partial grown checkpoint was removed", file=sys.stderr)
-        return status
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(report.format_map())
-    print()
-    print(report.summary())
-    return 0
+    # A scheduler's SIGTERM (job cancelled, time limit) unwinds like Ctrl-C, so the temporary
+    # directory is removed instead of left beside --save.
+    status, report = run_tool(
+        lambda: grow_checkpoint(
+            args.load, args.save,
+            stacking_list=args.stacking_list,
+            operator=args.operator,
+            target_num_layers=args.target_num_layers,
+            target_tensor_parallel_size=args.target_tensor_parallel_size,
+            target_pipeline_parallel_size=args.target_pipeline_parallel_size,
+            target_num_layers_per_virtual_pipeline_stage=args.target_num_layers_per_virtual_pipeline_stage,
+            keep_optimizer_state=args.keep_optimizer_state,
+            target_hidden_size=args.target_hidden_size,
+            target_ffn_hidden_size=args.target_ffn_hidden_size,
+            target_num_attention_heads=args.target_num_attention_heads,
+            target_num_query_groups=args.target_num_query_groups,
+            width_operator=args.width_operator,
+            seed=args.seed,
+            force=args.force,
+            fsync=not args.no_fsync,
+        ),
+        cleaned_up="the partial grown checkpoint was removed")
+    if status == 0:
+        print(report.format_map())
+        print()
+        print(report.summary())
+    return status
 
 
 if __name__ == "__main__":

@@ -38,24 +38,18 @@ def main(argv=None) -> int:
     # about training speed, not about this conversion.
     warnings.filterwarnings("ignore", category=UserWarning, module="megatron")
     from megastack.checkpoint.hf_convert import import_hf
-    from megastack.data.termination import interruption_report, sigterm_raises
+    from megastack.data.termination import run_tool
 
     if args.make_vocab_size_divisible_by < 1:
         print("error: --make-vocab-size-divisible-by must be >= 1", file=sys.stderr)
         return 2
-    try:
-        with sigterm_raises():
-            report = import_hf(args.hf_dir, args.save, dtype=args.dtype,
-                               make_vocab_size_divisible_by=args.make_vocab_size_divisible_by)
-    except KeyboardInterrupt as err:
-        what, status = interruption_report(err)
-        print(f"error: {what}; the partial checkpoint was removed", file=sys.stderr)
-        return status
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    return 0
+    status, report = run_tool(
+        lambda: import_hf(args.hf_dir, args.save, dtype=args.dtype,
+                          make_vocab_size_divisible_by=args.make_vocab_size_divisible_by),
+        cleaned_up="the partial checkpoint was removed")
+    if status == 0:
+        print(report.summary())
+    return status
 
 
 if __name__ == "__main__":

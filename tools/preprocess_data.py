@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     # Imported after parsing so --help and argument errors are instant.
     from megastack.data.jsonl_reader import BadInputError
     from megastack.data.preprocessing import PreprocessConfig, preprocess
-    from megastack.data.termination import interruption_report, sigterm_raises
+    from megastack.data.termination import run_tool
     from megastack.data.tokenizers import TokenizerSpec
 
     config = PreprocessConfig(
@@ -90,23 +90,14 @@ def main(argv=None) -> int:
         keep_newlines=args.keep_newlines, append_eod=args.append_eod, nltk_data=args.nltk_data,
         lang=args.lang, workers=args.workers, log_interval=args.log_interval,
         skip_bad_lines=args.skip_bad_lines)
-    try:
-        with sigterm_raises():
-            result = preprocess(config,
-                                report=lambda line: print(line, file=sys.stderr, flush=True))
-    except KeyboardInterrupt as err:
-        what, status = interruption_report(err)
-        print(f"error: {what}; incomplete output files were removed", file=sys.stderr)
-        return status
-    except BadInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for prefix in result.output_prefixes:
-        print(f"wrote {prefix}.bin and {prefix}.idx")
-    return 0
+    status, result = run_tool(
+        lambda: preprocess(config, report=lambda line: print(line, file=sys.stderr, flush=True)),
+        cleaned_up="incomplete output files were removed",
+        error_statuses=((BadInputError, 1), (ValueError, 2)))
+    if status == 0:
+        for prefix in result.output_prefixes:
+            print(f"wrote {prefix}.bin and {prefix}.idx")
+    return status
 
 
 if __name__ == "__main__":

@@ -8,9 +8,12 @@ already cleans up after Ctrl-C handles it too).
 
 import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
-from typing import Iterator, List, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar
+
+T = TypeVar("T")
 
 # Handlers that open sigterm_raises() blocks replaced, outermost first.
 _replaced: List[object] = []
@@ -60,3 +63,34 @@ def interruption_report(err: KeyboardInterrupt) -> Tuple[str, int]:
     if isinstance(err, Terminated):
         return "terminated (SIGTERM)", 128 + signal.SIGTERM
     return "interrupted", 128 + signal.SIGINT
+
+
+def os_error_line(err: OSError) -> str:
+    """'PATH: reason' for a failed file operation; a failed rename names its destination."""
+    path = err.filename2 or err.filename
+    return f"{path}: {err.strerror}" if path and err.strerror else str(err)
+
+
+def run_tool(work: Callable[[], T], *, cleaned_up: str,
+             error_statuses: Sequence[Tuple[Type[Exception], int]] = ((ValueError, 2),),
+             ) -> Tuple[int, Optional[T]]:
+    """A command-line tool's main work, with SIGTERM as an interrupt: ``(0, work())``, or
+    ``(status, None)`` after printing ``error: ...`` to stderr.
+
+    An interrupt gives 128 + the signal number and a message ending in ``cleaned_up`` (what the
+    work removed on its way out, e.g. "the partial export was removed"). The first class of
+    ``error_statuses`` that matches an exception gives its status (user errors; an OSError is
+    shown as 'PATH: reason'); any other exception propagates with its traceback.
+    """
+    try:
+        with sigterm_raises():
+            return 0, work()
+    except KeyboardInterrupt as err:
+        what, status = interruption_report(err)
+        print(f"error: {what}; {cleaned_up}", file=sys.stderr)
+        return status, None
+    except tuple(cls for cls, _ in error_statuses) as err:
+        status = next(code for cls, code in error_statuses if isinstance(err, cls))
+        message = os_error_line(err) if isinstance(err, OSError) else str(err)
+        print(f"error: {message}", file=sys.stderr)
+        return status, None

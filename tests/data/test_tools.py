@@ -179,6 +179,36 @@ def test_sigterm_raises_in_the_block_only():
         signal.signal(signal.SIGTERM, saved)
 
 
+def test_run_tool_exit_statuses_and_messages(capsys):
+    from megastack.data.termination import Terminated, run_tool
+
+    class BadLine(ValueError):
+        pass
+
+    def fail(err):
+        def work():
+            raise err
+        return work
+
+    statuses = ((BadLine, 1), (ValueError, 2), (OSError, 2))
+    assert run_tool(lambda: "done", cleaned_up="x", error_statuses=statuses) == (0, "done")
+    cases = [(BadLine("in.jsonl:3: not JSON"), 1, "error: in.jsonl:3: not JSON"),
+             (ValueError("--split: bad"), 2, "error: --split: bad"),
+             (FileExistsError(17, "File exists", "a.tmp", None, "out.bin"), 2,
+              "error: out.bin: File exists"),
+             (KeyboardInterrupt(), 130, "error: interrupted; partial files were removed"),
+             (Terminated(), 143, "error: terminated (SIGTERM); partial files were removed")]
+    for err, status, message in cases:
+        assert run_tool(fail(err), cleaned_up="partial files were removed",
+                        error_statuses=statuses) == (status, None)
+        assert capsys.readouterr().err.strip() == message
+    # Not a user error: the traceback is what a bug report needs.
+    with pytest.raises(OSError):
+        run_tool(fail(OSError("disk")), cleaned_up="x")
+    with pytest.raises(RuntimeError):
+        run_tool(fail(RuntimeError("bug")), cleaned_up="x", error_statuses=statuses)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_during_preprocess_leaves_no_files(tmp_path, workers):
     src = write_jsonl(tmp_path / "in.jsonl", null_texts(200))
