@@ -30,6 +30,8 @@ class ModelConfig:
     norm_epsilon: float = 1e-5
     swiglu: bool = True
     add_bias_linear: bool = False
+    # Biases in the QKV projection only (Qwen2's); add_bias_linear gives them anyway.
+    add_qkv_bias: bool = False
     position_embedding_type: str = "rope"
     rotary_base: int = 10000
     # Llama 3.x's RoPE frequency scaling (megatron-core's: low/high frequency factors 1 and 4
@@ -38,6 +40,7 @@ class ModelConfig:
     rope_scaling_factor: float = 8.0
     untie_embeddings_and_output_weights: bool = True
     init_method_std: float = 0.02
+    embedding_init_method_std: Optional[float] = None  # None: init_method_std
     # Training-time regularisation, not shape: kept here because megatron-core's
     # TransformerConfig takes it with the architecture. Llama-style presets train without.
     attention_dropout: float = 0.0
@@ -86,6 +89,8 @@ class ModelConfig:
                         ("--hidden-dropout", self.hidden_dropout)):
             need(0.0 <= p < 1.0, f"{flag} must be in [0, 1), got {p}")
         need(self.init_method_std > 0, f"--init-method-std must be > 0, got {self.init_method_std}")
+        need(self.embedding_init_method_std is None or self.embedding_init_method_std > 0,
+             f"--embedding-init-method-std must be > 0, got {self.embedding_init_method_std}")
         need(not self.rope_scaling or self.position_embedding_type == "rope",
              f"--use-rope-scaling scales RoPE frequencies: it needs --position-embedding-type "
              f"rope, not {self.position_embedding_type}")
@@ -106,6 +111,11 @@ class ModelConfig:
     def kv_channels(self) -> int:
         return self.head_dim
 
+    @property
+    def qkv_bias(self) -> bool:
+        """Whether the QKV projection has a bias (megatron-core: add_bias_linear or add_qkv_bias)."""
+        return self.add_bias_linear or self.add_qkv_bias
+
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
@@ -123,6 +133,7 @@ class ModelConfig:
                   ("padded vocabulary (--vocab-size or the tokenizer)", "vocab_size"),
                   ("--normalization", "normalization"), ("--swiglu", "swiglu"),
                   ("--disable-bias-linear (add_bias_linear)", "add_bias_linear"),
+                  ("--add-qkv-bias (a QKV bias)", "qkv_bias"),
                   ("--position-embedding-type", "position_embedding_type"),
                   ("--untie-embeddings-and-output-weights", "untie_embeddings_and_output_weights")]
         if self.position_embedding_type == other.position_embedding_type == "learned_absolute":
@@ -151,8 +162,10 @@ class ModelConfig:
         attn = h * (h + 2 * kv) + h * h  # qkv + output projection
         mlp = h * (2 * f if self.swiglu else f) + f * h
         norms = 2 * h if self.normalization == "RMSNorm" else 4 * h
+        if self.qkv_bias:
+            attn += h + 2 * kv
         if self.add_bias_linear:
-            attn += (h + 2 * kv) + h
+            attn += h
             mlp += (2 * f if self.swiglu else f) + h
         layers = self.num_layers * (attn + mlp + norms)
         final_norm = h if self.normalization == "RMSNorm" else 2 * h
@@ -323,7 +336,9 @@ def to_transformer_config(
         activation_func=torch.nn.functional.silu if model.swiglu else torch.nn.functional.gelu,
         bias_activation_fusion=False,
         add_bias_linear=model.add_bias_linear,
+        add_qkv_bias=model.add_qkv_bias,
         init_method_std=model.init_method_std,
+        embedding_init_method_std=model.embedding_init_method_std,
         hidden_dropout=model.hidden_dropout,
         attention_dropout=model.attention_dropout,
         tensor_model_parallel_size=tp,

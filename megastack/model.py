@@ -152,7 +152,8 @@ def _sharded_tensors(model: torch.nn.Module):
 
 
 def init_kind(key: str) -> str:
-    """How Megatron initialises a checkpoint key: ones, zeros, normal or scaled_normal."""
+    """How Megatron initialises a checkpoint key: ones, zeros, normal, scaled_normal or
+    embedding (normal with the embedding std)."""
     name = key.rsplit(".", 1)[-1]
     if "norm" in key and name in ("weight", "layer_norm_weight"):
         return "ones"
@@ -160,13 +161,16 @@ def init_kind(key: str) -> str:
         return "zeros"
     if key.endswith(("linear_proj.weight", "linear_fc2.weight")):
         return "scaled_normal"
+    if key.startswith("embedding."):
+        return "embedding"
     return "normal"
 
 
 def init_global_tensor(key: str, shape, layer: Optional[int], model_cfg: ModelConfig, seed: int,
                        device: torch.device = torch.device("cpu")) -> torch.Tensor:
     """The initial fp32 value of one global tensor (one layer's slice for `decoder.layers.*`):
-    Megatron's normal(0, std), output projections std/sqrt(2L), norms 1, biases 0, drawn from
+    Megatron's normal(0, std), output projections std/sqrt(2L), embeddings their own std (if
+    set), norms 1, biases 0, drawn from
     a generator seeded by (seed, key, layer) so that it does not depend on the layout."""
     kind = init_kind(key)
     if kind in ("ones", "zeros"):
@@ -174,6 +178,8 @@ def init_global_tensor(key: str, shape, layer: Optional[int], model_cfg: ModelCo
     std = model_cfg.init_method_std
     if kind == "scaled_normal":
         std = std / math.sqrt(2.0 * model_cfg.num_layers)
+    elif kind == "embedding" and model_cfg.embedding_init_method_std is not None:
+        std = model_cfg.embedding_init_method_std
     layer_index = () if layer is None else (layer,)
     gen = torch.Generator(device=device)
     gen.manual_seed(zlib.crc32(f"{seed}|{key}|{layer_index}".encode()) & 0x7FFFFFFF)

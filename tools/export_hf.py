@@ -4,9 +4,10 @@
         --tokenizer-dir tokenizers/llama
 
 Writes config.json and safetensors shards that transformers' LlamaForCausalLM.from_pretrained
-loads (e.g. to evaluate a grown model with HF tooling). Reads the checkpoint (any TP/PP layout)
-layer by layer without building a model (memory: one layer's weights and the embedding, plus
-one shard); the optimizer state is left out.
+(Qwen2ForCausalLM's, for a model with --add-qkv-bias) loads, e.g. to evaluate a grown model with
+HF tooling. Reads the checkpoint (any TP/PP layout) layer by layer without building a model
+(memory: one layer's weights and the embedding, plus one shard); the optimizer state is left
+out.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
-"""Convert between megastack (torch_dist) checkpoints and Hugging Face Llama directories.
+"""Convert between megastack (torch_dist) checkpoints and Hugging Face Llama directories
+(Qwen2's too: Llama with a QKV-only bias).
 
 - ``export_hf``: a trained (or grown) checkpoint -> ``config.json`` + safetensors shards that
-  ``LlamaForCausalLM.from_pretrained`` loads (to evaluate with HF tooling, or to publish). Reads
-  the checkpoint without building a model, one layer at a time: its memory is a layer's weights
-  (and the embedding's) plus one shard.
-- ``import_hf``: a Llama directory -> a megastack checkpoint (iteration 0, weights only) that
-  training loads with ``--finetune`` and tools/grow_checkpoint.py grows, e.g. to stack the layers
-  of an existing small model. Builds the model in one process (memory for its weights in
+  ``LlamaForCausalLM.from_pretrained`` (or Qwen2's) loads (to evaluate with HF tooling, or to
+  publish). Reads the checkpoint without building a model, one layer at a time: its memory is a
+  layer's weights (and the embedding's) plus one shard.
+- ``import_hf``: a Llama, Mistral (no sliding window) or Qwen2 directory -> a megastack
+  checkpoint (iteration 0, weights only) that training loads with ``--finetune`` and
+  tools/grow_checkpoint.py grows, e.g. to stack the layers of an existing small model. Builds the model in one process (memory for its weights in
   ``dtype``) and saves it with megatron-core's dist checkpointing.
 
 Both write into a temporary directory beside the output and rename it into place at the end.

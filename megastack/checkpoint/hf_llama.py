@@ -1,7 +1,8 @@
 """Hugging Face Llama <-> megatron-core GPT: the architecture and the weight names and layouts.
 
 megastack's models are Llama's (RMSNorm, SwiGLU, RoPE, GQA), so a checkpoint maps onto
-``LlamaForCausalLM`` tensor for tensor; three layouts differ:
+``LlamaForCausalLM`` tensor for tensor, or onto ``Qwen2ForCausalLM`` (Llama with biases in the
+QKV projection only: megatron-core's add_qkv_bias); three layouts differ:
 
 - megatron-core's ``linear_qkv`` holds, for each query group, that group's query heads, then
   its key head, then its value head ([g0: q q k v][g1: q q k v] ...); HF keeps ``q_proj``,
@@ -61,14 +62,27 @@ def check_llama_compatible(model: ModelConfig, what: str) -> None:
                          f"LlamaForCausalLM cannot hold it")
 
 
+def is_qwen2(model: ModelConfig) -> bool:
+    """Biases in the QKV projection only: Llama's attention_bias would add one to o_proj."""
+    return model.add_qkv_bias and not model.add_bias_linear
+
+
 def hf_config(model: ModelConfig, dtype: torch.dtype,
               bos_token_id: Optional[int] = None, eos_token_id: Optional[int] = None
               ) -> dict[str, Any]:
-    """config.json of the LlamaForCausalLM that computes what `model` computes."""
+    """config.json of the LlamaForCausalLM (Qwen2ForCausalLM for a QKV-only bias) that computes
+    what `model` computes."""
     check_llama_compatible(model, "export to Hugging Face")
+    if is_qwen2(model):
+        architecture = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+                        "use_sliding_window": False, "sliding_window": None,
+                        "max_window_layers": model.num_layers}
+    else:
+        architecture = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                        "attention_bias": model.add_bias_linear,
+                        "mlp_bias": model.add_bias_linear}
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        **architecture,
         "hidden_size": model.hidden_size,
         "intermediate_size": model.ffn_hidden_size,
         "num_hidden_layers": model.num_layers,
@@ -83,8 +97,6 @@ def hf_config(model: ModelConfig, dtype: torch.dtype,
                           **_LLAMA3_ROPE_FIXED} if model.rope_scaling else None),
         "vocab_size": model.vocab_size,
         "tie_word_embeddings": not model.untie_embeddings_and_output_weights,
-        "attention_bias": model.add_bias_linear,
-        "mlp_bias": model.add_bias_linear,
         "attention_dropout": model.attention_dropout,
         "initializer_range": model.init_method_std,
         "bos_token_id": bos_token_id,
@@ -95,15 +107,19 @@ def hf_config(model: ModelConfig, dtype: torch.dtype,
 
 
 def model_config_from_hf(config: dict[str, Any], source: str) -> ModelConfig:
-    """The ModelConfig of a Llama config.json; `source` names the file in errors."""
+    """The ModelConfig of a Llama (or Mistral, Qwen2) config.json; `source` names the file in
+    errors."""
     model_type = config.get("model_type")
-    if model_type not in ("llama", "mistral"):
+    if model_type not in ("llama", "mistral", "qwen2"):
         raise ValueError(f"{source}: model_type {model_type!r}: only Llama-architecture models "
-                         f"(model_type llama, or mistral without sliding windows) map onto "
-                         f"megastack's GPT")
-    if config.get("sliding_window") is not None:
-        raise ValueError(f"{source}: sliding_window {config['sliding_window']}: sliding-window "
-                         f"attention is not among megastack's architectures")
+                         f"(model_type llama, qwen2, or mistral without sliding windows) map "
+                         f"onto megastack's GPT")
+    # Qwen2 configs name a window size even with the window off.
+    windowed = (config.get("use_sliding_window", False) if model_type == "qwen2"
+                else config.get("sliding_window") is not None)
+    if windowed:
+        raise ValueError(f"{source}: sliding_window {config.get('sliding_window')}: "
+                         f"sliding-window attention is not among megastack's architectures")
     rope = config.get("rope_parameters") or {}
     scaling = config.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default"
                                              else None)
@@ -111,7 +127,8 @@ def model_config_from_hf(config: dict[str, Any], source: str) -> ModelConfig:
     if config.get("hidden_act", "silu") != "silu":
         raise ValueError(f"{source}: hidden_act {config['hidden_act']!r}: megastack's SwiGLU "
                          f"uses silu")
-    if bool(config.get("attention_bias", False)) != bool(config.get("mlp_bias", False)):
+    if model_type != "qwen2" and (bool(config.get("attention_bias", False))
+                                  != bool(config.get("mlp_bias", False))):
         raise ValueError(f"{source}: attention_bias {config.get('attention_bias')} and mlp_bias "
                          f"{config.get('mlp_bias')}: megatron-core's add_bias_linear gives every "
                          f"linear layer a bias or none")
@@ -129,7 +146,8 @@ def model_config_from_hf(config: dict[str, Any], source: str) -> ModelConfig:
         norm_epsilon=config.get("rms_norm_eps", 1e-6),
         rotary_base=int(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
         untie_embeddings_and_output_weights=not config.get("tie_word_embeddings", False),
-        add_bias_linear=bool(config.get("attention_bias", False)),
+        add_bias_linear=model_type != "qwen2" and bool(config.get("attention_bias", False)),
+        add_qkv_bias=model_type == "qwen2",
         init_method_std=config.get("initializer_range", 0.02),
         rope_scaling=scaling_factor is not None, rope_scaling_factor=scaling_factor or 8.0,
     )
@@ -210,14 +228,14 @@ def megatron_state(get: Callable[[str], torch.Tensor],
         if key == "output_layer.weight" and not model.untie_embeddings_and_output_weights:
             continue
         state[key] = get(name)
-    suffixes = ["weight"] + (["bias"] if model.add_bias_linear else [])
     layers = range(model.num_layers)
-    for suffix in suffixes:
+    for suffix in ["weight"] + (["bias"] if model.qkv_bias else []):
         qkv_key = _QKV if suffix == "weight" else _QKV_BIAS
         state[qkv_key] = torch.stack([merge_qkv(
             *(get(f"model.layers.{i}.self_attn.{p}.{suffix}") for p in ("q_proj", "k_proj",
                                                                           "v_proj")),
             model) for i in layers])
+    for suffix in ["weight"] + (["bias"] if model.add_bias_linear else []):
         fc1_key = _FC1 if suffix == "weight" else _FC1_BIAS
         state[fc1_key] = torch.stack([torch.cat([get(f"model.layers.{i}.mlp.gate_proj.{suffix}"),
                                                  get(f"model.layers.{i}.mlp.up_proj.{suffix}")])

@@ -139,8 +139,8 @@ def validate_width_growth(src: ModelConfig, dst: ModelConfig, operator: str) -> 
     """ValueError naming what to change when `dst` is not a width growth of `src`."""
     if operator not in WIDTH_OPERATORS:
         raise ValueError(f"--width-operator must be one of {WIDTH_OPERATORS}, got {operator!r}")
-    same = ("vocab_size", "normalization", "swiglu", "add_bias_linear", "position_embedding_type",
-            "untie_embeddings_and_output_weights")
+    same = ("vocab_size", "normalization", "swiglu", "add_bias_linear", "qkv_bias",
+            "position_embedding_type", "untie_embeddings_and_output_weights")
     for name in same:
         if getattr(src, name) != getattr(dst, name):
             raise ValueError(

@@ -41,8 +41,10 @@ def layer_parameters(model: ModelConfig, tensor_parallel_size: int = 1) -> int:
     qkv_out = h + 2 * model.num_query_groups * model.head_dim
     fc1_out = 2 * f if model.swiglu else f
     params = (h * qkv_out + h * h + h * fc1_out + f * h) // t
+    if model.qkv_bias:
+        params += qkv_out // t
     if model.add_bias_linear:
-        params += (qkv_out + fc1_out) // t + 2 * h  # row-parallel biases are not split
+        params += fc1_out // t + 2 * h  # row-parallel biases are not split
     return params + 2 * norm_parameters(model)
 
 

@@ -214,6 +214,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--norm-epsilon", type=float)
     g.add_argument("--swiglu", action="store_true", default=None)
     g.add_argument("--disable-bias-linear", action="store_true", default=None)
+    g.add_argument("--add-qkv-bias", action="store_true", default=None,
+                   help="biases in the QKV projection only (Qwen2's attention)")
     g.add_argument("--position-embedding-type", choices=["rope", "learned_absolute", "none"])
     g.add_argument("--rotary-base", type=int)
     g.add_argument("--use-rope-scaling", dest="rope_scaling", action="store_true", default=None,
@@ -225,6 +227,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seq-length", type=int)
     g.add_argument("--max-position-embeddings", type=int)
     g.add_argument("--init-method-std", type=float)
+    g.add_argument("--embedding-init-method-std", type=float,
+                   help="std of the word-embedding init (default: --init-method-std)")
     g.add_argument("--attention-dropout", type=float,
                    help="default 0.1 as in Megatron-LM; 0 with a --model preset (Llama-style)")
     g.add_argument("--hidden-dropout", type=float,
@@ -803,8 +807,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 _MODEL_FLAGS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                 "num_query_groups", "normalization", "norm_epsilon", "position_embedding_type",
                 "rotary_base", "rope_scaling", "rope_scaling_factor", "seq_length",
-                "max_position_embeddings", "init_method_std", "attention_dropout",
-                "hidden_dropout")
+                "max_position_embeddings", "init_method_std", "embedding_init_method_std",
+                "attention_dropout", "hidden_dropout")
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
@@ -862,6 +866,8 @@ def model_config_from_args(args: argparse.Namespace, vocab_size: Optional[int],
         base["swiglu"] = True
     if args.disable_bias_linear is not None:
         base["add_bias_linear"] = False
+    if args.add_qkv_bias is not None:
+        base["add_qkv_bias"] = True
     if args.untie_embeddings_and_output_weights is not None:
         base["untie_embeddings_and_output_weights"] = True
     missing = [f"--{n.replace('_', '-')}" for n in ("num_layers", "hidden_size",

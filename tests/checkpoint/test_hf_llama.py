@@ -1,7 +1,8 @@
-"""tools/export_hf.py and tools/import_hf.py: megastack checkpoints <-> Hugging Face Llama.
+"""tools/export_hf.py and tools/import_hf.py: megastack checkpoints <-> Hugging Face Llama/Qwen2.
 
-The checks are the logits: transformers' LlamaForCausalLM built from an export computes what the
-megastack model computes, and a megastack model imported from a HF Llama computes what HF does.
+The checks are the logits: transformers' LlamaForCausalLM (Qwen2ForCausalLM) built from an
+export computes what the megastack model computes, and a megastack model imported from a HF
+Llama or Qwen2 computes what HF does.
 """
 
 import json
@@ -21,6 +22,9 @@ GQA = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, num_query
 TIED_BIASED = GQA.replace(num_query_groups=4, untie_embeddings_and_output_weights=False,
                           add_bias_linear=True, rotary_base=1000000, rope_scaling=True,
                           rope_scaling_factor=32.0)
+# Qwen2's attention: biases in the QKV projection only; tied embeddings as in its small models.
+QKV_BIAS = GQA.replace(add_qkv_bias=True, untie_embeddings_and_output_weights=False,
+                       rotary_base=1000000)
 
 
 # At init scale attention is nearly uniform and positions hardly matter: larger query and key
@@ -38,8 +42,9 @@ def megastack_logits(model, ids: torch.Tensor) -> torch.Tensor:
         return model.eval()(ids, positions, None).float()
 
 
-def hf_logits(directory, ids: torch.Tensor) -> torch.Tensor:
-    hf = transformers.LlamaForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
+def hf_logits(directory, ids: torch.Tensor, architecture: str = "LlamaForCausalLM"
+              ) -> torch.Tensor:
+    hf = getattr(transformers, architecture).from_pretrained(str(directory), dtype=torch.float32)
     with torch.no_grad():
         return hf.eval()(input_ids=ids).logits.float()
 
@@ -75,17 +80,24 @@ def load(cfg: ModelConfig, root):
     return model
 
 
-@pytest.mark.parametrize("cfg", [GQA, TIED_BIASED], ids=["gqa", "tied-biased"])
-def test_exported_model_computes_the_megastack_logits(megatron_world, tmp_path, cfg):
+@pytest.mark.parametrize("cfg, architecture", [(GQA, "LlamaForCausalLM"),
+                                                (TIED_BIASED, "LlamaForCausalLM"),
+                                                (QKV_BIAS, "Qwen2ForCausalLM")],
+                         ids=["gqa", "tied-biased", "qkv-bias"])
+def test_exported_model_computes_the_megastack_logits(megatron_world, tmp_path, cfg,
+                                                      architecture):
     from megastack.checkpoint.hf_convert import export_hf
 
     model = random_model(cfg, seed=1)
     save(model, cfg, tmp_path / "ckpt")
     report = export_hf(str(tmp_path / "ckpt"), str(tmp_path / "hf"), dtype="fp32")
     assert report.files == ("config.json", "model.safetensors")
+    with open(tmp_path / "hf" / "config.json") as f:
+        assert json.load(f)["architectures"] == [architecture]
     ids = tokens(cfg.vocab_size)
     expected = megastack_logits(model, ids)
-    assert torch.allclose(hf_logits(tmp_path / "hf", ids), expected, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(hf_logits(tmp_path / "hf", ids, architecture), expected,
+                          atol=1e-5, rtol=1e-4)
 
     # And back: the import holds the very same tensors.
     from megastack.checkpoint.dist_reader import DistCheckpointReader
@@ -135,6 +147,40 @@ def test_imported_llama_computes_the_hf_logits_and_grows(megatron_world, tmp_pat
                       "--stacking-list", "0,1,0,1", "--no-fsync"]) == 0
 
 
+def test_imported_qwen2_computes_the_hf_logits(megatron_world, tmp_path):
+    """Qwen2 (QKV-only biases, tied embeddings, a window size named but switched off) imports
+    as a model with --add-qkv-bias."""
+    from megastack.checkpoint.hf_convert import import_hf
+
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(
+        hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=128, max_position_embeddings=16, rope_theta=1000000.0,
+        rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False,
+        sliding_window=4096)
+    hf = transformers.Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+            elif "q_proj" in name or "k_proj" in name:
+                p.mul_(QK_GAIN)
+    hf.save_pretrained(str(tmp_path / "hf"))
+    cfg = import_hf(str(tmp_path / "hf"), str(tmp_path / "ckpt")).model
+    assert cfg.add_qkv_bias and not cfg.add_bias_linear
+    assert not cfg.untie_embeddings_and_output_weights
+    ids = tokens(128)
+    expected = hf_logits(tmp_path / "hf", ids, "Qwen2ForCausalLM")
+    assert torch.allclose(megastack_logits(load(cfg, tmp_path / "ckpt"), ids), expected,
+                          atol=1e-5, rtol=1e-4)
+    # The biases were imported, not left at their zero init.
+    from megastack.checkpoint.dist_reader import DistCheckpointReader
+
+    reader = DistCheckpointReader(str(tmp_path / "ckpt" / "iter_0000000"))
+    qkv_bias = reader.load_tensor("decoder.layers.self_attention.linear_qkv.bias")
+    assert qkv_bias.shape == (2, 32 + 2 * 2 * 8) and qkv_bias.abs().min() > 0
+
+
 def test_hf_configs_megastack_cannot_hold_are_named(tmp_path):
     from megastack.checkpoint.hf_llama import model_config_from_hf
 
@@ -152,6 +198,8 @@ def test_hf_configs_megastack_cannot_hold_are_named(tmp_path):
         ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
         ({"head_dim": 16}, "head_dim 16 x num_attention_heads 4 is not hidden_size 32"),
         ({"model_type": "mistral", "sliding_window": 4096}, "sliding-window attention"),
+        ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 4096},
+         "sliding-window attention"),
     ]:
         with pytest.raises(ValueError, match=message):
             model_config_from_hf({**base, **changes}, "c.json")

@@ -54,6 +54,9 @@ MODELS = {
         "tiny-8l", normalization="LayerNorm", add_bias_linear=True, swiglu=False),
     "learned positions": ModelConfig.from_name("tiny-8l", position_embedding_type="learned_absolute"),
     "tied embeddings": ModelConfig.from_name("tiny-8l", untie_embeddings_and_output_weights=False),
+    "QKV bias only (Qwen2)": ModelConfig.from_name("tiny-8l", add_qkv_bias=True),
+    "QKV bias and biases": ModelConfig.from_name("tiny-8l", add_qkv_bias=True,
+                                                 add_bias_linear=True),
 }
 
 LAYOUTS = {

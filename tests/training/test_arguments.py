@@ -88,6 +88,27 @@ def test_model_flags_without_a_preset_mean_what_they_mean_to_megatron(monkeypatc
     assert (no_dropout.attention_dropout, no_dropout.hidden_dropout) == (0.0, 0.05)
 
 
+def test_qkv_bias_and_embedding_init_flags_reach_the_model(megatron_world):
+    from megastack.config import ParallelConfig
+    from megastack.model import build_model_chunks
+
+    model = config(["--model", "tiny-2l", "--mock-data", "--train-iters", "2", "--add-qkv-bias",
+                    "--embedding-init-method-std", "0.5"]).model
+    assert model.add_qkv_bias and not model.add_bias_linear
+    params = dict(build_model_chunks(model, ParallelConfig(), seed=0)[0].named_parameters())
+    biases = sorted(name for name in params if name.endswith("bias"))
+    assert biases == [f"decoder.layers.{i}.self_attention.linear_qkv.bias" for i in (0, 1)]
+    assert abs(params["embedding.word_embeddings.weight"].std().item() - 0.5) < 0.02
+    assert abs(params["output_layer.weight"].std().item() - 0.02) < 0.002
+    with pytest.raises(ValueError, match="--embedding-init-method-std must be > 0, got 0.0"):
+        config(GPT_FLAGS + ["--embedding-init-method-std", "0"])
+    # A checkpoint with a QKV bias does not load into a model without one.
+    assert model.weight_differences(model.replace(add_qkv_bias=False)) == [
+        "--add-qkv-bias (a QKV bias): True vs False"]
+    assert model.replace(add_bias_linear=True).weight_differences(
+        model.replace(add_bias_linear=True, add_qkv_bias=False)) == []
+
+
 def test_dropout_reaches_megatron_core():
     """The dropout flags were refused (and dropout hard-coded to 0): a Megatron-LM script's
     --attention-dropout/--hidden-dropout must set TransformerConfig's."""
