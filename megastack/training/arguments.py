@@ -54,6 +54,9 @@ class TrainConfig:
     align_param_gather: bool = True  # applies with --overlap-param-gather and interleaving
     overlap_p2p_comm: bool = True  # applies with interleaving
     ddp_bucket_size: Optional[int] = None
+    ddp_num_buckets: Optional[int] = None  # instead of ddp_bucket_size: the rank's parameters / N
+    ddp_pad_buckets_for_high_nccl_busbw: bool = False
+    align_grad_reduce: bool = True  # applies with --overlap-grad-reduce
     grad_reduce_in_bf16: bool = False
     distributed_timeout_minutes: int = 10
     check_for_nan_in_loss_and_grad: bool = True
@@ -285,6 +288,16 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ddp-bucket-size", type=int,
                    help="parameters per gradient bucket with --overlap-grad-reduce (default "
                         "Megatron-LM's: max(40M, 1M x data-parallel size))")
+    g.add_argument("--ddp-num-buckets", type=int,
+                   help="with --overlap-grad-reduce, instead of --ddp-bucket-size: split the "
+                        "rank's parameters into about this many gradient buckets")
+    g.add_argument("--ddp-pad-buckets-for-high-nccl-busbw", action="store_true",
+                   help="with --use-distributed-optimizer: pad each bucket to a multiple of "
+                        "2^16 elements (NCCL's bus bandwidth at large data-parallel sizes)")
+    g.add_argument("--no-align-grad-reduce", dest="align_grad_reduce", action="store_false",
+                   help="with --overlap-grad-reduce and pipeline parallelism: let each bucket's "
+                        "reduction start when its gradients are ready instead of where the "
+                        "pipeline schedule starts every stage's")
 
 
 def token_count(text: str) -> float:
@@ -743,6 +756,11 @@ UNSUPPORTED_FLAGS = {  # attr: (flag, why and what instead, number of values it 
                "--lr-warmup-iters", 1),
     "checkpoint_activations": ("--checkpoint-activations", "Megatron-LM's old name: use "
                                "--recompute-activations or --recompute-granularity full", 0),
+    "overlap_param_gather_with_optimizer_step": (
+        "--overlap-param-gather-with-optimizer-step", "Megatron-LM allows it only without "
+        "distributed checkpointing, and megastack's checkpoints are distributed ones: use "
+        "--overlap-param-gather (with an interleaved schedule every chunk's gathers start at "
+        "the schedule's aligned points)", 0),
     "tiktoken_pattern": ("--tiktoken-pattern", "TikTokenizer is not among megastack's "
                          "tokenizers: use --tokenizer-type HuggingFaceTokenizer", 1),
 }
@@ -1374,9 +1392,18 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
                "use --cross-entropy-fusion-impl native")
     _check(args.ddp_bucket_size is None or args.ddp_bucket_size >= 1,
            f"--ddp-bucket-size must be >= 1, got {args.ddp_bucket_size}")
-    _check(args.ddp_bucket_size is None or args.overlap_grad_reduce,
-           "--ddp-bucket-size applies with --overlap-grad-reduce (without it the gradients are "
-           "reduced in one bucket): add --overlap-grad-reduce or drop --ddp-bucket-size")
+    _check(args.ddp_num_buckets is None or args.ddp_num_buckets >= 1,
+           f"--ddp-num-buckets must be >= 1, got {args.ddp_num_buckets}")
+    _check(args.ddp_bucket_size is None or args.ddp_num_buckets is None,
+           "--ddp-bucket-size and --ddp-num-buckets both set the bucket size: give one")
+    for flag, value in (("--ddp-bucket-size", args.ddp_bucket_size),
+                        ("--ddp-num-buckets", args.ddp_num_buckets)):
+        _check(value is None or args.overlap_grad_reduce,
+               f"{flag} applies with --overlap-grad-reduce (without it the gradients are reduced "
+               f"in one bucket): add --overlap-grad-reduce or drop {flag}")
+    _check(not args.ddp_pad_buckets_for_high_nccl_busbw or args.use_distributed_optimizer,
+           "--ddp-pad-buckets-for-high-nccl-busbw pads the distributed optimizer's buckets: add "
+           "--use-distributed-optimizer or drop it")
     _check(not args.overlap_param_gather or (args.use_distributed_optimizer
                                              and args.overlap_grad_reduce),
            "--overlap-param-gather gathers the distributed optimizer's parameter shards and, "
@@ -1442,6 +1469,9 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         override_opt_param_scheduler=args.override_opt_param_scheduler,
         use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,
         overlap_grad_reduce=args.overlap_grad_reduce, ddp_bucket_size=args.ddp_bucket_size,
+        ddp_num_buckets=args.ddp_num_buckets,
+        ddp_pad_buckets_for_high_nccl_busbw=args.ddp_pad_buckets_for_high_nccl_busbw,
+        align_grad_reduce=args.align_grad_reduce,
         overlap_param_gather=args.overlap_param_gather,
         align_param_gather=args.align_param_gather, overlap_p2p_comm=args.overlap_p2p_comm,
         grad_reduce_in_bf16=args.grad_reduce_in_bf16,

@@ -246,14 +246,23 @@ class Trainer:
             align_param_gather=self._aligns_param_gather(chunks),
             use_distributed_optimizer=self.cfg.parallel.use_distributed_optimizer,
             check_for_nan_in_grad=False,  # train_step checks the global grad norm instead
-            # None: megatron-core's default, max(40M, 1M x DP) with overlap, one bucket without.
-            bucket_size=self.cfg.train.ddp_bucket_size,
+            bucket_size=self._ddp_bucket_size(chunks),
+            pad_buckets_for_high_nccl_busbw=self.cfg.train.ddp_pad_buckets_for_high_nccl_busbw,
         )
         return [
             DistributedDataParallel(config=chunk.config, ddp_config=ddp_config, module=chunk,
                                     disable_bucketing=(i > 0))
             for i, chunk in enumerate(chunks)
         ]
+
+    def _ddp_bucket_size(self, chunks) -> Optional[int]:
+        """None: megatron-core's default, max(40M, 1M x DP) with overlap, one bucket without."""
+        t = self.cfg.train
+        if t.ddp_num_buckets is None:
+            return t.ddp_bucket_size
+        # As Megatron-LM: this rank's parameters (all its chunks) over the bucket count.
+        return max(1, sum(p.numel() for chunk in chunks for p in chunk.parameters())
+                   // t.ddp_num_buckets)
 
     def _aligns_param_gather(self, chunks) -> bool:
         t = self.cfg.train
@@ -329,9 +338,10 @@ class Trainer:
             config.grad_scale_func = self.optimizer.scale_loss
             no_sync = [m.no_sync for m in self.ddp_chunks]
             config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
-            if self.cfg.train.overlap_grad_reduce:
+            if self.cfg.train.overlap_grad_reduce and self.cfg.train.align_grad_reduce:
                 # As Megatron-LM: the pipeline schedules start each chunk's reduction as soon as
-                # its last micro-batch's backward is done.
+                # its last micro-batch's backward is done (without it, each bucket's reduction
+                # starts from DDP's hooks once its gradients are ready).
                 grad_sync = [m.start_grad_sync for m in self.ddp_chunks]
                 config.grad_sync_func = grad_sync[0] if len(grad_sync) == 1 else grad_sync
             if self._aligns_param_gather(self.chunks):

@@ -68,9 +68,12 @@ def test_tp2_pp2_dp2_matches_one_rank(one_rank, tmp_path):
     metrics = tmp_path / "m.jsonl"
     # --calculate-per-token-loss: with every token counted (no --eod-mask-loss) the same
     # objective, its normalisation done once over the data-parallel ranks' tokens instead.
+    # The overlapped gradient reduction in several buckets, each started by DDP's hooks once
+    # its gradients are ready (--no-align-grad-reduce) rather than by the pipeline schedule.
     run_pretrain(TINY + ITERS + ["--tensor-model-parallel-size", "2",
                                  "--pipeline-model-parallel-size", "2", "--log-params-norm",
-                                 "--calculate-per-token-loss"],
+                                 "--calculate-per-token-loss", "--overlap-grad-reduce",
+                                 "--ddp-num-buckets", "3", "--no-align-grad-reduce"],
                  nproc=8, metrics=metrics)
     _assert_same(one_rank["loss"], read_metrics(metrics), range(1, 6), 1e-4)
     # Tensor-parallel weights must be counted once each in the global grad and weight norms.

@@ -395,6 +395,32 @@ def test_overlap_grad_reduce_is_wired_into_ddp_and_the_schedules():
     trainer.close()
 
 
+def test_ddp_bucket_flags_shape_the_gradient_buckets():
+    """--ddp-num-buckets (Megatron-LM: the rank's parameters / N per bucket),
+    --ddp-pad-buckets-for-high-nccl-busbw and --no-align-grad-reduce reach megatron-core."""
+    def buckets(flags):
+        trainer, tokenizer = make_trainer(["--train-iters", "1", "--overlap-grad-reduce"] + flags)
+        trainer.setup(tokenizer)
+        ddp = trainer.ddp_chunks[0]
+        n_params = sum(p.numel() for p in trainer.chunks[0].parameters())
+        sizes = [b.grad_data.numel() for buffer in ddp.buffers for b in buffer.buckets]
+        sync = trainer.chunks[0].config.grad_sync_func
+        trainer.close()
+        return ddp.ddp_config, n_params, sizes, sync
+
+    config, n_params, sizes, sync = buckets(["--ddp-num-buckets", "4"])
+    # Buckets close at parameter boundaries once they hold bucket_size elements.
+    assert config.bucket_size == n_params // 4 and len(sizes) >= 3
+    assert sync is not None
+    _, _, sizes, _ = buckets([])
+    assert len(sizes) == 1  # megatron-core's default: 40M elements
+    config, _, sizes, _ = buckets(["--use-distributed-optimizer",
+                                   "--ddp-pad-buckets-for-high-nccl-busbw"])
+    assert config.pad_buckets_for_high_nccl_busbw and all(s % 2 ** 16 == 0 for s in sizes)
+    _, _, _, sync = buckets(["--no-align-grad-reduce"])
+    assert sync is None
+
+
 def test_overlap_param_gather_is_wired_into_ddp():
     """The DP 2 and interleaved runs in test_parallel_training check the results; here, that the
     forward hooks are on and that the weights are gathered only after a step."""
