@@ -329,6 +329,11 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    help="Megatron-LM's batch-size ramp-up: start with START sequences and add INCR "
                         "every SAMPLES / ((--global-batch-size - START) / INCR) consumed samples "
                         "until --global-batch-size")
+    g.add_argument("--decrease-batch-size-if-needed", action="store_true",
+                   help="when --micro-batch-size x the data-parallel size does not divide "
+                        "--global-batch-size (e.g. a job relaunched on fewer nodes), train with "
+                        "the largest multiple below it instead of stopping; a launch whose "
+                        "data-parallel size divides it gets the full batch back")
     g.add_argument("--lr", type=float, default=3e-4)
     g.add_argument("--min-lr", type=float, default=0.0)
     g.add_argument("--lr-warmup-iters", type=int, default=0)
@@ -829,6 +834,23 @@ _MODEL_FLAGS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_h
                 "attention_dropout", "hidden_dropout")
 
 
+def _decreased_global_batch_size(gbs: int, mbs: int, dp: int,
+                                 rampup: Optional[list[int]]) -> int:
+    """Megatron-LM's --decrease-batch-size-if-needed: the largest multiple of one micro-batch
+    per data-parallel replica that is not above --global-batch-size."""
+    _check(rampup is None, "--decrease-batch-size-if-needed with --rampup-batch-size: the ramp's "
+                           "batch sizes are fixed; drop one of them")
+    _check(gbs >= mbs * dp,
+           f"--decrease-batch-size-if-needed: --global-batch-size {gbs} is smaller than one "
+           f"micro-batch per data-parallel replica ({mbs} x {dp} = {mbs * dp}): lower "
+           f"--micro-batch-size or launch fewer data-parallel replicas")
+    decreased = gbs // (mbs * dp) * (mbs * dp)
+    logger.warning("--decrease-batch-size-if-needed: training with global batch %d instead of "
+                   "--global-batch-size %d, which --micro-batch-size %d x data-parallel size %d "
+                   "does not divide", decreased, gbs, mbs, dp)
+    return decreased
+
+
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
     """Pad the vocabulary like Megatron, but to lcm(divisible_by, TP) rather than
     divisible_by * TP, so the padded size (and so the checkpoint) does not change with TP."""
@@ -1306,6 +1328,8 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     _check(mbs >= 1, f"--micro-batch-size must be >= 1, got {mbs}")
     gbs = args.global_batch_size if args.global_batch_size is not None else mbs * dp
     _check(gbs >= 1, f"--global-batch-size must be >= 1, got {gbs}")
+    if args.decrease_batch_size_if_needed and gbs % (mbs * dp):
+        gbs = _decreased_global_batch_size(gbs, mbs, dp, args.rampup_batch_size)
     _check(gbs % (mbs * dp) == 0,
            f"--global-batch-size {gbs} is not divisible by --micro-batch-size {mbs} x data-parallel "
            f"size {dp}: use a global batch that is a multiple of {mbs * dp}")

@@ -62,6 +62,26 @@ def test_train_iters_from_tokens(monkeypatch):
     assert cfg.train.train_iters == 8  # 4096 tokens / (8 x 64)
 
 
+def test_decrease_batch_size_if_needed_takes_the_largest_batch_that_fits(monkeypatch, caplog):
+    """Megatron-LM's relaunch on fewer (or more) replicas: 8 sequences at DP 3 become 6."""
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    flags = BASE + ["--global-batch-size", "8", "--decrease-batch-size-if-needed"]
+    with caplog.at_level("WARNING", logger="megastack.training.arguments"):
+        cfg = config(flags)
+    assert cfg.train.global_batch_size == 6
+    assert "training with global batch 6 instead of --global-batch-size 8" in caplog.text
+    assert config(flags + ["--micro-batch-size", "2"]).train.global_batch_size == 6
+    with pytest.raises(ValueError, match="is not divisible by --micro-batch-size 1"):
+        config(BASE + ["--global-batch-size", "8"])
+    with pytest.raises(ValueError, match="smaller than one micro-batch per data-parallel replica "
+                                         "\\(4 x 3 = 12\\)"):
+        config(flags + ["--micro-batch-size", "4"])
+    with pytest.raises(ValueError, match="the ramp's batch sizes are fixed"):
+        config(flags + ["--rampup-batch-size", "3", "3", "30"])
+    monkeypatch.setenv("WORLD_SIZE", "4")  # a launch that divides it gets the full batch
+    assert config(flags).train.global_batch_size == 8
+
+
 GPT_FLAGS = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
              "--seq-length", "32", "--mock-data", "--train-iters", "2"]
 
