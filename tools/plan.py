@@ -28,6 +28,7 @@ from megastack.growth.plans import parse_stacking_list
 from megastack.planning import (
     GIB, PhaseLayout, format_growth, format_phase, plan_growth, plan_phase,
 )
+from megastack.planning.activations import DEFAULT_RECOMPUTE_MODULES, RECOMPUTE_MODULES
 from megastack.training.arguments import (
     add_model_args,
     add_parallel_args,
@@ -59,8 +60,14 @@ def get_args(argv=None) -> argparse.Namespace:
     group.add_argument("--micro-batch-size", type=int, default=1)
     group.add_argument("--global-batch-size", type=int,
                        help="default: micro-batch size x data-parallel size")
-    group.add_argument("--bf16", action="store_true")
+    precision = group.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", action="store_true")
+    precision.add_argument("--fp16", action="store_true",
+                           help="the same bytes as --bf16 (16-bit weights and activations)")
     group.add_argument("--recompute-granularity", choices=["selective", "full"])
+    group.add_argument("--recompute-modules", nargs="+", choices=list(RECOMPUTE_MODULES),
+                       help="what selective recomputation recomputes, in both phases (default "
+                            "megatron-core's: core_attn)")
 
     group = parser.add_argument_group("growth (plans train -> grow -> train)")
     group.add_argument("--grow-to", metavar="PRESET", help="the grown model's preset")
@@ -155,7 +162,8 @@ def phase_layout(args, model, *, tp, pp, vpp, mbs, gbs, recompute) -> PhaseLayou
     return PhaseLayout(
         model=model, parallel=parallel, world_size=world, micro_batch_size=mbs,
         global_batch_size=gbs if gbs is not None else mbs * dp, bf16=args.bf16,
-        recompute_granularity=recompute, transformer_impl=args.transformer_impl,
+        fp16=args.fp16, recompute_granularity=recompute, transformer_impl=args.transformer_impl,
+        recompute_modules=tuple(args.recompute_modules or DEFAULT_RECOMPUTE_MODULES),
     )
 
 

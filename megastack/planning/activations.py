@@ -29,11 +29,13 @@ Dropout on, GeLU, f = 4h, MHA, fp16 softmax reproduces 34*s*b*h + 5*a*s^2*b exac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from megastack.config import ModelConfig
 
 CORE_ATTENTION_KINDS = ("unfused", "flash")
+RECOMPUTE_MODULES = ("core_attn", "mlp")
+DEFAULT_RECOMPUTE_MODULES = ("core_attn",)  # megatron-core's
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class LayerActivationTerms:
 
     tp_replicated: float  # tensors of the full hidden size that TP replicates (SP shards them)
     tp_sharded: float  # per-head and per-ffn-column tensors other than Q, K, V that TP splits
+    mlp_intermediates: float  # the part of tp_sharded inside the MLP: what recomputing it drops
     qkv: float  # Q, K, V as the attention kernel saves them; TP splits
     qkv_recompute_inputs: float  # Q, K, V before GQA expansion: what selective recompute keeps
     core_attention: float  # attention scores (unfused) or softmax statistics (flash); TP splits
@@ -79,9 +82,11 @@ def layer_activation_terms(
     act_in = a * s * b * f * (2 if model.swiglu else 1)
     fc2_in = a * s * b * f
     glu_intermediates = 2 * a * s * b * f if model.swiglu and unfused_glu else 0
+    mlp = act_in + fc2_in + glu_intermediates
     return LayerActivationTerms(
         tp_replicated=replicated,
-        tp_sharded=a * sbh + act_in + fc2_in + glu_intermediates,
+        tp_sharded=a * sbh + mlp,
+        mlp_intermediates=mlp,
         qkv=qkv,
         qkv_recompute_inputs=qkv_unexpanded,
         core_attention=scores,
@@ -94,15 +99,23 @@ def layer_activation_bytes(
     tensor_parallel_size: int,
     sequence_parallel: bool,
     recompute_granularity: Optional[str],
+    recompute_modules: Sequence[str] = DEFAULT_RECOMPUTE_MODULES,
 ) -> float:
-    """Bytes one layer keeps per micro-batch on one TP rank."""
+    """Bytes one layer keeps per micro-batch on one TP rank. `recompute_modules` are the
+    selective recomputation's (--recompute-modules: core_attn, mlp)."""
     t = tensor_parallel_size
     seq_shards = t if sequence_parallel else 1
     if recompute_granularity == "full":
         return terms.layer_input / seq_shards
-    if recompute_granularity == "selective":
+    assert set(recompute_modules) <= set(RECOMPUTE_MODULES), recompute_modules
+    selective = recompute_granularity == "selective"
+    if selective and "core_attn" in recompute_modules:
         # The checkpointed core attention keeps only its inputs; scores are rebuilt in backward.
         attention = terms.qkv_recompute_inputs / t
     else:
         attention = (terms.qkv + terms.core_attention) / t
-    return terms.tp_replicated / seq_shards + terms.tp_sharded / t + attention
+    sharded = terms.tp_sharded
+    if selective and "mlp" in recompute_modules:
+        # The checkpointed MLP keeps its input, counted with the replicated tensors.
+        sharded -= terms.mlp_intermediates
+    return terms.tp_replicated / seq_shards + sharded / t + attention

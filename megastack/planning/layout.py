@@ -13,6 +13,8 @@ from typing import Optional
 
 from megastack.config import ModelConfig, ParallelConfig
 
+from .activations import DEFAULT_RECOMPUTE_MODULES, RECOMPUTE_MODULES
+
 RECOMPUTE_GRANULARITIES = (None, "selective", "full")
 TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine", "fused")
 
@@ -22,7 +24,9 @@ class PhaseLayout:
     """A training phase as launched: `world_size` ranks running `model` under `parallel`.
 
     `recompute_granularity` is Megatron's --recompute-granularity (None, "selective", "full";
-    "full" means the uniform method with one layer per checkpoint). `transformer_impl` is
+    "full" means the uniform method with one layer per checkpoint); `recompute_modules` the
+    selective recomputation's --recompute-modules. `bf16` or `fp16`: 16-bit weights and
+    activations (the same bytes either way). `transformer_impl` is
     the trainer's --transformer-impl: "transformer_engine" runs flash attention (no s x s scores
     are stored); "local" and "fused" (megastack's kernels) run megatron-core's unfused
     DotProductAttention; "auto" is estimated as unfused, an upper bound where it picks TE.
@@ -36,6 +40,16 @@ class PhaseLayout:
     bf16: bool = True
     recompute_granularity: Optional[str] = None
     transformer_impl: str = "local"
+    fp16: bool = False
+    recompute_modules: tuple[str, ...] = DEFAULT_RECOMPUTE_MODULES
+
+    @property
+    def half_precision(self) -> bool:
+        return self.bf16 or self.fp16
+
+    @property
+    def precision(self) -> str:
+        return "fp16" if self.fp16 else "bf16" if self.bf16 else "fp32"
 
     @property
     def tensor_parallel_size(self) -> int:
@@ -119,6 +133,10 @@ def validate_layout(layout: PhaseLayout) -> None:
             f"--recompute-granularity must be selective or full (or unset), got "
             f"{layout.recompute_granularity!r}"
         )
+    unknown = set(layout.recompute_modules) - set(RECOMPUTE_MODULES)
+    if unknown:
+        raise ValueError(f"--recompute-modules {' '.join(sorted(unknown))}: the planner models "
+                         f"{', '.join(RECOMPUTE_MODULES)}")
     if layout.transformer_impl not in TRANSFORMER_IMPLS:
         raise ValueError(
             f"--transformer-impl must be one of {', '.join(TRANSFORMER_IMPLS)}, got "

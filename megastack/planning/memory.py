@@ -43,8 +43,9 @@ class BytesPerParameter:
     optimizer: int  # Adam states before distributed-optimizer sharding
 
 
-def bytes_per_parameter(bf16: bool) -> BytesPerParameter:
-    if bf16:
+def bytes_per_parameter(half_precision: bool) -> BytesPerParameter:
+    """bf16 and fp16 keep the same bytes: 16-bit weights, fp32 main weights and grads."""
+    if half_precision:
         return BytesPerParameter(weights=2, gradients=4, optimizer=12)
     return BytesPerParameter(weights=4, gradients=4, optimizer=8)
 
@@ -111,13 +112,13 @@ def in_flight_chunk_microbatches(layout: PhaseLayout, stage: int) -> int:
 def _stage_activations(layout: PhaseLayout, stage: int, recompute: Optional[str]) -> tuple[float, float]:
     """(bytes at the peak, bytes of one micro-batch through all of the stage's layers)."""
     model, t, sp = layout.model, layout.tensor_parallel_size, layout.sequence_parallel
-    a = 2 if layout.bf16 else 4
+    a = 2 if layout.half_precision else 4
     terms = layer_activation_terms(
         model, layout.micro_batch_size, activation_bytes=a,
         core_attention="flash" if layout.transformer_impl == "transformer_engine" else "unfused",
         unfused_glu=layout.transformer_impl != "fused",
     )
-    per_layer = layer_activation_bytes(terms, t, sp, recompute)
+    per_layer = layer_activation_bytes(terms, t, sp, recompute, layout.recompute_modules)
     in_flight = in_flight_chunk_microbatches(layout, stage)
     peak = in_flight * layout.layers_per_chunk * per_layer
     if recompute == "full":
@@ -134,7 +135,7 @@ def _stage_activations(layout: PhaseLayout, stage: int, recompute: Optional[str]
 
 def estimate_memory(layout: PhaseLayout, reserve_bytes: float = DEFAULT_RESERVE_BYTES) -> PhaseMemory:
     """Per-stage memory of a validated layout (see `validate_layout`)."""
-    per_param = bytes_per_parameter(layout.bf16)
+    per_param = bytes_per_parameter(layout.half_precision)
     dp = layout.data_parallel_size
     stages = []
     for params in stage_parameter_counts(layout.model, layout.parallel):

@@ -45,7 +45,7 @@ class GrowthPlan:
     @property
     def grown_weights_bytes(self) -> int:
         """Size of the grown checkpoint's model weights (what the grow tool writes)."""
-        bytes_per_weight = 2 if self.large.layout.bf16 else 4
+        bytes_per_weight = 2 if self.large.layout.half_precision else 4
         return self.large.layout.model.num_parameters() * bytes_per_weight
 
     @property

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from .memory import GIB, PhaseMemory
 from .plan import GrowthPlan, PhasePlan
 from .stage_map import ChunkPlacement
 
 RECOMPUTE_LABELS = {None: "no recompute", "selective": "selective recompute", "full": "full recompute"}
+
+
+def recompute_label(granularity: Optional[str], modules: Sequence[str]) -> str:
+    label = RECOMPUTE_LABELS[granularity]
+    return f"{label} ({', '.join(modules)})" if granularity == "selective" else label
 
 
 def _layer_span(p: ChunkPlacement) -> str:
@@ -36,7 +41,7 @@ def _count(n: int) -> str:
 
 
 def _row(label: str, values: list[float], width: int) -> str:
-    return f"  {label:<48}" + "".join(f"{v:>{width}.2f}" for v in values)
+    return f"  {label:<52}" + "".join(f"{v:>{width}.2f}" for v in values)
 
 
 def format_memory(plan: PhasePlan) -> str:
@@ -45,10 +50,10 @@ def format_memory(plan: PhasePlan) -> str:
     stages = mem.stages
     width = 11
     dp = layout.data_parallel_size
-    lines = [f"  {'per-GPU memory, GiB':<48}" + "".join(f"{'stage ' + str(s.stage):>{width}}" for s in stages)]
-    lines.append(f"  {'parameters on the GPU (millions)':<48}"
+    lines = [f"  {'per-GPU memory, GiB':<52}" + "".join(f"{'stage ' + str(s.stage):>{width}}" for s in stages)]
+    lines.append(f"  {'parameters on the GPU (millions)':<52}"
                  + "".join(f"{s.parameters / 1e6:>{width}.1f}" for s in stages))
-    precision = "bf16" if layout.bf16 else "fp32"
+    precision = layout.precision
     lines.append(_row(f"weights ({precision})", [s.weights / GIB for s in stages], width))
     lines.append(_row("gradients (fp32 main grads)", [s.gradients / GIB for s in stages], width))
     mark = {True: " *", False: ""}
@@ -56,9 +61,10 @@ def format_memory(plan: PhasePlan) -> str:
                       [s.optimizer_replicated / GIB for s in stages], width))
     lines.append(_row(f"Adam states, distributed optimizer (/DP {dp})" + mark[mem.use_distributed_optimizer],
                       [s.optimizer_distributed / GIB for s in stages], width))
-    lines.append(f"  {'chunk micro-batches in flight':<48}"
+    lines.append(f"  {'chunk micro-batches in flight':<52}"
                  + "".join(f"{s.in_flight_microbatches:>{width}d}" for s in stages))
-    for rc, label in RECOMPUTE_LABELS.items():
+    for rc in RECOMPUTE_LABELS:
+        label = recompute_label(rc, layout.recompute_modules)
         lines.append(_row(f"activations, {label}" + mark[rc == mem.recompute_granularity],
                           [s.activations[rc] / GIB for s in stages], width))
     lines.append(_row("reserve (CUDA context, NCCL, fragmentation)", [mem.reserve / GIB] * len(stages), width))
@@ -69,7 +75,7 @@ def format_memory(plan: PhasePlan) -> str:
                  f"{verdict}")
     per_mb = worst.activations_per_microbatch[mem.recompute_granularity]
     lines.append(f"  one micro-batch through stage {worst.stage}'s layers keeps {per_mb / GIB:.2f} GiB of "
-                 f"activations ({RECOMPUTE_LABELS[mem.recompute_granularity]})")
+                 f"activations ({recompute_label(mem.recompute_granularity, layout.recompute_modules)})")
     return "\n".join(lines)
 
 
@@ -79,11 +85,11 @@ def format_layout(plan: PhasePlan) -> str:
     interleave = (f", {lay.virtual_pipeline_size} virtual chunks of {lay.layers_per_chunk} layers"
                   if lay.interleaved else "")
     flags = [
-        "bf16" if lay.bf16 else "fp32",
+        lay.precision,
         "distributed optimizer" if lay.parallel.use_distributed_optimizer else "replicated optimizer",
         "sequence parallel" if lay.sequence_parallel else "no sequence parallel",
         lay.transformer_impl,
-        RECOMPUTE_LABELS[lay.recompute_granularity],
+        recompute_label(lay.recompute_granularity, lay.recompute_modules),
     ]
     return "\n".join([
         f"  model: {m.num_layers} layers, hidden {m.hidden_size}, ffn {m.ffn_hidden_size}, heads "

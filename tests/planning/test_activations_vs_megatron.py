@@ -78,3 +78,30 @@ def test_attention_saves_what_the_planner_counts(bf16_layer):
     # Not planned: the causal mask megatron-core builds (s*s bytes) and the RoPE cos/sin tables
     # (a few s x head_dim tensors), each well under 5% of the block.
     assert planned <= measured <= 1.05 * planned
+
+
+def test_mlp_recompute_drops_what_the_planner_drops(bf16_layer, megatron_world):
+    """--recompute-modules mlp: the layer (norms included, the same in both runs) saves
+    exactly the planner's MLP intermediates less."""
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    from megastack.planning import layer_activation_bytes
+
+    model, gpt = bf16_layer
+    config = to_transformer_config(model, ParallelConfig(), bf16=True,
+                                   use_cpu_initialization=True,
+                                   recompute_granularity="selective", recompute_modules=["mlp"])
+    recomputing = GPTModel(config, get_gpt_layer_local_spec(normalization=model.normalization),
+                           vocab_size=model.vocab_size,
+                           max_sequence_length=model.max_position_embeddings,
+                           share_embeddings_and_output_weights=False,
+                           position_embedding_type=model.position_embedding_type).bfloat16()
+    rope = gpt.rotary_pos_emb(model.seq_length)
+    hidden = _hidden(model)
+    full, recomputed = (saved_bytes(g.decoder.layers[0], hidden, attention_mask=None,
+                                    rotary_pos_emb=rope) for g in (gpt, recomputing))
+    terms = layer_activation_terms(model, B, activation_bytes=2)
+    planned_drop = (layer_activation_bytes(terms, 1, False, None)
+                    - layer_activation_bytes(terms, 1, False, "selective", ("mlp",)))
+    assert full - recomputed == planned_drop == terms.mlp_intermediates > 0

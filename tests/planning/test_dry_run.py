@@ -67,6 +67,29 @@ def test_plan_tool_single_phase(capsys):
     assert "--global-batch-size 12" in capsys.readouterr().err
 
 
+def test_plan_tool_fp16_and_recompute_modules(capsys):
+    from tests.scripts import load_script
+
+    plan = load_script("tools/plan.py")
+
+    def activations(*flags) -> dict[str, float]:
+        assert plan.main(["--model", "24L2048H", "--micro-batch-size", "2", "--nproc-per-node",
+                          "1", "--recompute-granularity", "selective", *flags]) == 0
+        out = capsys.readouterr().out
+        rows = [line.split() for line in out.splitlines() if "activations, " in line]
+        return {" ".join(row[1:-1]).rstrip(" *"): float(row[-1]) for row in rows}, out
+
+    bf16, _ = activations("--bf16")
+    fp16, out = activations("--fp16")
+    assert fp16 == bf16 and "weights (fp16)" in out  # the same bytes
+    both, out = activations("--bf16", "--recompute-modules", "core_attn", "mlp")
+    assert "selective recompute (core_attn, mlp)" in out
+    assert both["selective recompute (core_attn, mlp)"] < bf16["selective recompute (core_attn)"]
+    assert both["no recompute"] == bf16["no recompute"]
+    with pytest.raises(SystemExit):  # argparse: one precision
+        plan.main(["--model", "tiny-8l", "--bf16", "--fp16"])
+
+
 def test_planner_runs_without_torch(repo_root):
     """Planning needs only the configuration: a login node without torch can run it (the
     layer-implementation check once pulled torch in through megastack.model)."""
