@@ -12,6 +12,7 @@ from megastack.growth.width import WidthGrowth
 from .conftest import SMALL, logits
 
 MHA = SMALL.replace(num_query_groups=4)
+QKV_BIAS = SMALL.replace(add_qkv_bias=True)  # Qwen2's attention
 
 
 @pytest.fixture
@@ -23,6 +24,8 @@ def source(build):
         for key in state:
             if "norm" in key:  # norms start at 1; make sure growth moves them correctly
                 state[key] = 1 + 0.2 * torch.randn(state[key].shape, generator=gen)
+            elif key.endswith("bias"):  # and biases at 0
+                state[key] = 0.2 * torch.randn(state[key].shape, generator=gen)
         return state, logits(build(cfg, seed=5, state=state), cfg)
     return _source
 
@@ -31,7 +34,7 @@ def grown_logits(build, cfg, state):
     return logits(build(cfg, seed=7, state=state), cfg)
 
 
-@pytest.mark.parametrize("src_cfg", [SMALL, MHA], ids=["gqa", "mha"])
+@pytest.mark.parametrize("src_cfg", [SMALL, MHA, QKV_BIAS], ids=["gqa", "mha", "qkv-bias"])
 def test_zero_depth_growth_preserves_logits(build, source, src_cfg):
     state, expected = source(src_cfg)
     target = src_cfg.replace(num_layers=5)
@@ -53,7 +56,8 @@ def test_stack_depth_growth_changes_logits(build, source):
     (SMALL, dict(hidden_size=64, num_attention_heads=8, num_query_groups=4, ffn_hidden_size=80)),
     (SMALL, dict(hidden_size=96, num_attention_heads=12, num_query_groups=2, ffn_hidden_size=100)),
     (SMALL, dict(ffn_hidden_size=77)),
-], ids=["mha-2x", "gqa-2x-more-groups", "gqa-3x-bigger-groups", "ffn-only"])
+    (QKV_BIAS, dict(hidden_size=64, num_attention_heads=8, num_query_groups=4, ffn_hidden_size=80)),
+], ids=["mha-2x", "gqa-2x-more-groups", "gqa-3x-bigger-groups", "ffn-only", "qkv-bias-2x"])
 def test_direct_width_growth_preserves_logits(build, source, src_cfg, changes):
     state, expected = source(src_cfg)
     target = src_cfg.replace(**changes)
