@@ -65,6 +65,9 @@ def build_tokenizer_from_args(args):
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     configure_logging(args.logging_level)
+    from megastack.runtime import cpu_compat
+
+    cpu_compat.import_megatron_core()  # first, so that no earlier import pays for its JIT
     try:
         tokenizer = build_tokenizer_from_args(args)
         vocab_size = tokenizer.vocab_size if tokenizer is not None else args.vocab_size

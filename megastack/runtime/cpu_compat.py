@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from typing import Any
 
 import torch
@@ -114,12 +115,41 @@ def is_enabled() -> bool:
     return _state["mode"] is not None
 
 
+def import_megatron_core() -> None:
+    """Import megatron.core, on CPU with its JIT fuser off.
+
+    When imported, megatron.core.jit sets ``jit_fuser = torch.compile`` and a dozen modules
+    decorate their fused elementwise helpers with it, which imports TorchDynamo and Inductor:
+    1.4 of the 4 seconds each rank spends importing megatron-core on these CPU machines
+    (measured; every test launch pays it per rank). megastack turns those fusions off
+    (`to_transformer_config`); of the decorated helpers only --cross-entropy-loss-fusion's
+    run, and on CPU they then run eagerly, the same arithmetic. With a GPU nothing changes.
+    """
+    if torch.cuda.is_available() or "megatron.core" in sys.modules:
+        return
+    real_compile = torch.compile
+    # megatron.core.jit reads torch.compile once, when it is imported (inside megatron.core's
+    # __init__): every later `from megatron.core.jit import jit_fuser` gets the stand-in.
+    torch.compile = _no_compile
+    try:
+        from megatron.core import jit
+
+        jit.disable_jit_fuser()
+    finally:
+        torch.compile = real_compile
+
+
+def _no_compile(model=None, **kwargs):
+    return model if model is not None else (lambda fn: fn)
+
+
 def enable() -> bool:
     """Bridge megatron-core to the CPU. A no-op (returns False) when CUDA is available."""
     if torch.cuda.is_available():
         return False
     if is_enabled():
         return True
+    import_megatron_core()
     for owner, name, replacement in _patches():
         # From the class __dict__ where it is one, so a staticmethod is put back as it was.
         _state["saved"][(owner, name)] = vars(owner).get(name, getattr(owner, name))

@@ -157,3 +157,28 @@ def test_disable_restores_torch(bridge):
             torch.zeros(1, device="cuda")
     finally:
         cpu_compat.enable()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU megatron-core's JIT stays on")
+def test_megatron_core_imports_without_its_torch_compile_jit():
+    """A fresh process (as every rank is): megatron-core's fused helpers are plain functions,
+    TorchDynamo is not imported by the import, and torch.compile is torch's again."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from megastack.runtime import cpu_compat\n"
+        "real = torch.compile\n"
+        "cpu_compat.import_megatron_core()\n"
+        "from megatron.core import jit\n"
+        "from megatron.core.fusions import fused_bias_swiglu, fused_cross_entropy\n"
+        "assert jit.jit_fuser is jit.noop_decorator, jit.jit_fuser\n"
+        "for helper in (fused_cross_entropy.calculate_logits_max, fused_bias_swiglu.swiglu):\n"
+        "    assert not hasattr(helper, '_torchdynamo_orig_callable'), helper\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+        "assert torch.compile is real\n"
+    )
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
