@@ -10,9 +10,11 @@ which is what lets runs at different layouts be compared step for step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import zlib
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -75,12 +77,14 @@ def build_model_chunks(
     calculate_per_token_loss: bool = False,
     overlap_p2p_comm: bool = True,
     transformer_options: Optional[dict[str, Any]] = None,
+    meta: bool = False,
 ) -> list[torch.nn.Module]:
     """Build this rank's GPTModel chunks (one per virtual pipeline stage), initialised.
 
     `transformer_options`: further TransformerConfig fields that change how, not what, the
-    model computes (e.g. cross_entropy_loss_fusion). Needs `megastack.runtime.initialize` to
-    have set up megatron-core's parallel state.
+    model computes (e.g. cross_entropy_loss_fusion). `meta`: parameters on the meta device,
+    neither allocated nor initialised (what the model's checkpoint holds, without its memory).
+    Needs `megastack.runtime.initialize` to have set up megatron-core's parallel state.
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
@@ -94,7 +98,8 @@ def build_model_chunks(
         parallel,
         bf16=bf16,
         fp16=fp16,
-        use_cpu_initialization=not torch.cuda.is_available(),
+        # On the meta device only when megatron-core creates parameters without a device.
+        use_cpu_initialization=meta or not torch.cuda.is_available(),
         recompute_granularity=recompute_granularity,
         recompute_method=recompute_method,
         recompute_num_layers=recompute_num_layers,
@@ -109,27 +114,32 @@ def build_model_chunks(
     chunks = []
     for vp_stage in range(vp_size or 1):
         stage = vp_stage if vp_size else None
-        model = GPTModel(
-            config=config,
-            transformer_layer_spec=spec,
-            vocab_size=model_cfg.vocab_size,
-            max_sequence_length=model_cfg.max_position_embeddings,
-            pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
-            post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
-            share_embeddings_and_output_weights=not model_cfg.untie_embeddings_and_output_weights,
-            position_embedding_type=model_cfg.position_embedding_type,
-            rotary_base=model_cfg.rotary_base,
-            rope_scaling=model_cfg.rope_scaling,
-            rope_scaling_factor=model_cfg.rope_scaling_factor,
-            vp_stage=stage,
-        )
-        if torch.cuda.is_available():
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            model = GPTModel(
+                config=config,
+                transformer_layer_spec=spec,
+                vocab_size=model_cfg.vocab_size,
+                max_sequence_length=model_cfg.max_position_embeddings,
+                pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False,
+                                                                   vp_stage=stage),
+                post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False,
+                                                                   vp_stage=stage),
+                share_embeddings_and_output_weights=not model_cfg.untie_embeddings_and_output_weights,
+                position_embedding_type=model_cfg.position_embedding_type,
+                rotary_base=model_cfg.rotary_base,
+                rope_scaling=model_cfg.rope_scaling,
+                rope_scaling_factor=model_cfg.rope_scaling_factor,
+                vp_stage=stage,
+            )
+        if torch.cuda.is_available() and not meta:
             model.cuda(torch.cuda.current_device())
         if bf16:
             model.bfloat16()
         elif fp16:
             model.half()
         chunks.append(model)
+    if meta:
+        return chunks
     for model in chunks:
         init_weights_layout_invariant(model, model_cfg, seed)
     logger.info("built %d model chunk(s) with the %s layer spec", len(chunks), impl)
@@ -149,6 +159,35 @@ def _sharded_tensors(model: torch.nn.Module):
                     yield sub
         elif isinstance(value, ShardedTensor):
             yield value
+
+
+@dataclass(frozen=True)
+class CheckpointTensor:
+    """One key of a model's torch_dist checkpoint: its global shape and dtype; layer-stacked
+    keys (``decoder.layers.*``) hold every layer on axis 0."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    layer_stacked: bool
+
+
+def checkpoint_contents(chunks: list[torch.nn.Module]
+                        ) -> tuple[dict[str, CheckpointTensor], dict[str, Any]]:
+    """What megatron-core's dist checkpointing saves of these chunks (e.g. built with
+    `meta=True`): the tensors by key, and the ShardedObjects' values by unique key."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    tensors: dict[str, CheckpointTensor] = {}
+    objects: dict[str, Any] = {}
+    for chunk in chunks:
+        for sh in _sharded_tensors(chunk):
+            tensors[sh.key] = CheckpointTensor(tuple(sh.global_shape), sh.dtype,
+                                               sh.prepend_axis_num == 1)
+        for value in nested_values(chunk.sharded_state_dict()):
+            if isinstance(value, ShardedObject):
+                objects[value.unique_key] = value.data
+    return tensors, objects
 
 
 def init_kind(key: str) -> str:

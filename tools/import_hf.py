@@ -5,8 +5,8 @@
 
 Writes SAVE/iter_0000000 (weights only, any TP/PP layout loads it): grow it with
 tools/grow_checkpoint.py, or train from it with --load SAVE --finetune. Reads config.json and
-the safetensors weights (local files only); builds the model in one process, so it needs memory
-for the weights in --dtype.
+the safetensors weights (local files only), one layer at a time: memory for a layer's weights
+and the embedding, not the model.
 """
 
 from __future__ import annotations

@@ -71,6 +71,7 @@ TORCH_DIST_CONFIG = {"sharded_backend": "torch_dist", "sharded_backend_version":
                      "common_backend": "torch", "common_backend_version": 1}
 
 TensorProducer = Callable[[], torch.Tensor]
+LayerProducer = Callable[[int], torch.Tensor]
 BytesProducer = Callable[[], bytes]
 
 
@@ -79,11 +80,12 @@ class _TensorEntry:
     key: str
     shape: tuple[int, ...]
     dtype: torch.dtype
-    produce: TensorProducer
+    produce: Optional[TensorProducer]
     chunk_offsets: list[tuple[int, ...]]
     chunk_sizes: list[tuple[int, ...]]
     rows: Optional[tuple[int, ...]] = None  # layer chunk i is row rows[i] of the produced tensor
     records: Optional[tuple[StoredRecord, ...]] = None  # layer chunk i is copied from records[i]
+    produce_layer: Optional[LayerProducer] = None  # layer chunk i is produce_layer(i)
 
 
 @dataclass
@@ -137,6 +139,10 @@ class _StreamingSavePlanner(DefaultSavePlanner):
         if write_item.type == WriteItemType.BYTE_IO:
             return io.BytesIO(self._objects[key].produce())
         entry = self._tensors[key]
+        if entry.produce_layer is not None:
+            layer = write_item.tensor_data.chunk.offsets[0]
+            self.produced += 1
+            return self._owning(_checked_layer(entry, entry.produce_layer(layer)).unsqueeze(0))
         if self._current_key != key:
             self._current, self._current_key, self._served = None, None, 0  # free before producing
             self._current = _checked(entry, entry.produce())
@@ -191,6 +197,13 @@ def _checked(entry: _TensorEntry, tensor: torch.Tensor) -> torch.Tensor:
         declared = entry.shape if entry.rows is None else f"rows {max(entry.rows)} of {entry.shape}"
         raise ValueError(f"{entry.key}: produced {shape} {tensor.dtype}, declared {declared} "
                          f"{entry.dtype}")
+    return tensor.detach().cpu()
+
+
+def _checked_layer(entry: _TensorEntry, tensor: torch.Tensor) -> torch.Tensor:
+    if tuple(tensor.shape) != entry.shape[1:] or tensor.dtype != entry.dtype:
+        raise ValueError(f"{entry.key}: produced a layer of {tuple(tensor.shape)} {tensor.dtype}, "
+                         f"declared {entry.shape[1:]} {entry.dtype}")
     return tensor.detach().cpu()
 
 
@@ -321,11 +334,12 @@ class DistCheckpointWriter:
         key: str,
         shape: tuple[int, ...],
         dtype: torch.dtype,
-        produce: TensorProducer,
+        produce: Optional[TensorProducer],
         *,
         layer_stacked: bool = False,
         rows: Optional[Sequence[int]] = None,
         records: Optional[Sequence[StoredRecord]] = None,
+        produce_layer: Optional[LayerProducer] = None,
     ) -> None:
         """Register `key` with its global shape; `produce()` returns the full global tensor.
 
@@ -333,9 +347,12 @@ class DistCheckpointWriter:
         With `rows`, `produce()` instead returns a tensor whose row ``rows[i]`` is layer i (a
         gather on write: G_stack writes source rows without materialising the stacked tensor).
         With `records`, layer i is a verbatim copy of ``records[i]``, a stored record of the same
-        whole-layer shape and dtype, and `produce` is not called.
+        whole-layer shape and dtype, and `produce` is not called. With `produce_layer` (and
+        `produce` None), layer i is ``produce_layer(i)``: one layer in memory at a time.
         """
         self._claim(key)
+        assert (produce is None) == (produce_layer is not None), key
+        assert produce_layer is None or (layer_stacked and rows is None and records is None), key
         shape = tuple(int(s) for s in shape)
         if rows is not None:
             rows = tuple(int(r) for r in rows)
@@ -352,7 +369,8 @@ class DistCheckpointWriter:
             sizes = [(1,) + shape[1:]] * shape[0]
         else:
             offsets, sizes = [(0,) * len(shape)], [shape]
-        self._tensors.append(_TensorEntry(key, shape, dtype, produce, offsets, sizes, rows, records))
+        self._tensors.append(_TensorEntry(key, shape, dtype, produce, offsets, sizes, rows, records,
+                                          produce_layer))
 
     def add_object(self, key: str, produce: BytesProducer) -> None:
         """Register a ShardedObject by unique key; `produce()` returns its serialized bytes."""
@@ -383,7 +401,8 @@ class DistCheckpointWriter:
             produced=planner.produced,
             copied_records=planner.copied_records,
         )
-        expected_calls = sum(t.records is None for t in self._tensors)
+        expected_calls = sum(len(t.chunk_offsets) if t.produce_layer else t.records is None
+                             for t in self._tensors)
         if stats.produced != expected_calls:
             logger.warning("%s: %d tensor producer calls for %d produced tensors (items were "
                            "reordered)", self.path, stats.produced, expected_calls)

@@ -7,8 +7,9 @@
   layer's weights (and the embedding's) plus one shard.
 - ``import_hf``: a Llama, Mistral (no sliding window) or Qwen2 directory -> a megastack
   checkpoint (iteration 0, weights only) that training loads with ``--finetune`` and
-  tools/grow_checkpoint.py grows, e.g. to stack the layers of an existing small model. Builds the model in one process (memory for its weights in
-  ``dtype``) and saves it with megatron-core's dist checkpointing.
+  tools/grow_checkpoint.py grows, e.g. to stack the layers of an existing small model. Takes
+  the checkpoint's keys from the model built on the meta device and writes it with megastack's
+  streaming torch_dist writer, reading one layer's HF tensors at a time.
 
 Both write into a temporary directory beside the output and rename it into place at the end.
 """
@@ -16,6 +17,8 @@ Both write into a temporary directory beside the output and rename it into place
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
 import json
 import logging
 import os
@@ -226,11 +229,17 @@ def import_hf(hf_dir: str, save: str, *, dtype: str = "fp32",
               make_vocab_size_divisible_by: int = 128) -> ConversionReport:
     """Write the megastack checkpoint `save` (a save root holding iter_0000000) from the Llama
     directory `hf_dir`. The vocabulary is padded with zero rows to a multiple of
-    `make_vocab_size_divisible_by`, as megastack pads a tokenizer's."""
+    `make_vocab_size_divisible_by`, as megastack pads a tokenizer's.
+
+    Streams: the checkpoint's keys come from the model built on the meta device, and each
+    layer's tensor is read from the safetensors files when the writer asks for it, so memory
+    stays near one layer's weights (and the embedding's)."""
     from megastack import runtime
-    from megastack.checkpoint.training_checkpoint import save_checkpoint
-    from megastack.growth.state import load_global_state
-    from megastack.model import build_model_chunks
+    from megastack.checkpoint.dist_writer import DistCheckpointWriter
+    from megastack.checkpoint.training_checkpoint import (
+        CHECKPOINT_VERSION, checkpoint_dir, write_latest,
+    )
+    from megastack.model import build_model_chunks, checkpoint_contents
 
     if dtype not in ("fp32", "bf16"):
         raise ValueError(f"--dtype {dtype}: the imported weights are fp32 or bf16")
@@ -243,50 +252,81 @@ def import_hf(hf_dir: str, save: str, *, dtype: str = "fp32",
     except json.JSONDecodeError as err:
         raise ValueError(f"{config_path}: line {err.lineno}: {err.msg}") from None
     try:
-        model = hf_llama.model_config_from_hf(config, config_path)
+        hf_model = hf_llama.model_config_from_hf(config, config_path)
     except KeyError as err:
         raise ValueError(f"{config_path}: no {err.args[0]!r} entry") from None
     _check_new_output(save, "--save")
     tensors = _HFTensors(hf_dir)
-    try:
-        state = hf_llama.megatron_state(tensors.get, model)
-    except KeyError as err:
-        raise ValueError(f"{hf_dir}: the weights lack {err.args[0]} (config.json says "
-                         f"{model.num_layers} layers, tie_word_embeddings "
-                         f"{not model.untie_embeddings_and_output_weights})") from None
-    unused = tensors.unused()
-    if unused:
-        raise ValueError(f"{hf_dir}: {len(unused)} tensor(s) have no place in megastack's GPT "
-                         f"(e.g. {', '.join(unused[:3])}): not a plain Llama model")
-    padded = -(-model.vocab_size // make_vocab_size_divisible_by) * make_vocab_size_divisible_by
-    if padded != model.vocab_size:
-        for key in ("embedding.word_embeddings.weight", "output_layer.weight"):
-            if key in state:
-                rows = state[key]
-                state[key] = torch.cat([rows, rows.new_zeros(padded - len(rows), rows.shape[1])])
-        model = model.replace(vocab_size=padded)
+    divisible = make_vocab_size_divisible_by
+    model = hf_model.replace(vocab_size=-(-hf_model.vocab_size // divisible) * divisible)
     parallel = ParallelConfig()
     # A one-process job of its own, unless the caller already runs one (it is left as it was).
     own_job = not torch.distributed.is_initialized()
     runtime.initialize(parallel, model.num_layers, seed=0)
-    tmp = output_dir.new_temp_root(save)
     try:
-        chunks = build_model_chunks(model, parallel, bf16=dtype == "bf16",
-                                    transformer_impl="local")
-        load_global_state(chunks, state)
-        del state
-        save_checkpoint(tmp, 0, chunks, save_rng=False, common={
-            "consumed_train_samples": 0,
-            "num_floating_point_operations_so_far": 0.0,
-            "megastack": {"model": model.to_dict(), "parallel": dataclasses.asdict(parallel),
-                          "imported_from": os.path.abspath(hf_dir)},
-        })
-        output_dir.publish(tmp, save)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        layout, objects = checkpoint_contents(build_model_chunks(
+            model, parallel, bf16=dtype == "bf16", transformer_impl="local", meta=True))
+        _claim_hf_tensors(tensors, layout, hf_model, hf_dir)
+
+        def produce(key: str, layer: Optional[int]) -> torch.Tensor:
+            tensor = hf_llama.megatron_tensor(key, tensors.get, hf_model, layer)
+            if key in ("embedding.word_embeddings.weight", "output_layer.weight"):
+                tensor = torch.cat([tensor, tensor.new_zeros(model.vocab_size - len(tensor),
+                                                             tensor.shape[1])])
+            return tensor.to(layout[key].dtype)
+
+        tmp = output_dir.new_temp_root(save)
+        try:
+            writer = DistCheckpointWriter(checkpoint_dir(tmp, 0))
+            for key, entry in layout.items():
+                if entry.layer_stacked:
+                    writer.add_tensor(key, entry.shape, entry.dtype, None, layer_stacked=True,
+                                      produce_layer=functools.partial(produce, key))
+                else:
+                    writer.add_tensor(key, entry.shape, entry.dtype,
+                                      functools.partial(produce, key, None))
+            for unique_key, value in objects.items():
+                writer.add_object(unique_key, functools.partial(_object_bytes, value))
+            writer.write({
+                "iteration": 0, "checkpoint_version": CHECKPOINT_VERSION,
+                "consumed_train_samples": 0, "num_floating_point_operations_so_far": 0.0,
+                "megastack": {"model": model.to_dict(), "parallel": dataclasses.asdict(parallel),
+                              "imported_from": os.path.abspath(hf_dir)},
+            })
+            write_latest(tmp, 0)
+            output_dir.publish(tmp, save)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     finally:
         if own_job:
             runtime.shutdown()
     logger.info("imported %s into %s", hf_dir, save)
     return ConversionReport(hf_dir, save, model, len(tensors.used), ("iter_0000000",))
+
+
+def _claim_hf_tensors(tensors: _HFTensors, layout: dict, model: ModelConfig,
+                      hf_dir: str) -> None:
+    """Check, before anything is written, that the HF files hold every tensor the checkpoint
+    needs and nothing megastack's model would drop."""
+    for key, entry in layout.items():
+        for layer in range(entry.shape[0]) if entry.layer_stacked else [None]:
+            for name in hf_llama.hf_sources(key, model, layer):
+                if name not in tensors.where:
+                    raise ValueError(
+                        f"{hf_dir}: the weights lack {name} (config.json says "
+                        f"{model.num_layers} layers, tie_word_embeddings "
+                        f"{not model.untie_embeddings_and_output_weights})")
+                tensors.used.add(name)
+    unused = tensors.unused()
+    if unused:
+        raise ValueError(f"{hf_dir}: {len(unused)} tensor(s) have no place in megastack's GPT "
+                         f"(e.g. {', '.join(unused[:3])}): not a plain Llama model")
+
+
+def _object_bytes(value) -> bytes:
+    """A ShardedObject as megatron-core's torch_dist strategy stores it: torch.save of the
+    list of its values (one, in a one-process save)."""
+    buffer = io.BytesIO()
+    torch.save([value], buffer)
+    return buffer.getvalue()

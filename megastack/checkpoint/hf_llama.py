@@ -13,7 +13,7 @@ QKV projection only: megatron-core's add_qkv_bias); three layouts differ:
 RoPE needs no permutation: megatron-core's default (non-interleaved) rotary embedding rotates
 the two halves of each head as HF's Llama does. megatron-core's side is "global state": full
 tensors under its checkpoint keys (as megastack.growth.state and the dist checkpoint reader give
-them), one layer's slice at a time for the export.
+them), one layer's slice at a time for the export and the import.
 """
 
 from __future__ import annotations
@@ -219,29 +219,33 @@ def hf_tensors(key: str, tensor: torch.Tensor, model: ModelConfig,
         raise ValueError(f"{key}: no Hugging Face Llama tensor corresponds to it")
 
 
-def megatron_state(get: Callable[[str], torch.Tensor],
-                   model: ModelConfig) -> dict[str, torch.Tensor]:
-    """megatron-core's global state from HF tensors; `get(name)` returns one HF tensor (and
-    raises KeyError for a missing one)."""
-    state: dict[str, torch.Tensor] = {}
-    for key, name in _GLOBAL_KEYS.items():
-        if key == "output_layer.weight" and not model.untie_embeddings_and_output_weights:
-            continue
-        state[key] = get(name)
-    layers = range(model.num_layers)
-    for suffix in ["weight"] + (["bias"] if model.qkv_bias else []):
-        qkv_key = _QKV if suffix == "weight" else _QKV_BIAS
-        state[qkv_key] = torch.stack([merge_qkv(
-            *(get(f"model.layers.{i}.self_attn.{p}.{suffix}") for p in ("q_proj", "k_proj",
-                                                                          "v_proj")),
-            model) for i in layers])
-    for suffix in ["weight"] + (["bias"] if model.add_bias_linear else []):
-        fc1_key = _FC1 if suffix == "weight" else _FC1_BIAS
-        state[fc1_key] = torch.stack([torch.cat([get(f"model.layers.{i}.mlp.gate_proj.{suffix}"),
-                                                 get(f"model.layers.{i}.mlp.up_proj.{suffix}")])
-                                      for i in layers])
-    for key, name in _DIRECT_LAYER_KEYS.items():
-        if key.endswith(".bias") and not model.add_bias_linear:
-            continue
-        state[key] = torch.stack([get(f"model.layers.{i}.{name}") for i in layers])
-    return state
+def hf_sources(key: str, model: ModelConfig, layer: Optional[int] = None) -> list[str]:
+    """The HF tensor names megatron-core's `key` is made of (for a layer-stacked key, of the
+    slice of `layer`). Unknown keys are an error: megastack's model would miss that tensor."""
+    if not is_layer_key(key):
+        if key not in _GLOBAL_KEYS:
+            raise ValueError(f"{key}: no Hugging Face Llama tensor corresponds to it")
+        return [_GLOBAL_KEYS[key]]
+    assert layer is not None, f"{key} is layer-stacked: give the layer of its slice"
+    prefix = f"model.layers.{layer}."
+    if key in (_QKV, _QKV_BIAS):
+        suffix = "weight" if key == _QKV else "bias"
+        return [f"{prefix}self_attn.{p}.{suffix}" for p in ("q_proj", "k_proj", "v_proj")]
+    if key in (_FC1, _FC1_BIAS):
+        suffix = "weight" if key == _FC1 else "bias"
+        return [f"{prefix}mlp.gate_proj.{suffix}", f"{prefix}mlp.up_proj.{suffix}"]
+    if key in _DIRECT_LAYER_KEYS:
+        return [prefix + _DIRECT_LAYER_KEYS[key]]
+    raise ValueError(f"{key}: no Hugging Face Llama tensor corresponds to it")
+
+
+def megatron_tensor(key: str, get: Callable[[str], torch.Tensor], model: ModelConfig,
+                    layer: Optional[int] = None) -> torch.Tensor:
+    """megatron-core's `key` (one layer's slice for a layer-stacked key) from HF tensors;
+    `get(name)` returns one HF tensor."""
+    parts = [get(name) for name in hf_sources(key, model, layer)]
+    if key in (_QKV, _QKV_BIAS):
+        return merge_qkv(*parts, model)
+    if key in (_FC1, _FC1_BIAS):
+        return torch.cat(parts)
+    return parts[0]

@@ -179,6 +179,29 @@ def test_rows_gather_source_layers_on_write(tmp_path):
             "k", (2, 3), torch.float32, lambda: source, layer_stacked=True, rows=[0])
 
 
+def test_layer_producers_are_called_once_per_layer(tmp_path):
+    """produce_layer: one layer in memory at a time (the HF import's streaming)."""
+    path = str(tmp_path / "ckpt")
+    stacked = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(2))
+    calls = []
+
+    def layer(i):
+        calls.append(i)
+        return stacked[i].clone()
+
+    writer = DistCheckpointWriter(path, fsync=False)
+    writer.add_tensor("decoder.layers.w", tuple(stacked.shape), torch.float32, None,
+                      layer_stacked=True, produce_layer=layer)
+    assert writer.write({}).produced == 4
+    assert calls == [0, 1, 2, 3]
+    assert torch.equal(DistCheckpointReader(path).load_tensor("decoder.layers.w"), stacked)
+    bad = DistCheckpointWriter(str(tmp_path / "bad"), fsync=False)
+    bad.add_tensor("decoder.layers.w", (2, 3, 2), torch.float32, None, layer_stacked=True,
+                   produce_layer=lambda i: torch.zeros(3, 3))
+    with pytest.raises(ValueError, match=r"decoder.layers.w: produced a layer of \(3, 3\)"):
+        bad.write({})
+
+
 def test_layer_records_are_copied_verbatim_and_load_as_the_stacked_tensor(tmp_path):
     src = str(tmp_path / "src")
     tensors = _tensors()
