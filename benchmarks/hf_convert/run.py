@@ -11,8 +11,8 @@ tools/import_hf.py on a synthetic 1B-class checkpoint.
 3. writes results.json and results.md next to this script (or --out).
 
 The claim checked: the export holds one layer's weights, the embedding and one shard, so its
-peak RSS follows the shard size, not the model; the import builds the model in one process, so
-its peak is about twice the fp32 weights (the model and the HF tensors it copies from).
+peak RSS follows the shard size, not the model; the import holds one layer and the embedding,
+so its peak does not follow the model either.
 """
 
 from __future__ import annotations

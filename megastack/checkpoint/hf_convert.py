@@ -184,7 +184,10 @@ def _tokenizer_files(directory: str) -> list[str]:
 
 # ---- import ------------------------------------------------------------------------------------
 class _HFTensors:
-    """The tensors of a HF directory's safetensors file(s), read one at a time."""
+    """The tensors of a HF directory's safetensors file(s), read one at a time.
+
+    Each read opens its file anew: a kept-open file stays memory-mapped, and every page a read
+    touched would count in the process's memory until the end (the whole model, by then)."""
 
     def __init__(self, directory: str) -> None:
         from safetensors import safe_open
@@ -204,21 +207,23 @@ class _HFTensors:
                              f"imports safetensors weights; save the model with "
                              f"save_pretrained(..., safe_serialization=True))")
         self.where: dict[str, str] = {}
-        self.handles = {}
         for name in files:
             path = os.path.join(directory, name)
             if not os.path.isfile(path):
                 raise ValueError(f"{index}: names {name}, which is not in {directory}")
-            self.handles[path] = safe_open(path, framework="pt")
-            for tensor in self.handles[path].keys():
-                self.where[tensor] = path
+            with safe_open(path, framework="pt") as handle:
+                for tensor in handle.keys():
+                    self.where[tensor] = path
         self.used: set[str] = set()
 
     def get(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
         if name not in self.where:
             raise KeyError(name)
         self.used.add(name)
-        return self.handles[self.where[name]].get_tensor(name)
+        with safe_open(self.where[name], framework="pt") as handle:
+            return handle.get_tensor(name)
 
     def unused(self) -> list[str]:
         return sorted(n for n in self.where if n not in self.used
