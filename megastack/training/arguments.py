@@ -160,6 +160,7 @@ class LoggingConfig:
     log_memory_to_tensorboard: bool = False
     log_world_size_to_tensorboard: bool = False
     log_loss_scale_to_tensorboard: bool = True
+    log_learning_rate_to_tensorboard: bool = True
     log_progress: bool = False
     profile: bool = False
     use_pytorch_profiler: bool = False
@@ -641,6 +642,9 @@ def add_logging_args(p: argparse.ArgumentParser) -> None:
     _add_switch(g, "log-loss-scale-to-tensorboard",
                 "write the loss scale (1 without --fp16) with the per-iteration scalars "
                 "(default, as in Megatron-LM)", "do not write the loss scale")
+    _add_switch(g, "log-learning-rate-to-tensorboard",
+                "write the learning rate with the per-iteration scalars (default)",
+                "do not write the learning rate")
 
 
 def add_growth_args(p: argparse.ArgumentParser) -> None:
@@ -678,6 +682,8 @@ ALWAYS_SO_FLAGS = {
     "accumulate_allreduce_grads_in_fp32": (
         "--accumulate-allreduce-grads-in-fp32",
         "gradients are accumulated and reduced in fp32 unless --grad-reduce-in-bf16"),
+    "log_batch_size_to_tensorboard": (
+        "--log-batch-size-to-tensorboard", "the global batch size is always written"),
     "log_validation_ppl_to_tensorboard": (
         "--log-validation-ppl-to-tensorboard", "the validation perplexity is always written"),
     "no_create_attention_mask_in_dataloader": (
@@ -1553,6 +1559,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         log_memory_to_tensorboard=args.log_memory_to_tensorboard,
         log_world_size_to_tensorboard=args.log_world_size_to_tensorboard,
         log_loss_scale_to_tensorboard=args.log_loss_scale_to_tensorboard,
+        log_learning_rate_to_tensorboard=args.log_learning_rate_to_tensorboard,
         log_progress=args.log_progress,
         profile=args.profile, use_pytorch_profiler=args.use_pytorch_profiler,
         profile_step_start=args.profile_step_start, profile_step_end=args.profile_step_end,

@@ -1006,8 +1006,9 @@ class Trainer:
         """Megatron-LM's per-iteration scalars (every --tensorboard-log-interval); the
         --log-interval record adds its averages and throughput at its own steps."""
         lg = self.cfg.logging
-        scalars = {"learning-rate": self.optimizer.param_groups[0]["lr"],
-                   "batch-size": out["batch-size"]}
+        scalars = {"batch-size": out["batch-size"]}
+        if lg.log_learning_rate_to_tensorboard:
+            scalars["learning-rate"] = self.optimizer.param_groups[0]["lr"]
         for key in _PER_ITERATION_TAGS + ("forward-backward-time", "optimizer-time"):
             if out.get(key) is not None:
                 scalars[key] = float(out[key])

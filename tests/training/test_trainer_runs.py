@@ -482,13 +482,17 @@ def test_megatron_logging_flags(tmp_path):
     acc = EventAccumulator(str(tmp_path)).Reload()
     steps = {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
     for tag in ("lm loss", "grad-norm", "num-zeros", "batch-size", "forward-backward-time",
-                "optimizer-time", "world-size", "loss-scale"):
+                "optimizer-time", "world-size", "loss-scale", "learning-rate"):
         assert steps[tag] == [2, 4, 6], tag
     assert steps["params-norm"] == steps["tokens-per-sec"] == [3, 6]
     assert [e.value for e in acc.Scalars("loss-scale")] == [1.0] * 3  # written by default
-    args = parse_args(BASE + ["--no-log-loss-scale-to-tensorboard"])
-    assert not args.log_loss_scale_to_tensorboard
     assert all(e.value > 0 for e in acc.Scalars("forward-backward-time"))
+    run(["--train-iters", "2", "--tensorboard-dir", str(tmp_path / "off"),
+         "--no-log-loss-scale-to-tensorboard", "--no-log-learning-rate-to-tensorboard",
+         "--log-batch-size-to-tensorboard"])
+    tags = EventAccumulator(str(tmp_path / "off")).Reload().Tags()["scalars"]
+    assert "lm loss" in tags and "batch-size" in tags
+    assert "learning-rate" not in tags and "loss-scale" not in tags
 
 
 def test_sgd_trains_and_resumes_only_as_sgd(tmp_path):
