@@ -103,24 +103,46 @@ def model_record_from_megatron_args(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
-def read_model_record(path: str) -> dict[str, Any]:
-    """The architecture a checkpoint was saved with, as ModelConfig fields: megastack's record,
-    or what Megatron-LM's saved args say. `path` is a checkpoint directory or a save root."""
+def _saved_flags(path: str, what: str, record_key: str) -> tuple[Optional[dict], Any]:
+    """(megastack's `record_key` record, Megatron-LM's saved args) of the checkpoint at `path`
+    (a checkpoint directory or a save root); ValueError naming `what` when it holds neither."""
     from megatron.core import dist_checkpointing
 
     if not has_checkpoint(path):
         raise ValueError(f"--load {path}: no checkpoint there (no metadata.json, no "
-                         f"{LATEST_FILE}) to take the model flags from")
+                         f"{LATEST_FILE}) to take the {what} from")
     found = resolve_checkpoint(path)
     common = dist_checkpointing.load_common_state_dict(found)
-    record = (common.get("megastack") or {}).get("model")
-    if record:
-        return dict(record)
+    record = (common.get("megastack") or {}).get(record_key)
     args = common.get("args")
-    if args is None:
-        raise ValueError(f"--load {path}: {found} records no model flags (neither megastack's "
+    if not record and args is None:
+        raise ValueError(f"--load {path}: {found} records no {what} (neither megastack's "
                          f"record nor Megatron-LM's args); give them on the command line")
-    return model_record_from_megatron_args(args)
+    return record, args
+
+
+def read_model_record(path: str) -> dict[str, Any]:
+    """The architecture a checkpoint was saved with, as ModelConfig fields: megastack's record,
+    or what Megatron-LM's saved args say. `path` is a checkpoint directory or a save root."""
+    record, args = _saved_flags(path, "model flags", "model")
+    return dict(record) if record else model_record_from_megatron_args(args)
+
+
+def read_parallel_record(path: str) -> dict[str, Any]:
+    """The tensor- and pipeline-parallel layout a checkpoint was saved with (Megatron-LM's
+    --use-mp-args-from-checkpoint-args): tensor_model_parallel_size,
+    pipeline_model_parallel_size and num_layers_per_virtual_pipeline_stage (None: not
+    interleaved), from megastack's record or Megatron-LM's saved args."""
+    record, args = _saved_flags(path, "parallel layout", "parallel")
+    source = record if record else vars(args)
+    tp = source.get("tensor_model_parallel_size") or 1
+    pp = source.get("pipeline_model_parallel_size") or 1
+    per_stage = source.get("num_layers_per_virtual_pipeline_stage")
+    chunks = source.get("virtual_pipeline_model_parallel_size")
+    if per_stage is None and chunks and source.get("num_layers"):
+        per_stage = source["num_layers"] // pp // chunks  # Megatron-LM saves the chunk count too
+    return {"tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp,
+            "num_layers_per_virtual_pipeline_stage": per_stage}
 
 
 def _model_state(chunks: list[torch.nn.Module]) -> dict[str, Any]:

@@ -567,6 +567,9 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--use-checkpoint-args", action="store_true",
                    help="take the model flags not given here from the --load checkpoint (its "
                         "megastack record, or a Megatron-LM checkpoint's saved args)")
+    g.add_argument("--use-mp-args-from-checkpoint-args", action="store_true",
+                   help="with --use-checkpoint-args: take the tensor- and pipeline-parallel "
+                        "layout from the checkpoint too (it loads at any layout)")
     g.add_argument("--ckpt-format", default="torch_dist",
                    help="checkpoint format: torch_dist (megatron-core's distributed checkpoint) "
                         "is the one megastack writes and reads")
@@ -886,6 +889,22 @@ def _checkpoint_model_flags(args: argparse.Namespace) -> dict:
     _check(args.model is None, "give --model or --use-checkpoint-args, not both: the checkpoint "
                                "names the architecture")
     return read_model_record(args.load)
+
+
+def _checkpoint_parallel_flags(args: argparse.Namespace) -> None:
+    """--use-mp-args-from-checkpoint-args: the --load checkpoint's layout replaces the layout
+    flags, as in Megatron-LM."""
+    from megastack.checkpoint.training_checkpoint import read_parallel_record
+
+    _check(args.use_checkpoint_args, "--use-mp-args-from-checkpoint-args goes with "
+                                     "--use-checkpoint-args (as in Megatron-LM): add it")
+    layout = read_parallel_record(args.load)
+    logger.info("--use-mp-args-from-checkpoint-args: %s", ", ".join(
+        f"--{name.replace('_', '-')} {value}" for name, value in layout.items()
+        if value is not None))
+    for name, value in layout.items():
+        setattr(args, name, value)
+    args.num_virtual_stages_per_pipeline_rank = None
 
 
 def model_config_from_args(args: argparse.Namespace, vocab_size: Optional[int],
@@ -1318,6 +1337,8 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         args.position_embedding_type = "rope"  # Megatron-LM's older spelling
     model = model_config_from_args(
         args, vocab_size, _checkpoint_model_flags(args) if args.use_checkpoint_args else None)
+    if args.use_mp_args_from_checkpoint_args:
+        _checkpoint_parallel_flags(args)
     _check_megatron_compat(args, model)
     _virtual_stages_to_layers(args, model)
     parallel = ParallelConfig(

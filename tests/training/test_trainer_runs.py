@@ -364,6 +364,36 @@ def test_model_record_of_a_megatron_lm_checkpoint_comes_from_its_args(tmp_path):
         read_model_record(str(tmp_path / "nothing"))
 
 
+def test_use_mp_args_from_checkpoint_args_takes_the_saved_layout(tmp_path):
+    """The layout flags come from the checkpoint: a one-rank run's record gives TP 1 over the
+    command line's 2; a Megatron-LM checkpoint saved at TP 2 (args) cannot run on one rank."""
+    from megastack.pretrain import build_tokenizer_from_args
+
+    root = tmp_path / "ckpt"
+    run(["--train-iters", "1", "--save", str(root)])
+    no_model = [a for a in BASE if a not in ("--model", "tiny-2l")]
+    argv = no_model + ["--use-checkpoint-args", "--use-mp-args-from-checkpoint-args", "--load",
+                       str(root), "--train-iters", "2", "--tensor-model-parallel-size", "2"]
+    args = parse_args(argv)
+    cfg = build_pretrain_config(args, build_tokenizer_from_args(args).vocab_size)
+    assert cfg.parallel.tensor_model_parallel_size == 1
+    with pytest.raises(ValueError, match="goes with --use-checkpoint-args"):
+        build_pretrain_config(parse_args(BASE + ["--use-mp-args-from-checkpoint-args", "--load",
+                                                 str(root), "--train-iters", "2"]), None)
+    _rewrite_as_megatron_lm(root / "iter_0000001", num_layers=4, hidden_size=64,
+                            num_attention_heads=4, seq_length=64, padded_vocab_size=512,
+                            tensor_model_parallel_size=2, pipeline_model_parallel_size=2,
+                            virtual_pipeline_model_parallel_size=2)
+    from megastack.checkpoint.training_checkpoint import read_parallel_record
+
+    assert read_parallel_record(str(root)) == {
+        "tensor_model_parallel_size": 2, "pipeline_model_parallel_size": 2,
+        "num_layers_per_virtual_pipeline_stage": 1}
+    with pytest.raises(ValueError, match="world size 1 is not divisible by "
+                                         "--tensor-model-parallel-size 2"):
+        build_pretrain_config(parse_args(argv[:-2]), None)
+
+
 def test_resume_with_the_other_optimizer_kind_names_the_flag(tmp_path):
     """The distributed and regular optimizers save different state: loading one into the other
     failed with a KeyError from megatron-core."""
