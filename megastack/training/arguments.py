@@ -203,6 +203,7 @@ class GrowthConfig:
     lr_warmup_iters_after_growth: Optional[int] = None
     learn_steps: int = 100
     learn_lr: float = 1e-3
+    mask_iters: int = 0  # G_random: iterations the new layers are faded in over (0: off)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -662,6 +663,10 @@ def add_growth_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--learn-steps", type=int, default=100,
                    help="G_learn: training steps of the growth maps before materialising")
     g.add_argument("--learn-lr", type=float, default=1e-3, help="G_learn: learning rate of the maps")
+    g.add_argument("--growth-mask-iters", type=int,
+                   help="G_random, MSG-style: scale the new layers' attention and MLP outputs by "
+                        "a factor rising from 0 at the growth point to 1 over this many "
+                        "iterations (the grown model starts as the layers it copied)")
     g.add_argument("--target-tensor-model-parallel-size", type=int)
     g.add_argument("--target-pipeline-model-parallel-size", type=int)
     g.add_argument("--target-num-layers-per-virtual-pipeline-stage", type=int)
@@ -1632,6 +1637,7 @@ _GROWTH_ONLY_FLAGS = {
         "--target-num-layers-per-virtual-pipeline-stage",
     "lr_after_growth": "--lr-after-growth",
     "lr_warmup_iters_after_growth": "--lr-warmup-iters-after-growth",
+    "growth_mask_iters": "--growth-mask-iters",
 }
 
 
@@ -1662,6 +1668,12 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
         from megastack.growth.depth import check_zero_plan
 
         check_zero_plan(plan, model.num_layers, operator_flag="--growth-operator")
+    if args.growth_mask_iters is not None:
+        _check(args.growth_operator == "random",
+               f"--growth-mask-iters fades in G_random's fresh layers: add --growth-operator "
+               f"random (the {args.growth_operator} operator's new layers are not masked)")
+        _check(args.growth_mask_iters >= 1,
+               f"--growth-mask-iters must be >= 1, got {args.growth_mask_iters}")
     if args.grow_at_tokens == "auto":
         grow_at = None
     else:
@@ -1708,4 +1720,5 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
         target_parallel=target_parallel, lr_after_growth=args.lr_after_growth,
         lr_warmup_iters_after_growth=args.lr_warmup_iters_after_growth,
         learn_steps=args.learn_steps, learn_lr=args.learn_lr,
+        mask_iters=args.growth_mask_iters or 0,
     )

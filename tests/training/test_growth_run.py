@@ -115,3 +115,60 @@ def test_out_of_time_at_the_growth_point_stops_before_growing(tmp_path):
     assert not (save / "grown").exists()
     assert (save / "small" / "latest_checkpointed_iteration.txt").read_text() == "1"
     assert "exiting at iteration 1" in proc.stdout + proc.stderr
+
+
+def _grow_in_process(tmp_path, name, *flags):
+    from megastack.pretrain import build_tokenizer_from_args
+    from megastack.training.arguments import build_pretrain_config, parse_args
+    from megastack.training.growth_run import GrowthRun
+
+    args = parse_args(["--model", "tiny-2l", "--mock-data", "--train-iters", "6",
+                       "--global-batch-size", "2", "--log-interval", "1", "--eval-interval", "3",
+                       "--eval-iters", "1", "--save", str(tmp_path / name),
+                       "--grow-at-tokens", "256", "--stacking-list", "0,1,0,1",
+                       "--growth-operator", "random", *flags])
+    tokenizer = build_tokenizer_from_args(args)
+    metrics = tmp_path / f"{name}.jsonl"
+    GrowthRun(build_pretrain_config(args, tokenizer.vocab_size), args, tokenizer,
+              metrics_file=str(metrics)).setup().train()
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return {r["growth"]: r["lm loss validation"] for r in records if "growth" in r}
+
+
+def test_growth_mask_starts_g_random_as_the_small_model(one_process, tmp_path):
+    """--growth-mask-iters (MSG): the fresh layers are the identity at the growth point, so the
+    validation loss after growth is the one before; unmasked G_random changes it."""
+    masked = _grow_in_process(tmp_path, "masked", "--growth-mask-iters", "2")
+    assert masked["after"] == pytest.approx(masked["before"], abs=1e-6)
+    plain = _grow_in_process(tmp_path, "plain")
+    assert abs(plain["after"] - plain["before"]) > 1e-3
+
+
+def test_growth_mask_ramps_and_then_leaves_the_model(megatron_world):
+    from megastack.config import ModelConfig, ParallelConfig
+    from megastack.growth.mask import GrowthMask
+    from megastack.model import build_model_chunks
+
+    import torch
+
+    cfg = ModelConfig.from_name("tiny-4l")
+    model = build_model_chunks(cfg, ParallelConfig(), seed=0)[0].eval()
+    tokens = torch.randint(0, cfg.vocab_size, (1, cfg.seq_length))
+    positions = torch.arange(cfg.seq_length).unsqueeze(0)
+    with torch.no_grad():
+        full = model(tokens, positions, None)
+        mask = GrowthMask([model], layers=[2, 3], ramp_iters=4)
+        mask.update(0)
+        assert mask.active and mask.value == 0.0
+        identity = model(tokens, positions, None)
+        mask.update(2)
+        half = model(tokens, positions, None)
+        mask.update(4)
+        assert not mask.active and mask.value == 1.0
+        assert torch.equal(model(tokens, positions, None), full)
+        # Layers 2 and 3 as the identity: what a 2-layer model of layers 0 and 1 computes.
+        layers = model.decoder.layers
+        model.decoder.layers = layers[:2]
+        assert torch.allclose(model(tokens, positions, None), identity, atol=1e-5)
+        model.decoder.layers = layers
+    assert not torch.allclose(half, identity) and not torch.allclose(half, full)
