@@ -180,6 +180,20 @@ def test_imported_qwen2_computes_the_hf_logits(megatron_world, tmp_path):
     qkv_bias = reader.load_tensor("decoder.layers.self_attention.linear_qkv.bias")
     assert qkv_bias.shape == (2, 32 + 2 * 2 * 8) and qkv_bias.abs().min() > 0
 
+    # Grown by stacking, it goes back to Hugging Face as a deeper Qwen2.
+    from megastack.checkpoint.hf_convert import export_hf
+
+    grow = load_script("tools/grow_checkpoint.py")
+    assert grow.main(["--load", str(tmp_path / "ckpt"), "--save", str(tmp_path / "grown"),
+                      "--stacking-list", "0,1,0,1", "--no-fsync"]) == 0
+    export_hf(str(tmp_path / "grown"), str(tmp_path / "hf_grown"), dtype="fp32")
+    with open(tmp_path / "hf_grown" / "config.json") as f:
+        config = json.load(f)
+    assert (config["model_type"], config["num_hidden_layers"]) == ("qwen2", 4)
+    grown = transformers.Qwen2ForCausalLM.from_pretrained(str(tmp_path / "hf_grown"))
+    assert torch.equal(grown.model.layers[2].self_attn.q_proj.bias,
+                       hf.model.layers[0].self_attn.q_proj.bias)
+
 
 def test_hf_configs_megastack_cannot_hold_are_named(tmp_path):
     from megastack.checkpoint.hf_llama import model_config_from_hf
