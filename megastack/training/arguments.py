@@ -54,6 +54,7 @@ class TrainConfig:
     align_param_gather: bool = True  # applies with --overlap-param-gather and interleaving
     overlap_p2p_comm: bool = True  # applies with interleaving
     ddp_bucket_size: Optional[int] = None
+    growth_mask_iters: Optional[int] = None  # G_random's fresh layers faded in (MSG)
     ddp_num_buckets: Optional[int] = None  # instead of ddp_bucket_size: the rank's parameters / N
     ddp_pad_buckets_for_high_nccl_busbw: bool = False
     align_grad_reduce: bool = True  # applies with --overlap-grad-reduce
@@ -203,7 +204,6 @@ class GrowthConfig:
     lr_warmup_iters_after_growth: Optional[int] = None
     learn_steps: int = 100
     learn_lr: float = 1e-3
-    mask_iters: int = 0  # G_random: iterations the new layers are faded in over (0: off)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -664,9 +664,10 @@ def add_growth_args(p: argparse.ArgumentParser) -> None:
                    help="G_learn: training steps of the growth maps before materialising")
     g.add_argument("--learn-lr", type=float, default=1e-3, help="G_learn: learning rate of the maps")
     g.add_argument("--growth-mask-iters", type=int,
-                   help="G_random, MSG-style: scale the new layers' attention and MLP outputs by "
-                        "a factor rising from 0 at the growth point to 1 over this many "
-                        "iterations (the grown model starts as the layers it copied)")
+                   help="G_random, MSG-style: scale the fresh layers' attention and MLP outputs "
+                        "by a factor rising from 0 at the growth point to 1 over this many "
+                        "iterations (the grown model starts as the layers it copied); in a "
+                        "growth run, or training a checkpoint grown with --operator random")
     g.add_argument("--target-tensor-model-parallel-size", type=int)
     g.add_argument("--target-pipeline-model-parallel-size", type=int)
     g.add_argument("--target-num-layers-per-virtual-pipeline-stage", type=int)
@@ -1448,6 +1449,8 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
                "use --cross-entropy-fusion-impl native")
     _check(args.ddp_bucket_size is None or args.ddp_bucket_size >= 1,
            f"--ddp-bucket-size must be >= 1, got {args.ddp_bucket_size}")
+    _check(args.growth_mask_iters is None or args.growth_mask_iters >= 1,
+           f"--growth-mask-iters must be >= 1, got {args.growth_mask_iters}")
     _check(args.ddp_num_buckets is None or args.ddp_num_buckets >= 1,
            f"--ddp-num-buckets must be >= 1, got {args.ddp_num_buckets}")
     _check(args.ddp_bucket_size is None or args.ddp_num_buckets is None,
@@ -1525,6 +1528,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         override_opt_param_scheduler=args.override_opt_param_scheduler,
         use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,
         overlap_grad_reduce=args.overlap_grad_reduce, ddp_bucket_size=args.ddp_bucket_size,
+        growth_mask_iters=args.growth_mask_iters,
         ddp_num_buckets=args.ddp_num_buckets,
         ddp_pad_buckets_for_high_nccl_busbw=args.ddp_pad_buckets_for_high_nccl_busbw,
         align_grad_reduce=args.align_grad_reduce,
@@ -1637,7 +1641,6 @@ _GROWTH_ONLY_FLAGS = {
         "--target-num-layers-per-virtual-pipeline-stage",
     "lr_after_growth": "--lr-after-growth",
     "lr_warmup_iters_after_growth": "--lr-warmup-iters-after-growth",
-    "growth_mask_iters": "--growth-mask-iters",
 }
 
 
@@ -1668,12 +1671,9 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
         from megastack.growth.depth import check_zero_plan
 
         check_zero_plan(plan, model.num_layers, operator_flag="--growth-operator")
-    if args.growth_mask_iters is not None:
-        _check(args.growth_operator == "random",
-               f"--growth-mask-iters fades in G_random's fresh layers: add --growth-operator "
-               f"random (the {args.growth_operator} operator's new layers are not masked)")
-        _check(args.growth_mask_iters >= 1,
-               f"--growth-mask-iters must be >= 1, got {args.growth_mask_iters}")
+    _check(args.growth_mask_iters is None or args.growth_operator == "random",
+           f"--growth-mask-iters fades in G_random's fresh layers: add --growth-operator "
+           f"random (the {args.growth_operator} operator's new layers are not masked)")
     if args.grow_at_tokens == "auto":
         grow_at = None
     else:
@@ -1720,5 +1720,4 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
         target_parallel=target_parallel, lr_after_growth=args.lr_after_growth,
         lr_warmup_iters_after_growth=args.lr_warmup_iters_after_growth,
         learn_steps=args.learn_steps, learn_lr=args.learn_lr,
-        mask_iters=args.growth_mask_iters or 0,
     )

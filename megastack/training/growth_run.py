@@ -13,7 +13,7 @@ SAVE/small (then grows), else as any run does with an empty --load. --save-inter
 As in the paper's reference code, the large model starts with a fresh Adam and a new LR
 schedule (re-warmup, then decay over the remaining iterations); the data position continues.
 The validation loss just before and just after growth is logged ("growth": "before"/"after").
-With G_random, --growth-mask-iters fades the fresh layers in (megastack.growth.mask).
+With G_random, --growth-mask-iters fades the fresh layers in (the trainer's growth mask).
 """
 
 from __future__ import annotations
@@ -22,15 +22,12 @@ import dataclasses
 import logging
 import math
 import os
-from typing import Any, Optional, Sequence
+from typing import Optional
 
 import torch.distributed as dist
 
 from megastack.checkpoint import training_checkpoint as ckpt
 from megastack.config import ModelConfig
-from megastack.growth.depth import repeated_positions
-from megastack.growth.mask import GrowthMask
-from megastack.growth.plans import parse_stacking_list
 from megastack.training.arguments import PretrainConfig
 from megastack.training.trainer import Trainer, TrainState, build_phase_datasets
 
@@ -77,7 +74,8 @@ def _phase_configs(cfg: PretrainConfig, small_iters: int) -> tuple[PretrainConfi
     small = dataclasses.replace(
         cfg, growth=None,
         train=dataclasses.replace(t, train_iters=small_iters, lr_decay_iters=None,
-                                  lr_warmup_iters=min(t.lr_warmup_iters, small_iters)),
+                                  lr_warmup_iters=min(t.lr_warmup_iters, small_iters),
+                                  growth_mask_iters=None),  # masks the grown model only
         checkpoint=dataclasses.replace(c, save=os.path.join(c.save, "small"), load=None),
     )
     remaining = t.train_iters - small_iters
@@ -147,26 +145,10 @@ class _GrownTrainer(Trainer):
     """The large phase. Every checkpoint it writes (interval, exit or final) records the growth
     point: that is how --load tells a large-phase checkpoint from any other."""
 
-    def __init__(self, *args, grown_at_iteration: int, datasets_cfg: PretrainConfig,
-                 masked_layers: Sequence[int] = (), mask_iters: int = 0, **kwargs):
+    def __init__(self, *args, grown_at_iteration: int, datasets_cfg: PretrainConfig, **kwargs):
         super().__init__(*args, **kwargs)
         self.grown_at_iteration = grown_at_iteration
         self.datasets_cfg = datasets_cfg
-        self.masked_layers, self.mask_iters = tuple(masked_layers), mask_iters
-        self.growth_mask: Optional[GrowthMask] = None
-
-    def setup(self, *args, **kwargs) -> "_GrownTrainer":
-        super().setup(*args, **kwargs)
-        if self.mask_iters and self.masked_layers:
-            # A resumed large phase picks the ramp up where the checkpoint left it.
-            self.growth_mask = GrowthMask(self.chunks, self.masked_layers, self.mask_iters)
-            self.growth_mask.update(self.state.iteration - self.grown_at_iteration)
-        return self
-
-    def train_step(self) -> dict[str, Any]:
-        if self.growth_mask is not None and self.growth_mask.active:
-            self.growth_mask.update(self.state.iteration + 1 - self.grown_at_iteration)
-        return super().train_step()
 
     def save(self, root: Optional[str] = None, extra: Optional[dict] = None) -> str:
         return super().save(root, extra={GROWN_AT: self.grown_at_iteration, **(extra or {})})
@@ -279,13 +261,9 @@ class GrowthRun:
         self.large: Optional[_GrownTrainer] = None
 
     def _large_trainer(self) -> _GrownTrainer:
-        g = self.cfg.growth
-        masked = (repeated_positions(parse_stacking_list(g.stacking_list))
-                  if g.operator == "random" and g.mask_iters else [])
         return _GrownTrainer(self.large_cfg, self.args, metrics_file=self.metrics_file,
                              total_train_samples=self.total_samples, phase_name="large",
-                             grown_at_iteration=self.small_iters, datasets_cfg=self.small_cfg,
-                             masked_layers=masked, mask_iters=g.mask_iters)
+                             grown_at_iteration=self.small_iters, datasets_cfg=self.small_cfg)
 
     def setup(self) -> "GrowthRun":
         cfg = self.cfg

@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 _PROCESS_START = time.time()
 
 
+# The ramp of G_random's growth mask while it runs, in the checkpoints (common["megastack"]).
+GROWTH_MASK = "growth_mask"
+
 # Written to TensorBoard every --tensorboard-log-interval from the iteration's own values.
 _PER_ITERATION_TAGS = ("lm loss", "learning-rate", "grad-norm", "num-zeros")
 
@@ -148,6 +151,10 @@ class Trainer:
         # --log-progress: where progress.txt goes (default --save; a growth run's root).
         self.progress_dir: Optional[str] = None
         self.async_saves = None  # --async-save: megatron-core's AsyncCallsQueue
+        self._loaded_common: Optional[dict[str, Any]] = None  # the --load checkpoint's
+        # --growth-mask-iters: the mask and its ramp (layers, start_iteration, iterations).
+        self.growth_mask = None
+        self._growth_mask_ramp: Optional[dict[str, Any]] = None
 
     # ---------------------------------------------------------------- setup
     def setup(self, tokenizer=None, datasets=None, load: Optional[str] = None,
@@ -198,6 +205,7 @@ class Trainer:
             self._load(load, finetune)
         if start_state is not None:
             self.state = dataclasses.replace(start_state, history=[])
+        self._setup_growth_mask(self._loaded_common)
         self.datasets = datasets if datasets is not None else self._build_datasets(tokenizer)
         self._check_evaluation_sets()
         self.train_iterators = self._iterators(self.datasets[0], self.state.consumed_train_samples)
@@ -364,6 +372,34 @@ class Trainer:
         return its[0] if len(its) == 1 else its
 
     # ---------------------------------------------------------------- checkpoints
+    def _setup_growth_mask(self, loaded: Optional[dict[str, Any]]) -> None:
+        """MSG-style masks for G_random's fresh layers (megastack.growth.mask): continued from
+        a checkpoint saved during the ramp, or started here when --growth-mask-iters trains a
+        checkpoint grown with G_random."""
+        from megastack.growth.depth import repeated_positions
+        from megastack.growth.mask import GrowthMask
+        from megastack.growth.plans import StackingPlan
+
+        loaded = loaded or {}
+        ramp = (loaded.get("megastack") or {}).get(GROWTH_MASK)
+        iters = self.cfg.train.growth_mask_iters
+        if ramp is None and iters:
+            grown_from = loaded.get("grown_from") or {}
+            if grown_from.get("operator") != "random":
+                raise ValueError(
+                    f"--growth-mask-iters fades in the fresh layers of a model just grown with "
+                    f"G_random: --load the checkpoint tools/grow_checkpoint.py --operator random "
+                    f"wrote (this run's --load: "
+                    f"{'grown with ' + grown_from['operator'] if grown_from else 'not grown'}), "
+                    f"or drop the flag")
+            ramp = {"layers": repeated_positions(StackingPlan(tuple(grown_from["stacking_list"]))),
+                    "start_iteration": self.state.iteration, "iterations": iters}
+        if ramp is None:
+            return
+        self.growth_mask = GrowthMask(self.chunks, ramp["layers"], ramp["iterations"])
+        self.growth_mask.update(self.state.iteration - ramp["start_iteration"])
+        self._growth_mask_ramp = ramp
+
     def _load(self, path: str, finetune: bool) -> None:
         c = self.cfg.checkpoint
         if c.ckpt_step is not None and path == c.load:
@@ -393,7 +429,7 @@ class Trainer:
                            path, ckpt.LATEST_FILE)
             return
         load_optim = not (finetune or c.no_load_optim)
-        common = ckpt.load_checkpoint(
+        common = self._loaded_common = ckpt.load_checkpoint(
             path, self.chunks,
             optimizer=self.optimizer if load_optim else None,
             scheduler=self.scheduler if load_optim else None,
@@ -606,6 +642,8 @@ class Trainer:
                 "model": self.cfg.model.to_dict(),
                 "parallel": dataclasses.asdict(self.cfg.parallel),
                 "train": dataclasses.asdict(self.cfg.train),
+                **({GROWTH_MASK: self._growth_mask_ramp}
+                   if self.growth_mask is not None and self.growth_mask.active else {}),
                 **(extra or {}),
             },
         }
@@ -649,6 +687,9 @@ class Trainer:
         return (total[0] / total[1].clamp(min=1)).item()
 
     def train_step(self) -> dict[str, Any]:
+        if self.growth_mask is not None and self.growth_mask.active:
+            self.growth_mask.update(self.state.iteration + 1
+                                    - self._growth_mask_ramp["start_iteration"])
         if self.state.iteration in self.cfg.train.iterations_to_skip:
             return self._pass_over_batch()
         for m in self.ddp_chunks:

@@ -869,3 +869,42 @@ def test_wandb_receives_the_tensorboard_scalars(monkeypatch, tmp_path):
     steps = {(step, key) for step, values in logged for key in values}
     assert {(1, "lm loss"), (2, "lm loss"), (2, "lm loss validation"),
             (2, "learning-rate")} <= steps
+
+
+def test_growth_mask_fades_in_an_offline_g_random_checkpoint(tmp_path):
+    """--growth-mask-iters on a checkpoint that tools/grow_checkpoint.py --operator random
+    wrote: the ramp starts at the loaded weights, is saved with the checkpoints while it runs,
+    and a resumed run continues it (without repeating the flag)."""
+    from megastack.growth.grow_checkpoint import grow_checkpoint
+
+    small, grown, large = (str(tmp_path / name) for name in ("small", "grown", "large"))
+    run(["--train-iters", "1", "--save", small])
+    grow_checkpoint(small, grown, stacking_list="0,1,0,1", operator="random", fsync=False)
+    deep = ["--num-layers", "4", "--save", large, "--train-iters", "4"]
+    trainer, tokenizer = make_trainer(deep + ["--load", grown, "--finetune",
+                                              "--growth-mask-iters", "2", "--exit-interval", "1"])
+    trainer.setup(tokenizer)
+    assert trainer.growth_mask.active and trainer.growth_mask.value == 0.0
+    trainer.train()
+    trainer.close()
+    assert trainer.growth_mask.value == 0.5 and trainer.state.iteration == 1
+    trainer, tokenizer = make_trainer(deep + ["--load", large])
+    trainer.setup(tokenizer)
+    assert trainer.growth_mask.active and trainer.growth_mask.value == 0.5  # picked up
+    trainer.train()
+    trainer.save()
+    trainer.close()
+    assert not trainer.growth_mask.active and trainer.state.iteration == 4
+    from megatron.core import dist_checkpointing
+
+    def saved_ramp(iteration):
+        common = dist_checkpointing.load_common_state_dict(ckpt.checkpoint_dir(large, iteration))
+        return common["megastack"].get("growth_mask")
+
+    assert saved_ramp(1) == {"layers": [2, 3], "start_iteration": 0, "iterations": 2}
+    assert saved_ramp(4) is None  # the ramp is over: a plain checkpoint
+    trainer, tokenizer = make_trainer(["--train-iters", "2", "--load", small, "--finetune",
+                                       "--growth-mask-iters", "2"])
+    with pytest.raises(ValueError, match="--growth-mask-iters fades in the fresh layers of a "
+                                         "model just grown with G_random.*not grown"):
+        trainer.setup(tokenizer)
