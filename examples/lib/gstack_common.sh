@@ -31,6 +31,8 @@ Environment (current value in brackets):
              (under Slurm: SLURM_NNODES, SLURM_NODEID and the first host of SLURM_JOB_NODELIST)
   models     MODEL_SMALL [${MODEL_SMALL}] MODEL_LARGE [${MODEL_LARGE}]
              STACKING_LIST [${STACKING_LIST}] GROWTH_OPERATOR [${GROWTH_OPERATOR}]
+             GROWTH_MASK_ITERS [${GROWTH_MASK_ITERS}] (with GROWTH_OPERATOR=random: fade the
+             fresh layers in over this many iterations, MSG-style)
   layout     SMALL_TP [${SMALL_TP}] SMALL_PP [${SMALL_PP}] SMALL_VPP_LAYERS [${SMALL_VPP_LAYERS}]
              LARGE_TP [${LARGE_TP}] LARGE_PP [${LARGE_PP}] LARGE_VPP_LAYERS [${LARGE_VPP_LAYERS}]
              (TP, PP, VPP_LAYERS set both phases; VPP_LAYERS = layers per virtual pipeline stage)
@@ -72,6 +74,7 @@ gstack_defaults() {
     : "${PYTHON:=python}"
 
     : "${GROWTH_OPERATOR:=stack}"
+    : "${GROWTH_MASK_ITERS:=}"
     : "${SMALL_TP:=${TP:-1}}"
     : "${SMALL_PP:=${PP:-1}}"
     : "${SMALL_VPP_LAYERS:=${VPP_LAYERS:-}}"
@@ -388,6 +391,8 @@ gstack_train_large() {
         # Grown weights, fresh optimizer and LR schedule from iteration 0 (LR re-warm-up); the
         # consumed-sample count carried over continues the data stream.
         GSTACK_ARGS+=(--load "$GROWN_CKPT" --no-load-optim --no-load-rng)
+        # A resumed large phase finds the ramp in its checkpoint.
+        [[ -n "$GROWTH_MASK_ITERS" ]] && GSTACK_ARGS+=(--growth-mask-iters "$GROWTH_MASK_ITERS")
     fi
     gstack_torchrun "$((MASTER_PORT + 1))" "${GSTACK_ARGS[@]}"
     gstack_finish_phase large "$LARGE_CKPT" "$LARGE_TRAIN_ITERS"

@@ -79,10 +79,12 @@ def test_7b_script_runs_three_tiny_phases_on_4_cpu_ranks(repo_root, tmp_path):
 def test_a_phase_stopped_early_is_resumed_not_marked_done(repo_root, tmp_path):
     """--exit-duration-in-mins stops a phase cleanly (exit 0): the recipe marked it done and
     grew from a half-trained model. Also: a relative OUTPUT_DIR (from another directory than
-    the repo root, where the trainer runs) kept markers and checkpoints apart."""
+    the repo root, where the trainer runs) kept markers and checkpoints apart; G_random with
+    its growth mask reaches the large phase."""
     env = tiny_recipe_env("out")  # relative to cwd=tmp_path
     env.update(GPUS_PER_NODE="1", TP="1", PP="1", LARGE_VPP_LAYERS="", GLOBAL_BATCH_SIZE="2",
-               DISTRIBUTED_OPTIMIZER="0", EXTRA_TRAIN_ARGS="--exit-duration-in-mins 1e-9")
+               DISTRIBUTED_OPTIMIZER="0", EXTRA_TRAIN_ARGS="--exit-duration-in-mins 1e-9",
+               GROWTH_OPERATOR="random", GROWTH_MASK_ITERS="2")
     script = str(repo_root / "examples" / "pretrain_7b_gstack.sh")
     out = tmp_path / "out"
 
@@ -101,3 +103,4 @@ def test_a_phase_stopped_early_is_resumed_not_marked_done(repo_root, tmp_path):
     for phase in ("small", "grow", "large"):
         assert (out / f".{phase}.done").exists()
     assert (out / "checkpoints" / "large" / "latest_checkpointed_iteration.txt").read_text() == "3"
+    assert "growth mask at 1 after 2 iterations" in resumed.stdout + resumed.stderr
