@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 _PROCESS_START = time.time()
 
 
-# The ramp of G_random's growth mask while it runs, in the checkpoints (common["megastack"]).
+# The ramp of G_random's growth mask, in the checkpoints of a masked run (common["megastack"]):
+# a relaunch with the same flags continues it, or finds it over.
 GROWTH_MASK = "growth_mask"
 
 # Written to TensorBoard every --tensorboard-log-interval from the iteration's own values.
@@ -374,8 +375,8 @@ class Trainer:
     # ---------------------------------------------------------------- checkpoints
     def _setup_growth_mask(self, loaded: Optional[dict[str, Any]]) -> None:
         """MSG-style masks for G_random's fresh layers (megastack.growth.mask): continued from
-        a checkpoint saved during the ramp, or started here when --growth-mask-iters trains a
-        checkpoint grown with G_random."""
+        a checkpoint of a masked run (already over, if it saved after the ramp), or started here
+        when --growth-mask-iters trains a checkpoint grown with G_random."""
         from megastack.growth.depth import repeated_positions
         from megastack.growth.mask import GrowthMask
         from megastack.growth.plans import StackingPlan
@@ -642,8 +643,7 @@ class Trainer:
                 "model": self.cfg.model.to_dict(),
                 "parallel": dataclasses.asdict(self.cfg.parallel),
                 "train": dataclasses.asdict(self.cfg.train),
-                **({GROWTH_MASK: self._growth_mask_ramp}
-                   if self.growth_mask is not None and self.growth_mask.active else {}),
+                **({GROWTH_MASK: self._growth_mask_ramp} if self._growth_mask_ramp else {}),
                 **(extra or {}),
             },
         }

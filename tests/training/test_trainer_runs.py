@@ -873,8 +873,8 @@ def test_wandb_receives_the_tensorboard_scalars(monkeypatch, tmp_path):
 
 def test_growth_mask_fades_in_an_offline_g_random_checkpoint(tmp_path):
     """--growth-mask-iters on a checkpoint that tools/grow_checkpoint.py --operator random
-    wrote: the ramp starts at the loaded weights, is saved with the checkpoints while it runs,
-    and a resumed run continues it (without repeating the flag)."""
+    wrote: the ramp starts at the loaded weights, is saved with the checkpoints, and a resumed
+    run continues it (without the flag, or with it: a relaunch with the same command)."""
     from megastack.growth.grow_checkpoint import grow_checkpoint
 
     small, grown, large = (str(tmp_path / name) for name in ("small", "grown", "large"))
@@ -888,7 +888,7 @@ def test_growth_mask_fades_in_an_offline_g_random_checkpoint(tmp_path):
     trainer.train()
     trainer.close()
     assert trainer.growth_mask.value == 0.5 and trainer.state.iteration == 1
-    trainer, tokenizer = make_trainer(deep + ["--load", large])
+    trainer, tokenizer = make_trainer(deep + ["--load", large, "--growth-mask-iters", "2"])
     trainer.setup(tokenizer)
     assert trainer.growth_mask.active and trainer.growth_mask.value == 0.5  # picked up
     trainer.train()
@@ -901,8 +901,12 @@ def test_growth_mask_fades_in_an_offline_g_random_checkpoint(tmp_path):
         common = dist_checkpointing.load_common_state_dict(ckpt.checkpoint_dir(large, iteration))
         return common["megastack"].get("growth_mask")
 
-    assert saved_ramp(1) == {"layers": [2, 3], "start_iteration": 0, "iterations": 2}
-    assert saved_ramp(4) is None  # the ramp is over: a plain checkpoint
+    ramp = {"layers": [2, 3], "start_iteration": 0, "iterations": 2}
+    assert saved_ramp(1) == saved_ramp(4) == ramp
+    trainer, tokenizer = make_trainer(deep + ["--load", large, "--growth-mask-iters", "2"])
+    trainer.setup(tokenizer)  # relaunched after the ramp: nothing to mask
+    assert not trainer.growth_mask.active and trainer.growth_mask.value == 1.0
+    trainer.close()
     trainer, tokenizer = make_trainer(["--train-iters", "2", "--load", small, "--finetune",
                                        "--growth-mask-iters", "2"])
     with pytest.raises(ValueError, match="--growth-mask-iters fades in the fresh layers of a "
