@@ -209,8 +209,8 @@ def init_global_tensor(key: str, shape, layer: Optional[int], model_cfg: ModelCo
                        device: torch.device = torch.device("cpu")) -> torch.Tensor:
     """The initial fp32 value of one global tensor (one layer's slice for `decoder.layers.*`):
     Megatron's normal(0, std), output projections std/sqrt(2L), embeddings their own std (if
-    set), norms 1, biases 0, drawn from
-    a generator seeded by (seed, key, layer) so that it does not depend on the layout."""
+    set), norms 1, biases 0, drawn from a generator seeded by (seed, key, layer) so that it does
+    not depend on the layout."""
     kind = init_kind(key)
     if kind in ("ones", "zeros"):
         return (torch.ones if kind == "ones" else torch.zeros)(tuple(shape), device=device)

@@ -195,28 +195,16 @@ def hf_tensors(key: str, tensor: torch.Tensor, model: ModelConfig,
     """The HF (name, tensor) pairs held by megatron-core's `key`: its value, or for a
     layer-stacked key the slice of `layer`. Unknown keys are an error: a tensor HF's Llama has
     no place for would be lost."""
-    if not is_layer_key(key):
-        if key not in _GLOBAL_KEYS:
-            raise ValueError(f"{key}: no Hugging Face Llama tensor corresponds to it")
-        if key == "output_layer.weight" and not model.untie_embeddings_and_output_weights:
-            return  # tied: HF takes lm_head from the embedding
-        yield _GLOBAL_KEYS[key], tensor
-        return
-    assert layer is not None, f"{key} is layer-stacked: give the layer of its slice"
-    prefix = f"model.layers.{layer}."
+    if key == "output_layer.weight" and not model.untie_embeddings_and_output_weights:
+        return  # tied: HF takes lm_head from the embedding
+    names = hf_sources(key, model, layer)
     if key in (_QKV, _QKV_BIAS):
-        suffix = "weight" if key == _QKV else "bias"
-        for name, part in zip(("q_proj", "k_proj", "v_proj"), split_qkv(tensor, model)):
-            yield f"{prefix}self_attn.{name}.{suffix}", part
+        parts = split_qkv(tensor, model)
     elif key in (_FC1, _FC1_BIAS):
-        suffix = "weight" if key == _FC1 else "bias"
-        gate, up = tensor.chunk(2, dim=0)
-        yield f"{prefix}mlp.gate_proj.{suffix}", gate
-        yield f"{prefix}mlp.up_proj.{suffix}", up
-    elif key in _DIRECT_LAYER_KEYS:
-        yield prefix + _DIRECT_LAYER_KEYS[key], tensor
+        parts = tensor.chunk(2, dim=0)  # [gate; up]
     else:
-        raise ValueError(f"{key}: no Hugging Face Llama tensor corresponds to it")
+        parts = (tensor,)
+    yield from zip(names, parts)
 
 
 def hf_sources(key: str, model: ModelConfig, layer: Optional[int] = None) -> list[str]:
