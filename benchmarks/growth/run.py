@@ -10,9 +10,9 @@ the data stream where the small model stopped (--load GROWN --no-load-optim --no
 optimizer, fresh LR warm-up and cosine, consumed samples carried over), stopping when its FLOPs,
 the small model's included, equal the scratch run's (--exit-interval).
 
-Runs: scratch (target from scratch), G_stack at several d, G_zero and G_random depth growth,
-interleaved stacking (0,0,1,1,...), and G_direct width growth (hidden 64 -> 128 at the target
-depth). Writes benchmarks/growth/results.json (every number, the command, the settings),
+Runs: scratch (target from scratch), G_stack at several d, G_zero and G_random depth growth
+(G_random also with MSG-style masks, --growth-mask-iters), interleaved stacking (0,0,1,1,...),
+and G_direct width growth (hidden 64 -> 128 at the target depth). Writes benchmarks/growth/results.json (every number, the command, the settings),
 results.md (table) and loss-vs-FLOPs / loss-vs-tokens PNGs. Data and checkpoints go to
 --work-dir (default runs/bench_growth, git-ignored). A finished phase is skipped on a rerun
 only if its command is unchanged (its --work-dir/phases/NAME/done records the command and its
@@ -52,6 +52,7 @@ class PhasePlan:
     warmup_iters: int
     load: Optional[str] = None  # grown checkpoint to resume the stream from
     grow: Optional[dict] = None  # tools/grow_checkpoint.py arguments producing `load`
+    train_args: tuple[str, ...] = ()  # further megastack.pretrain flags of this phase
 
 
 @dataclass
@@ -87,6 +88,8 @@ def parse_args(argv=None):
     p.add_argument("--eval-iters", type=int, default=4)
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--mask-iters", type=int, default=16,
+                   help="G_random with masks: iterations the fresh layers are faded in over")
     p.add_argument("--only", help="comma-separated run names to run (default: all)")
     p.add_argument("--fresh", action="store_true", help="redo every run (keeps tokenized data)")
     p.add_argument("--report-only", action="store_true",
@@ -119,13 +122,13 @@ def plan_runs(args) -> list[RunPlan]:
     interleave_list = ",".join(str(i) for i in range(args.small_layers) for _ in range(g))
     width_list = f"0-{args.target_layers - 1}"
 
-    def grown(name, label, operator, src: ModelConfig, d, grow_args):
+    def grown(name, label, operator, src: ModelConfig, d, grow_args, train_args=()):
         small_phase = PhasePlan(f"small_{src.num_layers}l{src.hidden_size}h_d{d}", src, d,
                                 args.phase_warmup_iters)
         n = large_phase_iters(args.budget_iters, d, src, target, multiple_of=ei)
         ckpt = os.path.join(args.work_dir, "ckpt", f"grown_{name}")
         large = PhasePlan(f"large_{name}", target, n, args.phase_warmup_iters, load=ckpt,
-                          grow={"src": small_phase.name, **grow_args})
+                          grow={"src": small_phase.name, **grow_args}, train_args=train_args)
         return RunPlan(name, label, [small_phase, large], operator, d * tokens_per_iter)
 
     d0 = d_list[0]
@@ -137,6 +140,11 @@ def plan_runs(args) -> list[RunPlan]:
                       small, d0, {"--operator": "zero", "--stacking-list": stack_list}))
     runs.append(grown(f"random_d{d0}", f"G_random depth d={d0 * tokens_per_iter // 1000}k", "random",
                       small, d0, {"--operator": "random", "--stacking-list": stack_list}))
+    runs.append(grown(f"random_msg_d{d0}",
+                      f"G_random + MSG mask ({args.mask_iters} it) d={d0 * tokens_per_iter // 1000}k",
+                      "random-masked", small, d0,
+                      {"--operator": "random", "--stacking-list": stack_list},
+                      ("--growth-mask-iters", str(args.mask_iters))))
     runs.append(grown(f"interleave_d{d0}", f"interleaved stack d={d0 * tokens_per_iter // 1000}k",
                       "stack-interleaved", small, d0,
                       {"--operator": "stack", "--stacking-list": interleave_list}))
@@ -245,7 +253,7 @@ def phase_command(args, data, phase: PhasePlan, dataset_iters: int) -> list[str]
         cmd += ["--exit-interval", str(phase.iters)]
     if phase.load:
         cmd += ["--load", phase.load, "--no-load-optim", "--no-load-rng"]
-    return cmd
+    return cmd + list(phase.train_args)
 
 
 def run_phase(args, phase: PhasePlan, cmd: list[str], source: Optional[float],
