@@ -146,19 +146,27 @@ def build_model_chunks(
     return chunks
 
 
-def _sharded_tensors(model: torch.nn.Module):
-    """Yield megatron ShardedTensors of a model, expanding factories (SwiGLU fc1)."""
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+def _sharded_items(model: torch.nn.Module):
+    """Yield the ShardedTensors (factories such as SwiGLU's fc1 expanded) and ShardedObjects
+    of a model's sharded state dict."""
     from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import (
+        ShardedObject, ShardedTensor, ShardedTensorFactory,
+    )
 
     for value in nested_values(model.sharded_state_dict()):
         if isinstance(value, ShardedTensorFactory):
-            built = value.build()
-            for sub in nested_values(built):
-                if isinstance(sub, ShardedTensor):
-                    yield sub
-        elif isinstance(value, ShardedTensor):
+            yield from (sub for sub in nested_values(value.build())
+                        if isinstance(sub, ShardedTensor))
+        elif isinstance(value, (ShardedTensor, ShardedObject)):
             yield value
+
+
+def _sharded_tensors(model: torch.nn.Module):
+    """Yield megatron ShardedTensors of a model, expanding factories (SwiGLU fc1)."""
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    return (item for item in _sharded_items(model) if isinstance(item, ShardedTensor))
 
 
 @dataclass(frozen=True)
@@ -175,18 +183,17 @@ def checkpoint_contents(chunks: list[torch.nn.Module]
                         ) -> tuple[dict[str, CheckpointTensor], dict[str, Any]]:
     """What megatron-core's dist checkpointing saves of these chunks (e.g. built with
     `meta=True`): the tensors by key, and the ShardedObjects' values by unique key."""
-    from megatron.core.dist_checkpointing.dict_utils import nested_values
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
     tensors: dict[str, CheckpointTensor] = {}
     objects: dict[str, Any] = {}
     for chunk in chunks:
-        for sh in _sharded_tensors(chunk):
-            tensors[sh.key] = CheckpointTensor(tuple(sh.global_shape), sh.dtype,
-                                               sh.prepend_axis_num == 1)
-        for value in nested_values(chunk.sharded_state_dict()):
-            if isinstance(value, ShardedObject):
-                objects[value.unique_key] = value.data
+        for item in _sharded_items(chunk):  # one pass: a sharded state dict is not free
+            if isinstance(item, ShardedObject):
+                objects[item.unique_key] = item.data
+            else:
+                tensors[item.key] = CheckpointTensor(tuple(item.global_shape), item.dtype,
+                                                     item.prepend_axis_num == 1)
     return tensors, objects
 
 
