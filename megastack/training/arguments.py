@@ -664,10 +664,12 @@ def add_growth_args(p: argparse.ArgumentParser) -> None:
                    help="G_learn: training steps of the growth maps before materialising")
     g.add_argument("--learn-lr", type=float, default=1e-3, help="G_learn: learning rate of the maps")
     g.add_argument("--growth-mask-iters", type=int,
-                   help="G_random, MSG-style: scale the fresh layers' attention and MLP outputs "
-                        "by a factor rising from 0 at the growth point to 1 over this many "
-                        "iterations (the grown model starts as the layers it copied); in a "
-                        "growth run, or training a checkpoint grown with --operator random")
+                   help="G_random, MSG-style: scale what growth added (the fresh layers' "
+                        "attention and MLP outputs; new heads, FFN neurons and hidden units) by "
+                        "a factor rising from 0 at the growth point to 1 over this many "
+                        "iterations (the grown model starts as the small one); in a growth run, "
+                        "or training a checkpoint grown with --operator random or "
+                        "--width-operator random")
     g.add_argument("--target-tensor-model-parallel-size", type=int)
     g.add_argument("--target-pipeline-model-parallel-size", type=int)
     g.add_argument("--target-num-layers-per-virtual-pipeline-stage", type=int)

@@ -374,11 +374,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def _setup_growth_mask(self, loaded: Optional[dict[str, Any]]) -> None:
-        """MSG-style masks for G_random's fresh layers (megastack.growth.mask): continued from
-        a checkpoint of a masked run (already over, if it saved after the ramp), or started here
-        when --growth-mask-iters trains a checkpoint grown with G_random."""
+        """MSG-style masks for what G_random added (megastack.growth.mask): continued from a
+        checkpoint of a masked run (already over, if it saved after the ramp), or started here
+        when --growth-mask-iters trains a checkpoint grown with G_random (depth or width)."""
         from megastack.growth.depth import repeated_positions
-        from megastack.growth.mask import GrowthMask
+        from megastack.growth.mask import WIDTH_FIELDS, GrowthMask, WidthMaskUnits
         from megastack.growth.plans import StackingPlan
 
         loaded = loaded or {}
@@ -386,18 +386,29 @@ class Trainer:
         iters = self.cfg.train.growth_mask_iters
         if ramp is None and iters:
             grown_from = loaded.get("grown_from") or {}
-            if grown_from.get("operator") != "random":
+            depth = grown_from.get("operator") == "random"
+            width = grown_from.get("width_operator") == "random"
+            if not (depth or width):
+                operators = (f"grown with --operator {grown_from['operator']}"
+                             + (f" --width-operator {grown_from['width_operator']}"
+                                if grown_from.get("width_operator") else "")
+                             if grown_from else "not grown")
                 raise ValueError(
-                    f"--growth-mask-iters fades in the fresh layers of a model just grown with "
-                    f"G_random: --load the checkpoint tools/grow_checkpoint.py --operator random "
-                    f"wrote (this run's --load: "
-                    f"{'grown with ' + grown_from['operator'] if grown_from else 'not grown'}), "
-                    f"or drop the flag")
-            ramp = {"layers": repeated_positions(StackingPlan(tuple(grown_from["stacking_list"]))),
+                    f"--growth-mask-iters fades in what G_random added to a model just grown: "
+                    f"--load the checkpoint tools/grow_checkpoint.py --operator random (or "
+                    f"--width-operator random) wrote (this run's --load: {operators}), or drop "
+                    f"the flag")
+            plan = StackingPlan(tuple(grown_from["stacking_list"]))
+            ramp = {"layers": repeated_positions(plan) if depth else [],
                     "start_iteration": self.state.iteration, "iterations": iters}
+            if width:
+                ramp["source_widths"] = {name: grown_from["source_model"][name]
+                                         for name in WIDTH_FIELDS}
         if ramp is None:
             return
-        self.growth_mask = GrowthMask(self.chunks, ramp["layers"], ramp["iterations"])
+        width_units = (WidthMaskUnits.from_widths(self.cfg.model, ramp["source_widths"])
+                       if ramp.get("source_widths") else None)
+        self.growth_mask = GrowthMask(self.chunks, ramp["layers"], ramp["iterations"], width_units)
         self.growth_mask.update(self.state.iteration - ramp["start_iteration"])
         self._growth_mask_ramp = ramp
 

@@ -6,7 +6,8 @@ from megastack.config import ModelConfig, ParallelConfig
 # Small enough to build in well under a second; GQA (2 query groups of 2 heads) by default.
 SMALL = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, num_query_groups=2,
                     ffn_hidden_size=48, vocab_size=128, seq_length=16)
-
+MHA = SMALL.replace(num_query_groups=4)
+QKV_BIAS = SMALL.replace(add_qkv_bias=True)  # Qwen2's attention
 
 
 @pytest.fixture
@@ -30,3 +31,21 @@ def logits(model, cfg: ModelConfig, batch: int = 2) -> torch.Tensor:
     positions = torch.arange(cfg.seq_length).unsqueeze(0).expand(batch, -1)
     with torch.no_grad():
         return model(tokens, positions, None).float()
+
+
+@pytest.fixture
+def source(build):
+    """source(cfg) -> (global state, logits) of a source model with non-trivial norm weights
+    and biases."""
+    from megastack.growth.state import model_global_state
+
+    def _source(cfg):
+        state = model_global_state([build(cfg, seed=1)])
+        gen = torch.Generator().manual_seed(1)
+        for key in state:
+            if "norm" in key:  # norms start at 1; make sure growth moves them correctly
+                state[key] = 1 + 0.2 * torch.randn(state[key].shape, generator=gen)
+            elif key.endswith("bias"):  # and biases at 0
+                state[key] = 0.2 * torch.randn(state[key].shape, generator=gen)
+        return state, logits(build(cfg, seed=5, state=state), cfg)
+    return _source

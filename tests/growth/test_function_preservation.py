@@ -6,28 +6,9 @@ import torch
 from megastack.growth.depth import DepthGrowth
 from megastack.growth.learn import LearnedGrowth, train_learned_growth
 from megastack.growth.plans import gstack_plan, parse_stacking_list
-from megastack.growth.state import model_global_state
 from megastack.growth.width import WidthGrowth
 
-from .conftest import SMALL, logits
-
-MHA = SMALL.replace(num_query_groups=4)
-QKV_BIAS = SMALL.replace(add_qkv_bias=True)  # Qwen2's attention
-
-
-@pytest.fixture
-def source(build):
-    """(cfg, global state, logits) of a source model with non-trivial norm weights."""
-    def _source(cfg):
-        state = model_global_state([build(cfg, seed=1)])
-        gen = torch.Generator().manual_seed(1)
-        for key in state:
-            if "norm" in key:  # norms start at 1; make sure growth moves them correctly
-                state[key] = 1 + 0.2 * torch.randn(state[key].shape, generator=gen)
-            elif key.endswith("bias"):  # and biases at 0
-                state[key] = 0.2 * torch.randn(state[key].shape, generator=gen)
-        return state, logits(build(cfg, seed=5, state=state), cfg)
-    return _source
+from .conftest import MHA, QKV_BIAS, SMALL, logits
 
 
 def grown_logits(build, cfg, state):

@@ -909,6 +909,40 @@ def test_growth_mask_fades_in_an_offline_g_random_checkpoint(tmp_path):
     trainer.close()
     trainer, tokenizer = make_trainer(["--train-iters", "2", "--load", small, "--finetune",
                                        "--growth-mask-iters", "2"])
-    with pytest.raises(ValueError, match="--growth-mask-iters fades in the fresh layers of a "
-                                         "model just grown with G_random.*not grown"):
+    with pytest.raises(ValueError, match="--growth-mask-iters fades in what G_random added to "
+                                         "a model just grown.*not grown"):
         trainer.setup(tokenizer)
+    stacked = str(tmp_path / "stacked")
+    grow_checkpoint(small, stacked, stacking_list="0,1,0,1", operator="stack", fsync=False)
+    trainer, tokenizer = make_trainer(deep + ["--load", stacked, "--finetune",
+                                              "--growth-mask-iters", "2"])
+    with pytest.raises(ValueError, match=r"this run's --load: grown with --operator stack\)"):
+        trainer.setup(tokenizer)
+
+
+def test_growth_mask_fades_in_new_units_of_g_random_width_growth(tmp_path):
+    """A checkpoint widened by --width-operator random (layers kept): the ramp records the source
+    widths, so a relaunch in the middle of it masks the same units. (That the mask at 0 gives
+    the small model's loss: tests/training/test_growth_mask_parallel.py.)"""
+    from megastack.growth.grow_checkpoint import grow_checkpoint
+
+    small, grown, large = (str(tmp_path / name) for name in ("small", "grown", "large"))
+    run(["--train-iters", "2", "--save", small])
+    grow_checkpoint(small, grown, stacking_list="0,1", operator="stack", width_operator="random",
+                    target_hidden_size=128, target_num_attention_heads=8,
+                    target_num_query_groups=4, target_ffn_hidden_size=352, fsync=False)
+    wide = ["--hidden-size", "128", "--num-attention-heads", "8", "--num-query-groups", "4",
+            "--ffn-hidden-size", "352", "--save", large, "--train-iters", "4",
+            "--growth-mask-iters", "4"]
+    trainer = run(wide + ["--load", grown, "--finetune", "--exit-interval", "1"])
+    assert trainer._growth_mask_ramp == {
+        "layers": [], "start_iteration": 0, "iterations": 4,
+        "source_widths": {"hidden_size": 64, "num_attention_heads": 4, "num_query_groups": 2,
+                          "ffn_hidden_size": 176}}
+    trainer, tokenizer = make_trainer(wide + ["--load", large])
+    trainer.setup(tokenizer)
+    mask = trainer.growth_mask
+    assert mask.active and mask.value == 0.25
+    assert mask.width.hidden.tolist() == list(range(64, 128))
+    assert mask.width.ffn.tolist() == list(range(176, 352))
+    trainer.close()
