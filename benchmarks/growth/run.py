@@ -12,7 +12,8 @@ the small model's included, equal the scratch run's (--exit-interval).
 
 Runs: scratch (target from scratch), G_stack at several d, G_zero and G_random depth growth
 (G_random also with MSG-style masks, --growth-mask-iters), interleaved stacking (0,0,1,1,...),
-and G_direct width growth (hidden 64 -> 128 at the target depth). Writes benchmarks/growth/results.json (every number, the command, the settings),
+and width growth (hidden 64 -> 128 at the target depth) with G_direct and G_random (also
+masked). Writes benchmarks/growth/results.json (every number, the command, the settings),
 results.md (table) and loss-vs-FLOPs / loss-vs-tokens PNGs. Data and checkpoints go to
 --work-dir (default runs/bench_growth, git-ignored). A finished phase is skipped on a rerun
 only if its command is unchanged (its --work-dir/phases/NAME/done records the command and its
@@ -151,14 +152,19 @@ def plan_runs(args) -> list[RunPlan]:
     for d in d_list[1:]:
         runs.append(grown(f"gstack_d{d}", f"G_stack d={d * tokens_per_iter // 1000}k", "stack",
                           small, d, {"--operator": "stack", "--stacking-list": stack_list}))
-    runs.append(grown(f"width_direct_d{d0}",
-                      f"G_direct width {narrow.hidden_size}->{target.hidden_size}h "
-                      f"d={d0 * tokens_per_iter // 1000}k", "width-direct", narrow, d0,
-                      {"--stacking-list": width_list, "--target-hidden-size": str(target.hidden_size),
-                       "--target-ffn-hidden-size": str(target.ffn_hidden_size),
-                       "--target-num-attention-heads": str(target.num_attention_heads),
-                       "--target-num-query-groups": str(target.num_query_groups),
-                       "--width-operator": "direct"}))
+    widen = {"--stacking-list": width_list, "--target-hidden-size": str(target.hidden_size),
+             "--target-ffn-hidden-size": str(target.ffn_hidden_size),
+             "--target-num-attention-heads": str(target.num_attention_heads),
+             "--target-num-query-groups": str(target.num_query_groups)}
+    width_label = f"width {narrow.hidden_size}->{target.hidden_size}h d={d0 * tokens_per_iter // 1000}k"
+    runs.append(grown(f"width_direct_d{d0}", f"G_direct {width_label}", "width-direct", narrow, d0,
+                      {**widen, "--width-operator": "direct"}))
+    runs.append(grown(f"width_random_d{d0}", f"G_random {width_label}", "width-random", narrow, d0,
+                      {**widen, "--width-operator": "random"}))
+    runs.append(grown(f"width_random_msg_d{d0}",
+                      f"G_random + MSG mask ({args.mask_iters} it) {width_label}",
+                      "width-random-masked", narrow, d0, {**widen, "--width-operator": "random"},
+                      ("--growth-mask-iters", str(args.mask_iters))))
     if args.only:
         keep = set(args.only.split(","))
         unknown = keep - {r.name for r in runs}

@@ -112,7 +112,10 @@ class GrowthReport:
             + (f" ({self.records_copied} layer records copied verbatim)"
                if self.records_copied else ""),
             f"optimizer state: {optimizer}",
-        ])
+        ] + ([
+            "G_random: train it with --growth-mask-iters N to fade the new parts in over N "
+            "iterations (MSG), starting from the small model's function"
+        ] if "random" in (self.operator, self.width_operator) else []))
 
 
 def grow_checkpoint(

@@ -141,11 +141,12 @@ class GrowthMask:
                     self._hook_norm(norm, self._rescale_norm)
 
     def _hook_norm(self, norm: torch.nn.Module, fn: Callable) -> None:
-        self._hook(norm, fn)
         eps = getattr(norm, "eps", None)
         if not isinstance(eps, float):
+            self.remove()
             raise ValueError(f"growth mask: {type(norm).__name__} keeps no float eps to adjust; "
                              f"masking new hidden units needs a norm with one")
+        self._hook(norm, fn)
         self._norm_eps.append((norm, eps))
 
     def _set_norm_eps(self, restore: bool = False) -> None:

@@ -393,6 +393,10 @@ def test_tool_prints_the_map_and_summary(src, tmp_path, capsys):
     assert "target layer" in lines[0] and "stage (chunk)" in lines[0]
     assert lines[5].split() == ["4", "->", "0", "->", "0", "(1)"]
     assert "depth operator: stack" in out and "TP2 PP2" in out and "VP 2 layers/chunk" in out
+    assert "--growth-mask-iters" not in out
+    rc = _tool().main(["--load", src, "--save", str(tmp_path / "random"), "--stacking-list",
+                       "0-3*2", "--operator", "random", "--no-fsync"])
+    assert rc == 0 and "train it with --growth-mask-iters N" in capsys.readouterr().out
 
 
 def test_tool_exits_non_zero_with_the_message(src, tmp_path, capsys):
