@@ -159,7 +159,7 @@ def grow_checkpoint(
         raise ValueError(f"--operator must be one of {', '.join(DEPTH_OPERATORS)}, got {operator!r}")
     depth_model = src_model.replace(num_layers=len(plan))
     depth = DepthGrowth(plan, operator, depth_model, seed, source_num_layers=src_model.num_layers)
-    dst_model = _target_model(depth_model, target_hidden_size, target_ffn_hidden_size,
+    dst_model = widened_model(depth_model, target_hidden_size, target_ffn_hidden_size,
                               target_num_attention_heads, target_num_query_groups)
     width = None
     if dst_model != depth_model:
@@ -272,8 +272,10 @@ def _has_optimizer(reader: DistCheckpointReader) -> bool:
 
 
 # ---- target ------------------------------------------------------------------------------------
-def _target_model(depth_model: ModelConfig, hidden: Optional[int], ffn: Optional[int],
+def widened_model(depth_model: ModelConfig, hidden: Optional[int], ffn: Optional[int],
                   heads: Optional[int], groups: Optional[int]) -> ModelConfig:
+    """`depth_model` at the --target-* widths given (None: kept; multi-head attention stays
+    multi-head when only the heads are given)."""
     targets = (("hidden_size", hidden), ("ffn_hidden_size", ffn), ("num_attention_heads", heads),
                ("num_query_groups", groups))
     for name, value in targets:

@@ -11,7 +11,7 @@ import argparse
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from megastack.config import PRESETS, ModelConfig, ParallelConfig
@@ -204,6 +204,13 @@ class GrowthConfig:
     lr_warmup_iters_after_growth: Optional[int] = None
     learn_steps: int = 100
     learn_lr: float = 1e-3
+    # Width growth in the same step: the grown model's widths (megastack.growth.mask's
+    # WIDTH_FIELDS), empty when only depth grows.
+    target_widths: dict[str, int] = field(default_factory=dict)
+    width_operator: str = "direct"
+
+    def target_model(self, small: ModelConfig) -> ModelConfig:
+        return small.replace(num_layers=self.target_num_layers, **self.target_widths)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -659,7 +666,17 @@ def add_growth_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-num-layers", type=int,
                    help="default: the --stacking-list's length (given, it must equal it)")
     g.add_argument("--growth-operator", default="stack", choices=["stack", "zero", "random", "learn"],
-                   help="depth operator; 'learn' is G_learn (LiGO-style maps trained first)")
+                   help="depth operator; 'learn' is G_learn (LiGO-style maps trained first, "
+                        "widths too)")
+    g.add_argument("--target-hidden-size", type=int, help="width growth: the grown model's")
+    g.add_argument("--target-ffn-hidden-size", type=int)
+    g.add_argument("--target-num-attention-heads", type=int,
+                   help="default: the source's; head_dim stays fixed, so set it with "
+                        "--target-hidden-size")
+    g.add_argument("--target-num-query-groups", type=int,
+                   help="default: the source's (multi-head attention stays multi-head)")
+    g.add_argument("--growth-width-operator", choices=["direct", "zero", "random"],
+                   help="width operator (default direct: function preserving)")
     g.add_argument("--learn-steps", type=int, default=100,
                    help="G_learn: training steps of the growth maps before materialising")
     g.add_argument("--learn-lr", type=float, default=1e-3, help="G_learn: learning rate of the maps")
@@ -1643,6 +1660,11 @@ _GROWTH_ONLY_FLAGS = {
         "--target-num-layers-per-virtual-pipeline-stage",
     "lr_after_growth": "--lr-after-growth",
     "lr_warmup_iters_after_growth": "--lr-warmup-iters-after-growth",
+    "target_hidden_size": "--target-hidden-size",
+    "target_ffn_hidden_size": "--target-ffn-hidden-size",
+    "target_num_attention_heads": "--target-num-attention-heads",
+    "target_num_query_groups": "--target-num-query-groups",
+    "growth_width_operator": "--growth-width-operator",
 }
 
 
@@ -1673,9 +1695,25 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
         from megastack.growth.depth import check_zero_plan
 
         check_zero_plan(plan, model.num_layers, operator_flag="--growth-operator")
-    _check(args.growth_mask_iters is None or args.growth_operator == "random",
-           f"--growth-mask-iters fades in G_random's fresh layers: add --growth-operator "
-           f"random (the {args.growth_operator} operator's new layers are not masked)")
+    from megastack.growth.grow_checkpoint import widened_model
+    from megastack.growth.mask import WIDTH_FIELDS
+    from megastack.growth.width import validate_width_growth
+
+    deep_model = model.replace(num_layers=target_layers)
+    target_model = widened_model(deep_model, args.target_hidden_size, args.target_ffn_hidden_size,
+                                 args.target_num_attention_heads, args.target_num_query_groups)
+    width_operator = args.growth_width_operator or "direct"
+    widens = target_model != deep_model
+    _check(widens or args.growth_width_operator is None,
+           f"--growth-width-operator {args.growth_width_operator} grows widths: give the "
+           f"grown model's --target-hidden-size (and --target-ffn-hidden-size, ...)")
+    if widens:
+        validate_width_growth(deep_model, target_model, width_operator)
+    _check(args.growth_mask_iters is None or args.growth_operator == "random"
+           or (widens and width_operator == "random"),
+           f"--growth-mask-iters fades in what G_random added: add --growth-operator random "
+           f"(or --growth-width-operator random with width growth); the "
+           f"{args.growth_operator} operator's new layers are not masked")
     if args.grow_at_tokens == "auto":
         grow_at = None
     else:
@@ -1683,7 +1721,6 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
             grow_at = int(parse_count(args.grow_at_tokens))
         except ValueError as e:
             raise ValueError(f"--grow-at-tokens: {e}, or auto") from None
-    target_model = model.replace(num_layers=target_layers)
     target_parallel = ParallelConfig(
         tensor_model_parallel_size=args.target_tensor_model_parallel_size
         or parallel.tensor_model_parallel_size,
@@ -1722,4 +1759,6 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
         target_parallel=target_parallel, lr_after_growth=args.lr_after_growth,
         lr_warmup_iters_after_growth=args.lr_warmup_iters_after_growth,
         learn_steps=args.learn_steps, learn_lr=args.learn_lr,
+        target_widths={name: getattr(target_model, name) for name in WIDTH_FIELDS} if widens else {},
+        width_operator=width_operator,
     )

@@ -13,7 +13,8 @@ SAVE/small (then grows), else as any run does with an empty --load. --save-inter
 As in the paper's reference code, the large model starts with a fresh Adam and a new LR
 schedule (re-warmup, then decay over the remaining iterations); the data position continues.
 The validation loss just before and just after growth is logged ("growth": "before"/"after").
-With G_random, --growth-mask-iters fades the fresh layers in (the trainer's growth mask).
+With --target-hidden-size etc. the widths grow too (--growth-width-operator). With G_random
+(depth or width), --growth-mask-iters fades the new parts in (the trainer's growth mask).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def growth_point_iterations(cfg: PretrainConfig) -> int:
     total_tokens = batches.samples_after(cfg.train.train_iters) * seq
     grow_at = g.grow_at_tokens
     if grow_at is None:
-        target = cfg.model.replace(num_layers=g.target_num_layers)
+        target = g.target_model(cfg.model)
         timing = growth_timing(target.num_parameters(), total_tokens)
         for warning in timing.warnings:
             logger.warning("growth timing guideline: %s", warning)
@@ -82,7 +83,7 @@ def _phase_configs(cfg: PretrainConfig, small_iters: int) -> tuple[PretrainConfi
     warmup = g.lr_warmup_iters_after_growth
     large = dataclasses.replace(
         cfg, growth=None,
-        model=cfg.model.replace(num_layers=g.target_num_layers),
+        model=g.target_model(cfg.model),
         parallel=g.target_parallel,
         train=dataclasses.replace(
             t, lr=g.lr_after_growth or t.lr, lr_decay_iters=remaining,
@@ -107,7 +108,11 @@ def _grow_on_rank0(cfg: PretrainConfig, src: str, dst: str) -> None:
                 target_pipeline_parallel_size=g.target_parallel.pipeline_model_parallel_size,
                 target_num_layers_per_virtual_pipeline_stage=
                 g.target_parallel.num_layers_per_virtual_pipeline_stage,
-                seed=cfg.train.seed, force=True,
+                target_hidden_size=g.target_widths.get("hidden_size"),
+                target_ffn_hidden_size=g.target_widths.get("ffn_hidden_size"),
+                target_num_attention_heads=g.target_widths.get("num_attention_heads"),
+                target_num_query_groups=g.target_widths.get("num_query_groups"),
+                width_operator=g.width_operator, seed=cfg.train.seed, force=True,
             )
             logger.info("grew %s -> %s:\n%s", src, dst, report.format_map())
         except Exception as e:  # every rank must leave the barrier, then fail together
@@ -225,7 +230,7 @@ def _resume_point(cfg: PretrainConfig, small_cfg: PretrainConfig, large_cfg: Pre
                 f"--grow-at-tokens grows after {small_iters}: relaunch with the --grow-at-tokens "
                 f"of the run being resumed")
         _check_model(load, path, common, large_cfg.model,
-                     "--model and --target-num-layers (and model flags)")
+                     "--model, --target-num-layers and --target-* widths (and model flags)")
         return "large", load
     small_root = os.path.join(load, "small")
     found = _find_checkpoint(small_root)

@@ -167,6 +167,17 @@ GROW = ["--save", "unused", "--grow-at-tokens", "256"]
      ["grown model", "--target-tensor-model-parallel-size 3 x --target-pipeline-model-parallel"]),
     (["--save", "unused", "--grow-at-tokens", "1X", "--stacking-list", "0-3*2"],
      ["--grow-at-tokens", "'1X'", "or auto"]),
+    # Width growth in one run: checked like tools/grow_checkpoint.py's.
+    (GROW + ["--stacking-list", "0-3*2", "--target-hidden-size", "128"],
+     ["head_dim", "--target-num-attention-heads 8"]),
+    (GROW + ["--stacking-list", "0-3*2", "--target-ffn-hidden-size", "100"],
+     ["cannot shrink ffn_hidden_size", "source 176, target 100"]),
+    (GROW + ["--stacking-list", "0-3*2", "--growth-width-operator", "random"],
+     ["--growth-width-operator random grows widths", "--target-hidden-size"]),
+    (GROW + ["--stacking-list", "0-3*2", "--target-ffn-hidden-size", "352",
+             "--growth-mask-iters", "4"], ["--growth-mask-iters fades in what G_random added"]),
+    (["--target-hidden-size", "128"],
+     ["--target-hidden-size only apply to growth in one run"]),
     # Growth flags without --grow-at-tokens were ignored: a plain run of the small model.
     (["--stacking-list", "0-3*2", "--lr-after-growth", "3e-4"],
      ["--stacking-list, --lr-after-growth only apply to growth in one run", "--grow-at-tokens"]),
@@ -181,6 +192,20 @@ def test_growth_flags_are_checked_before_training(argv, needles):
 def test_growth_target_depth_and_token_counts():
     cfg = config(BASE + GROW[:2] + ["--grow-at-tokens", "0.5K", "--stacking-list", "0-3*2"])
     assert (cfg.growth.target_num_layers, cfg.growth.grow_at_tokens) == (8, 500)
+    assert cfg.growth.target_widths == {}
+    assert cfg.growth.target_model(cfg.model) == cfg.model.replace(num_layers=8)
+
+
+def test_growth_target_widths():
+    cfg = config(BASE + GROW + ["--stacking-list", "0-3*2", "--target-hidden-size", "128",
+                                "--target-num-attention-heads", "8", "--growth-width-operator",
+                                "random", "--growth-mask-iters", "4"])
+    g = cfg.growth
+    assert g.target_widths == {"hidden_size": 128, "num_attention_heads": 8,
+                               "num_query_groups": 2, "ffn_hidden_size": 176}
+    assert g.width_operator == "random"
+    assert g.target_model(cfg.model) == cfg.model.replace(num_layers=8, hidden_size=128,
+                                                          num_attention_heads=8)
     args = parse_args(["--model", "tiny-4l", "--mock-data", "--train-tokens", "2K",
                        "--global-batch-size", "2"])
     assert args.train_tokens == 2000.0
@@ -515,8 +540,8 @@ def test_sample_based_schedule_flags_become_iterations():
       "--growth-operator", "learn", "--reset-attention-mask", "--transformer-impl", "local"],
      "--growth-operator learn fits its growth maps with causal attention only"),
     (["--train-iters", "4", "--save", "s", "--grow-at-tokens", "256", "--stacking-list", "0-3*2",
-      "--growth-mask-iters", "10"], "--growth-mask-iters fades in G_random's fresh layers: add "
-                                    "--growth-operator random"),
+      "--growth-mask-iters", "10"], "--growth-mask-iters fades in what G_random added: add "
+                                    "--growth-operator random (or --growth-width-operator random"),
     (["--train-iters", "4", "--save", "s", "--grow-at-tokens", "256", "--stacking-list", "0-3*2",
       "--growth-operator", "random", "--growth-mask-iters", "0"],
      "--growth-mask-iters must be >= 1, got 0"),

@@ -117,7 +117,7 @@ def test_out_of_time_at_the_growth_point_stops_before_growing(tmp_path):
     assert "exiting at iteration 1" in proc.stdout + proc.stderr
 
 
-def _grow_in_process(tmp_path, name, *flags):
+def _grow_in_process(tmp_path, name, *flags, operator="random"):
     from megastack.pretrain import build_tokenizer_from_args
     from megastack.training.arguments import build_pretrain_config, parse_args
     from megastack.training.growth_run import GrowthRun
@@ -126,7 +126,7 @@ def _grow_in_process(tmp_path, name, *flags):
                        "--global-batch-size", "2", "--log-interval", "1", "--eval-interval", "3",
                        "--eval-iters", "1", "--save", str(tmp_path / name),
                        "--grow-at-tokens", "256", "--stacking-list", "0,1,0,1",
-                       "--growth-operator", "random", *flags])
+                       "--growth-operator", operator, *flags])
     tokenizer = build_tokenizer_from_args(args)
     metrics = tmp_path / f"{name}.jsonl"
     GrowthRun(build_pretrain_config(args, tokenizer.vocab_size), args, tokenizer,
@@ -142,6 +142,34 @@ def test_growth_mask_starts_g_random_as_the_small_model(one_process, tmp_path):
     assert masked["after"] == pytest.approx(masked["before"], abs=1e-6)
     plain = _grow_in_process(tmp_path, "plain")
     assert abs(plain["after"] - plain["before"]) > 1e-3
+
+
+WIDEN = ("--target-hidden-size", "128", "--target-num-attention-heads", "8",
+         "--target-num-query-groups", "4", "--target-ffn-hidden-size", "352")
+
+
+def _grown_model_record(save) -> dict:
+    from megatron.core import dist_checkpointing
+
+    from megastack.checkpoint.training_checkpoint import resolve_checkpoint
+
+    return dist_checkpointing.load_common_state_dict(resolve_checkpoint(str(save)))["megastack"]["model"]
+
+
+@pytest.mark.parametrize("name, operator, flags", [
+    ("zero-direct", "zero", WIDEN),  # function preserving as it is
+    ("random-masked", "random", WIDEN + ("--growth-width-operator", "random",
+                                         "--growth-mask-iters", "2")),
+])
+def test_width_growth_in_one_run_starts_as_the_small_model(one_process, tmp_path, name,
+                                                           operator, flags):
+    """--target-hidden-size etc.: the run grows 64 -> 128 hidden with the depth, and with
+    function-preserving operators (or the mask) the loss right after growth is the one before."""
+    losses = _grow_in_process(tmp_path, name, *flags, operator=operator)
+    assert losses["after"] == pytest.approx(losses["before"], abs=1e-5)
+    record = _grown_model_record(tmp_path / name)
+    assert (record["num_layers"], record["hidden_size"], record["num_attention_heads"],
+            record["num_query_groups"], record["ffn_hidden_size"]) == (4, 128, 8, 4, 352)
 
 
 def test_growth_mask_ramps_and_then_leaves_the_model(megatron_world):
