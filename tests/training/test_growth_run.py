@@ -200,3 +200,10 @@ def test_growth_mask_ramps_and_then_leaves_the_model(megatron_world):
         assert torch.allclose(model(tokens, positions, None), identity, atol=1e-5)
         model.decoder.layers = layers
     assert not torch.allclose(half, identity) and not torch.allclose(half, full)
+
+
+def test_learned_width_growth_in_one_run(one_process, tmp_path):
+    """G_learn fits depth and width maps together (megastack.growth.learn) at the growth point."""
+    losses = _grow_in_process(tmp_path, "learn", *WIDEN, "--learn-steps", "2", operator="learn")
+    assert set(losses) == {"before", "after"}
+    assert _grown_model_record(tmp_path / "learn")["hidden_size"] == 128
