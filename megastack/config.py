@@ -32,6 +32,9 @@ class ModelConfig:
     add_bias_linear: bool = False
     # Biases in the QKV projection only (Qwen2's); add_bias_linear gives them anyway.
     add_qkv_bias: bool = False
+    # Each head's queries and keys normalised (over head_dim, before RoPE) with --normalization
+    # (Qwen3's, OLMo 2's q/k norm).
+    qk_layernorm: bool = False
     position_embedding_type: str = "rope"
     rotary_base: int = 10000
     # Llama 3.x's RoPE frequency scaling (megatron-core's: low/high frequency factors 1 and 4
@@ -134,6 +137,7 @@ class ModelConfig:
                   ("--normalization", "normalization"), ("--swiglu", "swiglu"),
                   ("--disable-bias-linear (add_bias_linear)", "add_bias_linear"),
                   ("--add-qkv-bias (a QKV bias)", "qkv_bias"),
+                  ("--qk-layernorm", "qk_layernorm"),
                   ("--position-embedding-type", "position_embedding_type"),
                   ("--untie-embeddings-and-output-weights", "untie_embeddings_and_output_weights")]
         if self.position_embedding_type == other.position_embedding_type == "learned_absolute":
@@ -162,6 +166,8 @@ class ModelConfig:
         attn = h * (h + 2 * kv) + h * h  # qkv + output projection
         mlp = h * (2 * f if self.swiglu else f) + f * h
         norms = 2 * h if self.normalization == "RMSNorm" else 4 * h
+        if self.qk_layernorm:  # one norm for all query heads, one for all key heads
+            norms += 2 * self.head_dim * (1 if self.normalization == "RMSNorm" else 2)
         if self.qkv_bias:
             attn += h + 2 * kv
         if self.add_bias_linear:
@@ -337,6 +343,7 @@ def to_transformer_config(
         bias_activation_fusion=False,
         add_bias_linear=model.add_bias_linear,
         add_qkv_bias=model.add_qkv_bias,
+        qk_layernorm=model.qk_layernorm,
         init_method_std=model.init_method_std,
         embedding_init_method_std=model.embedding_init_method_std,
         hidden_dropout=model.hidden_dropout,

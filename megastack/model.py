@@ -26,7 +26,7 @@ from megastack.layer_impl import check_sequence_parallel, resolve_transformer_im
 logger = logging.getLogger(__name__)
 
 
-def select_layer_spec(impl: str = "auto"):
+def select_layer_spec(impl: str = "auto", qk_layernorm: bool = False):
     """Return (impl_name, ModuleSpec) for a transformer layer."""
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
@@ -40,12 +40,12 @@ def select_layer_spec(impl: str = "auto"):
                 "--transformer-impl transformer_engine needs Transformer Engine and a CUDA device; "
                 "install transformer-engine[pytorch] or use --transformer-impl local"
             )
-        return impl, get_gpt_layer_with_transformer_engine_spec()
+        return impl, get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_layernorm)
     if impl == "fused":
         from megastack.kernels.spec import get_gpt_layer_fused_spec
 
-        return impl, get_gpt_layer_fused_spec()
-    return impl, get_gpt_layer_local_spec()
+        return impl, get_gpt_layer_fused_spec(qk_layernorm=qk_layernorm)
+    return impl, get_gpt_layer_local_spec(qk_layernorm=qk_layernorm)
 
 
 def pipeline_p2p_options(parallel: ParallelConfig, vp_size: Optional[int], overlap: bool,
@@ -91,7 +91,7 @@ def build_model_chunks(
 
     check_sequence_parallel(transformer_impl, parallel.tensor_model_parallel_size,
                             parallel.sequence_parallel)
-    impl, spec = select_layer_spec(transformer_impl)
+    impl, spec = select_layer_spec(transformer_impl, qk_layernorm=model_cfg.qk_layernorm)
     vp_size = parallel.virtual_pipeline_size(model_cfg.num_layers)
     config = to_transformer_config(
         model_cfg,

@@ -4,8 +4,8 @@
         --tokenizer-dir tokenizers/llama
 
 Writes config.json and safetensors shards that transformers' LlamaForCausalLM.from_pretrained
-(Qwen2ForCausalLM's, for a model with --add-qkv-bias) loads, e.g. to evaluate a grown model with
-HF tooling. Reads the checkpoint (any TP/PP layout) layer by layer without building a model
+(Qwen2ForCausalLM's for a model with --add-qkv-bias, Qwen3ForCausalLM's with --qk-layernorm)
+loads, e.g. to evaluate a grown model with HF tooling. Reads the checkpoint (any TP/PP layout) layer by layer without building a model
 (memory: one layer's weights and the embedding, plus one shard); the optimizer state is left
 out.
 """

@@ -1,4 +1,5 @@
-"""Import a Hugging Face Llama model directory (or Qwen2, Mistral) as a megastack checkpoint.
+"""Import a Hugging Face Llama model directory (or Qwen2, Qwen3, Mistral) as a megastack
+checkpoint.
 
     python tools/import_hf.py --hf-dir hf/small-llama --save runs/imported
     python tools/grow_checkpoint.py --load runs/imported --save runs/grown --stacking-list 0-5*4

@@ -1,11 +1,11 @@
 """Convert between megastack (torch_dist) checkpoints and Hugging Face Llama directories
-(Qwen2's too: Llama with a QKV-only bias).
+(Qwen2's and Qwen3's too: Llama with a QKV-only bias, Llama with q/k norms).
 
 - ``export_hf``: a trained (or grown) checkpoint -> ``config.json`` + safetensors shards that
-  ``LlamaForCausalLM.from_pretrained`` (or Qwen2's) loads (to evaluate with HF tooling, or to
-  publish). Reads the checkpoint without building a model, one layer at a time: its memory is a
-  layer's weights (and the embedding's) plus one shard.
-- ``import_hf``: a Llama, Mistral (no sliding window) or Qwen2 directory -> a megastack
+  ``LlamaForCausalLM.from_pretrained`` (or Qwen2's, Qwen3's) loads (to evaluate with HF
+  tooling, or to publish). Reads the checkpoint without building a model, one layer at a time:
+  its memory is a layer's weights (and the embedding's) plus one shard.
+- ``import_hf``: a Llama, Mistral (no sliding window), Qwen2 or Qwen3 directory -> a megastack
   checkpoint (iteration 0, weights only) that training loads with ``--finetune`` and
   tools/grow_checkpoint.py grows, e.g. to stack the layers of an existing small model. Takes
   the checkpoint's keys from the model built on the meta device and writes it with megastack's

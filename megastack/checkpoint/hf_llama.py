@@ -1,8 +1,10 @@
 """Hugging Face Llama <-> megatron-core GPT: the architecture and the weight names and layouts.
 
 megastack's models are Llama's (RMSNorm, SwiGLU, RoPE, GQA), so a checkpoint maps onto
-``LlamaForCausalLM`` tensor for tensor, or onto ``Qwen2ForCausalLM`` (Llama with biases in the
-QKV projection only: megatron-core's add_qkv_bias); three layouts differ:
+``LlamaForCausalLM`` tensor for tensor, onto ``Qwen2ForCausalLM`` (Llama with biases in the
+QKV projection only: megatron-core's add_qkv_bias) or onto ``Qwen3ForCausalLM`` (Llama with
+each head's queries and keys RMS-normalised before RoPE: megatron-core's qk_layernorm, whose
+q_layernorm/k_layernorm are Qwen3's q_norm/k_norm); three layouts differ:
 
 - megatron-core's ``linear_qkv`` holds, for each query group, that group's query heads, then
   its key head, then its value head ([g0: q q k v][g1: q q k v] ...); HF keeps ``q_proj``,
@@ -37,6 +39,8 @@ _DIRECT_LAYER_KEYS = {
     _LAYER + "mlp.linear_fc1.layer_norm_weight": "post_attention_layernorm.weight",
     _LAYER + "mlp.linear_fc2.weight": "mlp.down_proj.weight",
     _LAYER + "mlp.linear_fc2.bias": "mlp.down_proj.bias",
+    _LAYER + "self_attention.q_layernorm.weight": "self_attn.q_norm.weight",
+    _LAYER + "self_attention.k_layernorm.weight": "self_attn.k_norm.weight",
 }
 _GLOBAL_KEYS = {
     "embedding.word_embeddings.weight": "model.embed_tokens.weight",
@@ -57,6 +61,9 @@ def check_llama_compatible(model: ModelConfig, what: str) -> None:
         differences.append("a GeLU MLP (Llama has SwiGLU)")
     if model.position_embedding_type != "rope":
         differences.append(f"{model.position_embedding_type} positions (Llama has RoPE)")
+    if model.qk_layernorm and model.qkv_bias:
+        differences.append("q/k norms with biases (Qwen3's attention_bias would add one to "
+                           "o_proj, Llama has no q/k norm)")
     if differences:
         raise ValueError(f"{what}: the model has {', '.join(differences)}: Hugging Face's "
                          f"LlamaForCausalLM cannot hold it")
@@ -67,16 +74,24 @@ def is_qwen2(model: ModelConfig) -> bool:
     return model.add_qkv_bias and not model.add_bias_linear
 
 
+def is_qwen3(model: ModelConfig) -> bool:
+    return model.qk_layernorm
+
+
 def hf_config(model: ModelConfig, dtype: torch.dtype,
               bos_token_id: Optional[int] = None, eos_token_id: Optional[int] = None
               ) -> dict[str, Any]:
-    """config.json of the LlamaForCausalLM (Qwen2ForCausalLM for a QKV-only bias) that computes
-    what `model` computes."""
+    """config.json of the LlamaForCausalLM (Qwen2ForCausalLM for a QKV-only bias,
+    Qwen3ForCausalLM for q/k norms) that computes what `model` computes."""
     check_llama_compatible(model, "export to Hugging Face")
-    if is_qwen2(model):
+    no_window = {"use_sliding_window": False, "sliding_window": None,
+                 "max_window_layers": model.num_layers}
+    if is_qwen3(model):
+        architecture = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+                        "attention_bias": False, **no_window}
+    elif is_qwen2(model):
         architecture = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
-                        "use_sliding_window": False, "sliding_window": None,
-                        "max_window_layers": model.num_layers}
+                        **no_window}
     else:
         architecture = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
                         "attention_bias": model.add_bias_linear,
@@ -107,15 +122,16 @@ def hf_config(model: ModelConfig, dtype: torch.dtype,
 
 
 def model_config_from_hf(config: dict[str, Any], source: str) -> ModelConfig:
-    """The ModelConfig of a Llama (or Mistral, Qwen2) config.json; `source` names the file in
-    errors."""
+    """The ModelConfig of a Llama (or Mistral, Qwen2, Qwen3) config.json; `source` names the
+    file in errors."""
     model_type = config.get("model_type")
-    if model_type not in ("llama", "mistral", "qwen2"):
+    if model_type not in ("llama", "mistral", "qwen2", "qwen3"):
         raise ValueError(f"{source}: model_type {model_type!r}: only Llama-architecture models "
-                         f"(model_type llama, qwen2, or mistral without sliding windows) map "
-                         f"onto megastack's GPT")
-    # Qwen2 configs name a window size even with the window off.
-    windowed = (config.get("use_sliding_window", False) if model_type == "qwen2"
+                         f"(model_type llama, qwen2, qwen3, or mistral without sliding windows) "
+                         f"map onto megastack's GPT")
+    qwen = model_type in ("qwen2", "qwen3")
+    # Qwen configs name a window size even with the window off.
+    windowed = (config.get("use_sliding_window", False) if qwen
                 else config.get("sliding_window") is not None)
     if windowed:
         raise ValueError(f"{source}: sliding_window {config.get('sliding_window')}: "
@@ -127,8 +143,11 @@ def model_config_from_hf(config: dict[str, Any], source: str) -> ModelConfig:
     if config.get("hidden_act", "silu") != "silu":
         raise ValueError(f"{source}: hidden_act {config['hidden_act']!r}: megastack's SwiGLU "
                          f"uses silu")
-    if model_type != "qwen2" and (bool(config.get("attention_bias", False))
-                                  != bool(config.get("mlp_bias", False))):
+    if model_type == "qwen3" and config.get("attention_bias", False):
+        raise ValueError(f"{source}: attention_bias true: Qwen3's biases in q, k, v and o_proj "
+                         f"(with an MLP without) are not among megastack's architectures")
+    if not qwen and (bool(config.get("attention_bias", False))
+                     != bool(config.get("mlp_bias", False))):
         raise ValueError(f"{source}: attention_bias {config.get('attention_bias')} and mlp_bias "
                          f"{config.get('mlp_bias')}: megatron-core's add_bias_linear gives every "
                          f"linear layer a bias or none")
@@ -146,8 +165,8 @@ def model_config_from_hf(config: dict[str, Any], source: str) -> ModelConfig:
         norm_epsilon=config.get("rms_norm_eps", 1e-6),
         rotary_base=int(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
         untie_embeddings_and_output_weights=not config.get("tie_word_embeddings", False),
-        add_bias_linear=model_type != "qwen2" and bool(config.get("attention_bias", False)),
-        add_qkv_bias=model_type == "qwen2",
+        add_bias_linear=not qwen and bool(config.get("attention_bias", False)),
+        add_qkv_bias=model_type == "qwen2", qk_layernorm=model_type == "qwen3",
         init_method_std=config.get("initializer_range", 0.02),
         rope_scaling=scaling_factor is not None, rope_scaling_factor=scaling_factor or 8.0,
     )

@@ -140,7 +140,7 @@ def validate_width_growth(src: ModelConfig, dst: ModelConfig, operator: str) -> 
     if operator not in WIDTH_OPERATORS:
         raise ValueError(f"--width-operator must be one of {WIDTH_OPERATORS}, got {operator!r}")
     same = ("vocab_size", "normalization", "swiglu", "add_bias_linear", "qkv_bias",
-            "position_embedding_type", "untie_embeddings_and_output_weights")
+            "qk_layernorm", "position_embedding_type", "untie_embeddings_and_output_weights")
     for name in same:
         if getattr(src, name) != getattr(dst, name):
             raise ValueError(

@@ -45,6 +45,8 @@ def layer_parameters(model: ModelConfig, tensor_parallel_size: int = 1) -> int:
         params += qkv_out // t
     if model.add_bias_linear:
         params += fc1_out // t + 2 * h  # row-parallel biases are not split
+    if model.qk_layernorm:  # over head_dim, replicated on every TP rank
+        params += 2 * model.head_dim * (1 if model.normalization == "RMSNorm" else 2)
     return params + 2 * norm_parameters(model)
 
 

@@ -228,6 +228,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--disable-bias-linear", action="store_true", default=None)
     g.add_argument("--add-qkv-bias", action="store_true", default=None,
                    help="biases in the QKV projection only (Qwen2's attention)")
+    g.add_argument("--qk-layernorm", action="store_true", default=None,
+                   help="normalise each head's queries and keys (Qwen3's, OLMo 2's attention)")
     g.add_argument("--position-embedding-type", choices=["rope", "learned_absolute", "none"])
     g.add_argument("--rotary-base", type=int)
     g.add_argument("--use-rope-scaling", dest="rope_scaling", action="store_true", default=None,
@@ -748,8 +750,6 @@ UNSUPPORTED_FLAGS = {  # attr: (flag, why and what instead, number of values it 
     "fp8_format": ("--fp8-format", "FP8 training is not implemented: use --bf16", 1),
     "tp_comm_overlap": ("--tp-comm-overlap", "Transformer Engine's userbuffer overlap of the "
                         "tensor-parallel communication is not wired: drop it", 0),
-    "qk_layernorm": ("--qk-layernorm", "query/key normalisation is not among megastack's "
-                     "architectures (nor its growth operators)", 0),
     "apply_layernorm_1p": ("--apply-layernorm-1p", "zero-centred norm weights are not among "
                            "megastack's architectures", 0),
     "init_method_xavier_uniform": ("--init-method-xavier-uniform", "weights are initialised "
@@ -958,6 +958,8 @@ def model_config_from_args(args: argparse.Namespace, vocab_size: Optional[int],
         base["add_bias_linear"] = False
     if args.add_qkv_bias is not None:
         base["add_qkv_bias"] = True
+    if args.qk_layernorm is not None:
+        base["qk_layernorm"] = True
     if args.untie_embeddings_and_output_weights is not None:
         base["untie_embeddings_and_output_weights"] = True
     missing = [f"--{n.replace('_', '-')}" for n in ("num_layers", "hidden_size",

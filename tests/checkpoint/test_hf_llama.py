@@ -25,6 +25,9 @@ TIED_BIASED = GQA.replace(num_query_groups=4, untie_embeddings_and_output_weight
 # Qwen2's attention: biases in the QKV projection only; tied embeddings as in its small models.
 QKV_BIAS = GQA.replace(add_qkv_bias=True, untie_embeddings_and_output_weights=False,
                        rotary_base=1000000)
+# Qwen3's attention: each head's queries and keys RMS-normalised before RoPE.
+QK_NORM = GQA.replace(qk_layernorm=True, untie_embeddings_and_output_weights=False,
+                      rotary_base=1000000)
 
 
 # At init scale attention is nearly uniform and positions hardly matter: larger query and key
@@ -82,8 +85,9 @@ def load(cfg: ModelConfig, root):
 
 @pytest.mark.parametrize("cfg, architecture", [(GQA, "LlamaForCausalLM"),
                                                 (TIED_BIASED, "LlamaForCausalLM"),
-                                                (QKV_BIAS, "Qwen2ForCausalLM")],
-                         ids=["gqa", "tied-biased", "qkv-bias"])
+                                                (QKV_BIAS, "Qwen2ForCausalLM"),
+                                                (QK_NORM, "Qwen3ForCausalLM")],
+                         ids=["gqa", "tied-biased", "qkv-bias", "qk-norm"])
 def test_exported_model_computes_the_megastack_logits(megatron_world, tmp_path, cfg,
                                                       architecture):
     from megastack.checkpoint.hf_convert import export_hf
@@ -195,6 +199,56 @@ def test_imported_qwen2_computes_the_hf_logits(megatron_world, tmp_path):
                        hf.model.layers[0].self_attn.q_proj.bias)
 
 
+def test_imported_qwen3_computes_the_hf_logits_and_grows(megatron_world, tmp_path):
+    """Qwen3 (q/k norms, tied embeddings) imports as a model with --qk-layernorm, and grown by
+    stacking goes back to Hugging Face as a deeper Qwen3."""
+    from megastack.checkpoint.hf_convert import export_hf, import_hf
+
+    torch.manual_seed(0)
+    config = transformers.Qwen3Config(
+        hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, vocab_size=128, max_position_embeddings=16,
+        rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+    hf = transformers.Qwen3ForCausalLM(config)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.randn_like(p))
+            elif "q_proj" in name or "k_proj" in name:
+                p.mul_(QK_GAIN)
+    hf.save_pretrained(str(tmp_path / "hf"))
+    cfg = import_hf(str(tmp_path / "hf"), str(tmp_path / "ckpt")).model
+    assert cfg.qk_layernorm and not cfg.qkv_bias and cfg.norm_epsilon == 1e-6
+    ids = tokens(128)
+    expected = hf_logits(tmp_path / "hf", ids, "Qwen3ForCausalLM")
+    assert torch.allclose(megastack_logits(load(cfg, tmp_path / "ckpt"), ids), expected,
+                          atol=1e-5, rtol=1e-4)
+    # The q/k norms count: without them (ones) the logits differ.
+    plain = load(cfg, tmp_path / "ckpt")
+    with torch.no_grad():
+        for layer in plain.decoder.layers:
+            layer.self_attention.q_layernorm.weight.fill_(1.0)
+    assert not torch.allclose(megastack_logits(plain, ids), expected, atol=1e-3)
+
+    grow = load_script("tools/grow_checkpoint.py")
+    assert grow.main(["--load", str(tmp_path / "ckpt"), "--save", str(tmp_path / "grown"),
+                      "--stacking-list", "0,1,0,1", "--no-fsync"]) == 0
+    export_hf(str(tmp_path / "grown"), str(tmp_path / "hf_grown"), dtype="fp32")
+    with open(tmp_path / "hf_grown" / "config.json") as f:
+        exported = json.load(f)
+    assert (exported["model_type"], exported["num_hidden_layers"]) == ("qwen3", 4)
+    grown = transformers.Qwen3ForCausalLM.from_pretrained(str(tmp_path / "hf_grown"))
+    assert torch.equal(grown.model.layers[3].self_attn.k_norm.weight,
+                       hf.model.layers[1].self_attn.k_norm.weight)
+
+
+def test_q_k_norms_with_biases_are_refused_for_export():
+    from megastack.checkpoint.hf_llama import hf_config
+
+    with pytest.raises(ValueError, match="q/k norms with biases"):
+        hf_config(QK_NORM.replace(add_qkv_bias=True), torch.float32)
+
+
 def test_hf_configs_megastack_cannot_hold_are_named(tmp_path):
     from megastack.checkpoint.hf_llama import model_config_from_hf
 
@@ -214,6 +268,8 @@ def test_hf_configs_megastack_cannot_hold_are_named(tmp_path):
         ({"model_type": "mistral", "sliding_window": 4096}, "sliding-window attention"),
         ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 4096},
          "sliding-window attention"),
+        ({"model_type": "qwen3", "attention_bias": True}, "Qwen3's biases in q, k, v and o_proj"),
+        ({"model_type": "qwen3", "head_dim": 128}, "head_dim 128 x num_attention_heads 4"),
     ]:
         with pytest.raises(ValueError, match=message):
             model_config_from_hf({**base, **changes}, "c.json")

@@ -8,6 +8,7 @@ SMALL = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, num_que
                     ffn_hidden_size=48, vocab_size=128, seq_length=16)
 MHA = SMALL.replace(num_query_groups=4)
 QKV_BIAS = SMALL.replace(add_qkv_bias=True)  # Qwen2's attention
+QK_NORM = SMALL.replace(qk_layernorm=True)  # Qwen3's attention
 
 
 @pytest.fixture

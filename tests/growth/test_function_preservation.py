@@ -8,14 +8,15 @@ from megastack.growth.learn import LearnedGrowth, train_learned_growth
 from megastack.growth.plans import gstack_plan, parse_stacking_list
 from megastack.growth.width import WidthGrowth
 
-from .conftest import MHA, QKV_BIAS, SMALL, logits
+from .conftest import MHA, QK_NORM, QKV_BIAS, SMALL, logits
 
 
 def grown_logits(build, cfg, state):
     return logits(build(cfg, seed=7, state=state), cfg)
 
 
-@pytest.mark.parametrize("src_cfg", [SMALL, MHA, QKV_BIAS], ids=["gqa", "mha", "qkv-bias"])
+@pytest.mark.parametrize("src_cfg", [SMALL, MHA, QKV_BIAS, QK_NORM],
+                         ids=["gqa", "mha", "qkv-bias", "qk-norm"])
 def test_zero_depth_growth_preserves_logits(build, source, src_cfg):
     state, expected = source(src_cfg)
     target = src_cfg.replace(num_layers=5)
@@ -38,7 +39,9 @@ def test_stack_depth_growth_changes_logits(build, source):
     (SMALL, dict(hidden_size=96, num_attention_heads=12, num_query_groups=2, ffn_hidden_size=100)),
     (SMALL, dict(ffn_hidden_size=77)),
     (QKV_BIAS, dict(hidden_size=64, num_attention_heads=8, num_query_groups=4, ffn_hidden_size=80)),
-], ids=["mha-2x", "gqa-2x-more-groups", "gqa-3x-bigger-groups", "ffn-only", "qkv-bias-2x"])
+    (QK_NORM, dict(hidden_size=64, num_attention_heads=8, num_query_groups=4, ffn_hidden_size=80)),
+], ids=["mha-2x", "gqa-2x-more-groups", "gqa-3x-bigger-groups", "ffn-only", "qkv-bias-2x",
+        "qk-norm-2x"])
 def test_direct_width_growth_preserves_logits(build, source, src_cfg, changes):
     state, expected = source(src_cfg)
     target = src_cfg.replace(**changes)

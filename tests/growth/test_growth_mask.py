@@ -9,7 +9,7 @@ from megastack.growth.mask import WIDTH_FIELDS, GrowthMask, WidthMaskUnits
 from megastack.growth.plans import parse_stacking_list
 from megastack.growth.width import WidthGrowth
 
-from .conftest import MHA, QKV_BIAS, SMALL, logits
+from .conftest import MHA, QK_NORM, QKV_BIAS, SMALL, logits
 
 WIDE = dict(hidden_size=64, num_attention_heads=8, num_query_groups=4, ffn_hidden_size=80)
 
@@ -24,8 +24,10 @@ def _widths(cfg):
     (SMALL, dict(hidden_size=96, num_attention_heads=12, num_query_groups=2, ffn_hidden_size=48)),
     (SMALL, dict(ffn_hidden_size=77)),
     (QKV_BIAS, WIDE),
+    (QK_NORM, WIDE),
     (SMALL.replace(normalization="LayerNorm"), dict(ffn_hidden_size=64)),
-], ids=["gqa-2x", "mha-2x", "bigger-groups-ffn-kept", "ffn-only", "qkv-bias", "layernorm-ffn"])
+], ids=["gqa-2x", "mha-2x", "bigger-groups-ffn-kept", "ffn-only", "qkv-bias", "qk-norm",
+        "layernorm-ffn"])
 def test_masked_random_width_growth_starts_as_the_source(build, source, src_cfg, changes):
     state, expected = source(src_cfg)
     target = src_cfg.replace(**changes)

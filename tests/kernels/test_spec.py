@@ -56,7 +56,8 @@ def test_fused_spec_checkpoint_keys_equal_local_spec(megatron_world, qk_layernor
     from megastack.kernels.modules import FusedRMSNorm, FusedRoPESelfAttention, FusedSwiGLUMLP
     from megastack.kernels.spec import get_gpt_layer_fused_spec
 
-    config = _config(qk_layernorm=qk_layernorm)
+    config = to_transformer_config(MODEL.replace(qk_layernorm=qk_layernorm),
+                                   use_cpu_initialization=True)
     local = _build(_local(qk_layernorm), config)
     fused = _build(get_gpt_layer_fused_spec(qk_layernorm=qk_layernorm), config)
     layer = fused.decoder.layers[0]

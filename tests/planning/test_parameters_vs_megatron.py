@@ -24,7 +24,8 @@ def build_chunk(model: ModelConfig, parallel: ParallelConfig, *, pre: bool, post
     config = to_transformer_config(model, parallel, use_cpu_initialization=True)
     return GPTModel(
         config,
-        get_gpt_layer_local_spec(normalization=model.normalization),
+        get_gpt_layer_local_spec(normalization=model.normalization,
+                                 qk_layernorm=model.qk_layernorm),
         vocab_size=model.vocab_size,
         max_sequence_length=model.max_position_embeddings,
         pre_process=pre,
@@ -57,6 +58,9 @@ MODELS = {
     "QKV bias only (Qwen2)": ModelConfig.from_name("tiny-8l", add_qkv_bias=True),
     "QKV bias and biases": ModelConfig.from_name("tiny-8l", add_qkv_bias=True,
                                                  add_bias_linear=True),
+    "q/k norm (Qwen3)": ModelConfig.from_name("tiny-8l", qk_layernorm=True),
+    "q/k LayerNorm": ModelConfig.from_name("tiny-8l", qk_layernorm=True,
+                                           normalization="LayerNorm"),
 }
 
 LAYOUTS = {

@@ -129,6 +129,22 @@ def test_qkv_bias_and_embedding_init_flags_reach_the_model(megatron_world):
         model.replace(add_bias_linear=True, add_qkv_bias=False)) == []
 
 
+def test_qk_layernorm_flag_reaches_the_model(megatron_world):
+    from megastack.config import ParallelConfig
+    from megastack.model import build_model_chunks
+
+    model = config(["--model", "tiny-2l", "--mock-data", "--train-iters", "2",
+                    "--qk-layernorm"]).model
+    assert model.qk_layernorm
+    params = dict(build_model_chunks(model, ParallelConfig(), seed=0)[0].named_parameters())
+    norms = sorted(name for name in params if "q_layernorm" in name or "k_layernorm" in name)
+    assert norms == [f"decoder.layers.{i}.self_attention.{qk}_layernorm.weight"
+                     for i in (0, 1) for qk in "kq"]
+    assert all(params[name].shape == (model.head_dim,) for name in norms)
+    assert model.weight_differences(model.replace(qk_layernorm=False)) == [
+        "--qk-layernorm: True vs False"]
+
+
 def test_dropout_reaches_megatron_core():
     """The dropout flags were refused (and dropout hard-coded to 0): a Megatron-LM script's
     --attention-dropout/--hidden-dropout must set TransformerConfig's."""
