@@ -23,6 +23,9 @@ class ModelConfig:
     num_attention_heads: int
     ffn_hidden_size: Optional[int] = None  # None: Llama's 8/3*h rounded up to a multiple of 256
     num_query_groups: Optional[int] = None  # None: multi-head attention (groups == heads)
+    # Width of each attention head (--kv-channels); None: hidden_size / num_attention_heads.
+    # Given, queries are num_attention_heads * kv_channels wide (Qwen3's head_dim).
+    kv_channels: Optional[int] = None
     vocab_size: int = 32000
     seq_length: int = 2048
     max_position_embeddings: Optional[int] = None  # None: seq_length
@@ -56,6 +59,11 @@ class ModelConfig:
             object.__setattr__(self, "num_query_groups", self.num_attention_heads)
         if self.max_position_embeddings is None:
             object.__setattr__(self, "max_position_embeddings", self.seq_length)
+        if (self.kv_channels is not None and self.num_attention_heads > 0
+                and self.kv_channels * self.num_attention_heads == self.hidden_size):
+            # The default said explicitly: one spelling per architecture, so that records
+            # compare equal and width growth scales heads with the hidden size as usual.
+            object.__setattr__(self, "kv_channels", None)
         self.validate()
 
     def validate(self) -> None:
@@ -69,10 +77,13 @@ class ModelConfig:
                             ("--num-query-groups", self.num_query_groups),
                             ("--vocab-size", self.vocab_size), ("--seq-length", self.seq_length)):
             need(value >= 1, f"{flag} must be >= 1, got {value}")
+        need(self.kv_channels is None or self.kv_channels >= 1,
+             f"--kv-channels must be >= 1, got {self.kv_channels}")
         need(
-            self.hidden_size % self.num_attention_heads == 0,
+            self.kv_channels is not None or self.hidden_size % self.num_attention_heads == 0,
             f"--hidden-size {self.hidden_size} is not divisible by --num-attention-heads "
-            f"{self.num_attention_heads}: pick a hidden size that is a multiple of the head count",
+            f"{self.num_attention_heads}: pick a hidden size that is a multiple of the head count "
+            f"(or give the head width with --kv-channels)",
         )
         need(
             self.num_attention_heads % self.num_query_groups == 0,
@@ -108,11 +119,13 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        """Width of one attention head (megatron-core's kv_channels)."""
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
 
     @property
-    def kv_channels(self) -> int:
-        return self.head_dim
+    def query_size(self) -> int:
+        """Width of all query heads together: the attention output the projection reads."""
+        return self.num_attention_heads * self.head_dim
 
     @property
     def qkv_bias(self) -> bool:
@@ -132,6 +145,7 @@ class ModelConfig:
         fields = [("--num-layers", "num_layers"), ("--hidden-size", "hidden_size"),
                   ("--ffn-hidden-size", "ffn_hidden_size"),
                   ("--num-attention-heads", "num_attention_heads"),
+                  ("--kv-channels (head width)", "head_dim"),
                   ("--num-query-groups", "num_query_groups"),
                   ("padded vocabulary (--vocab-size or the tokenizer)", "vocab_size"),
                   ("--normalization", "normalization"), ("--swiglu", "swiglu"),
@@ -161,15 +175,15 @@ class ModelConfig:
     # ---- sizes -------------------------------------------------------------------------------
     def num_parameters(self, include_embeddings: bool = True) -> int:
         """Exact parameter count of the megatron-core GPTModel this config builds."""
-        h, f = self.hidden_size, self.ffn_hidden_size
+        h, f, q = self.hidden_size, self.ffn_hidden_size, self.query_size
         kv = self.num_query_groups * self.head_dim
-        attn = h * (h + 2 * kv) + h * h  # qkv + output projection
+        attn = h * (q + 2 * kv) + q * h  # qkv + output projection
         mlp = h * (2 * f if self.swiglu else f) + f * h
         norms = 2 * h if self.normalization == "RMSNorm" else 4 * h
         if self.qk_layernorm:  # one norm for all query heads, one for all key heads
             norms += 2 * self.head_dim * (1 if self.normalization == "RMSNorm" else 2)
         if self.qkv_bias:
-            attn += h + 2 * kv
+            attn += q + 2 * kv
         if self.add_bias_linear:
             attn += h
             mlp += (2 * f if self.swiglu else f) + h
@@ -189,10 +203,10 @@ class ModelConfig:
         for the causal mask (its later count is 6-11% lower for the presets here). Every
         FLOPs budget and speedup in this repository uses this one count."""
         s = seq_length or self.seq_length
-        h, f, L = self.hidden_size, self.ffn_hidden_size, self.num_layers
+        h, f, L, q = self.hidden_size, self.ffn_hidden_size, self.num_layers, self.query_size
         kv = self.num_query_groups * self.head_dim
         mlp_mult = 3 if self.swiglu else 2
-        per_layer = 2 * h * (h + 2 * kv) + 2 * h * h + 2 * s * h * 2 + 2 * mlp_mult * h * f
+        per_layer = 2 * h * (q + 2 * kv) + 2 * q * h + 2 * s * q * 2 + 2 * mlp_mult * h * f
         return 3.0 * (L * per_layer + 2 * h * self.vocab_size)
 
 
@@ -335,7 +349,7 @@ def to_transformer_config(
         ffn_hidden_size=model.ffn_hidden_size,
         num_attention_heads=model.num_attention_heads,
         num_query_groups=model.num_query_groups,
-        kv_channels=model.kv_channels,
+        kv_channels=model.head_dim,
         normalization=model.normalization,
         layernorm_epsilon=model.norm_epsilon,
         gated_linear_unit=model.swiglu,

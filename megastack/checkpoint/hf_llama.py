@@ -152,13 +152,10 @@ def model_config_from_hf(config: dict[str, Any], source: str) -> ModelConfig:
                          f"{config.get('mlp_bias')}: megatron-core's add_bias_linear gives every "
                          f"linear layer a bias or none")
     heads, hidden = config["num_attention_heads"], config["hidden_size"]
-    head_dim = config.get("head_dim") or hidden // heads
-    if head_dim * heads != hidden:
-        raise ValueError(f"{source}: head_dim {head_dim} x num_attention_heads {heads} is not "
-                         f"hidden_size {hidden}: megastack's heads are hidden_size / heads wide")
     positions = config.get("max_position_embeddings", 2048)
     return ModelConfig(
         num_layers=config["num_hidden_layers"], hidden_size=hidden, num_attention_heads=heads,
+        kv_channels=config.get("head_dim"),  # None, or hidden / heads: the default
         num_query_groups=config.get("num_key_value_heads") or heads,
         ffn_hidden_size=config["intermediate_size"], vocab_size=config["vocab_size"],
         seq_length=positions, max_position_embeddings=positions,

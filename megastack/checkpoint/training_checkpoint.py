@@ -84,8 +84,9 @@ def resolve_checkpoint(path: str) -> str:
 # the same names, but for the vocabulary, which Megatron-LM saves padded under another name.
 _MEGATRON_MODEL_ARGS = {
     **{name: name for name in (
-        "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "seq_length",
-        "max_position_embeddings", "position_embedding_type", "rotary_base", "normalization",
+        "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "kv_channels",
+        "seq_length", "max_position_embeddings", "position_embedding_type", "rotary_base",
+        "normalization",
         "norm_epsilon", "swiglu", "add_bias_linear", "add_qkv_bias", "qk_layernorm",
         "init_method_std", "embedding_init_method_std", "untie_embeddings_and_output_weights",
         "attention_dropout", "hidden_dropout", "rope_scaling_factor")},
@@ -100,6 +101,9 @@ def model_record_from_megatron_args(args: argparse.Namespace) -> dict[str, Any]:
               if getattr(args, name, None) is not None}
     if getattr(args, "group_query_attention", False):
         record["num_query_groups"] = args.num_query_groups
+    heads, hidden = record.get("num_attention_heads"), record.get("hidden_size")
+    if heads and hidden and record.get("kv_channels") == hidden // heads:
+        del record["kv_channels"]  # Megatron-LM saves its default too: megastack's None
     return record
 
 

@@ -497,7 +497,7 @@ def grown_args(args: argparse.Namespace, model: ModelConfig,
     new = copy.copy(args)
     for name in _MODEL_ARG_NAMES:
         setattr(new, name, getattr(model, name))
-    new.kv_channels = model.kv_channels
+    new.kv_channels = model.head_dim
     new.group_query_attention = model.num_query_groups != model.num_attention_heads
     new.tensor_model_parallel_size = parallel.tensor_model_parallel_size
     new.pipeline_model_parallel_size = parallel.pipeline_model_parallel_size

@@ -60,7 +60,9 @@ class WidthMaskUnits:
         `source_widths` (WIDTH_FIELDS)."""
         from megastack.growth.width import WidthGrowth
 
-        source = target.replace(**{name: source_widths[name] for name in WIDTH_FIELDS})
+        # Width growth keeps the head width (which, given explicitly, is not hidden / heads).
+        source = target.replace(kv_channels=target.head_dim,
+                                **{name: source_widths[name] for name in WIDTH_FIELDS})
         if source.hidden_size != target.hidden_size and target.normalization != "RMSNorm":
             raise ValueError(
                 f"--growth-mask-iters: the checkpoint was widened from hidden size "

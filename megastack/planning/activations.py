@@ -64,15 +64,17 @@ def layer_activation_terms(
     if core_attention not in CORE_ATTENTION_KINDS:
         raise ValueError(f"core_attention must be one of {CORE_ATTENTION_KINDS}, got {core_attention!r}")
     s, b, h, f = model.seq_length, micro_batch_size, model.hidden_size, model.ffn_hidden_size
-    heads, kv = model.num_attention_heads, model.num_query_groups * model.head_dim
+    heads, q = model.num_attention_heads, model.query_size
+    kv = model.num_query_groups * model.head_dim
     a = activation_bytes
     sbh = s * b * h
+    sbq = s * b * q  # the query heads' width: h unless --kv-channels says otherwise
     mask = 1 if dropout else 0
 
     replicated = 4 * a * sbh + 2 * mask * sbh
-    qkv_unexpanded = a * s * b * (h + 2 * kv)
+    qkv_unexpanded = a * s * b * (q + 2 * kv)
     if core_attention == "unfused":
-        qkv = 3 * a * sbh  # K and V expanded to every head before the batched matmuls
+        qkv = 3 * a * sbq  # K and V expanded to every head before the batched matmuls
         score_bytes = (4 + (a if a != 4 else 0)) if softmax_in_fp32 else a
         score_bytes += (1 + a) * mask
         scores = score_bytes * b * heads * s * s
@@ -85,7 +87,7 @@ def layer_activation_terms(
     mlp = act_in + fc2_in + glu_intermediates
     return LayerActivationTerms(
         tp_replicated=replicated,
-        tp_sharded=a * sbh + mlp,
+        tp_sharded=a * sbq + mlp,
         mlp_intermediates=mlp,
         qkv=qkv,
         qkv_recompute_inputs=qkv_unexpanded,

@@ -38,9 +38,10 @@ def layer_parameters(model: ModelConfig, tensor_parallel_size: int = 1) -> int:
     """One transformer layer's parameters on one TP rank."""
     t = tensor_parallel_size
     h, f = model.hidden_size, model.ffn_hidden_size
-    qkv_out = h + 2 * model.num_query_groups * model.head_dim
+    q = model.query_size
+    qkv_out = q + 2 * model.num_query_groups * model.head_dim
     fc1_out = 2 * f if model.swiglu else f
-    params = (h * qkv_out + h * h + h * fc1_out + f * h) // t
+    params = (h * qkv_out + q * h + h * fc1_out + f * h) // t
     if model.qkv_bias:
         params += qkv_out // t
     if model.add_bias_linear:

@@ -228,6 +228,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--disable-bias-linear", action="store_true", default=None)
     g.add_argument("--add-qkv-bias", action="store_true", default=None,
                    help="biases in the QKV projection only (Qwen2's attention)")
+    g.add_argument("--kv-channels", type=int,
+                   help="width of each attention head (default --hidden-size / "
+                        "--num-attention-heads; Qwen3's head_dim)")
     g.add_argument("--qk-layernorm", action="store_true", default=None,
                    help="normalise each head's queries and keys (Qwen3's, OLMo 2's attention)")
     g.add_argument("--position-embedding-type", choices=["rope", "learned_absolute", "none"])
@@ -831,8 +834,7 @@ def add_megatron_compat_args(p: argparse.ArgumentParser) -> None:
                    help="only 'disabled': iterations are not re-run to validate results")
     for attr in _FP32_ONLY_FLAGS:
         p.add_argument("--" + attr.replace("_", "-"), dest=attr, help=argparse.SUPPRESS)
-    # Megatron-LM's head size and rotary fraction: only the values megastack builds are taken.
-    p.add_argument("--kv-channels", type=int, help=argparse.SUPPRESS)
+    # Megatron-LM's rotary fraction: only the value megastack builds is taken.
     p.add_argument("--rotary-percent", type=float, help=argparse.SUPPRESS)
 
 
@@ -862,7 +864,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 _MODEL_FLAGS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
-                "num_query_groups", "normalization", "norm_epsilon", "position_embedding_type",
+                "kv_channels", "num_query_groups", "normalization", "norm_epsilon", "position_embedding_type",
                 "rotary_base", "rope_scaling", "rope_scaling_factor", "seq_length",
                 "max_position_embeddings", "init_method_std", "embedding_init_method_std",
                 "attention_dropout", "hidden_dropout")
@@ -1263,9 +1265,6 @@ def _check_rampup_layout(rampup: RampUp, gbs: int, mbs: int, dp: int, parallel: 
 def _check_megatron_compat(args: argparse.Namespace, model: ModelConfig) -> None:
     for attr, (flag, why, _) in UNSUPPORTED_FLAGS.items():
         _check(not getattr(args, attr), f"{flag}: {why}")
-    _check(args.kv_channels is None or args.kv_channels == model.kv_channels,
-           f"--kv-channels {args.kv_channels}: megastack's heads are --hidden-size / "
-           f"--num-attention-heads = {model.kv_channels} wide; drop --kv-channels")
     _check(args.rotary_percent is None or args.rotary_percent == 1.0,
            f"--rotary-percent {args.rotary_percent}: only 1.0 (RoPE over the whole head) is "
            f"implemented; drop it")

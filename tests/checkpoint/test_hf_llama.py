@@ -25,9 +25,10 @@ TIED_BIASED = GQA.replace(num_query_groups=4, untie_embeddings_and_output_weight
 # Qwen2's attention: biases in the QKV projection only; tied embeddings as in its small models.
 QKV_BIAS = GQA.replace(add_qkv_bias=True, untie_embeddings_and_output_weights=False,
                        rotary_base=1000000)
-# Qwen3's attention: each head's queries and keys RMS-normalised before RoPE.
+# Qwen3's attention: each head's queries and keys RMS-normalised before RoPE; heads wider than
+# hidden / heads (--kv-channels), as in Qwen3-0.6B.
 QK_NORM = GQA.replace(qk_layernorm=True, untie_embeddings_and_output_weights=False,
-                      rotary_base=1000000)
+                      rotary_base=1000000, kv_channels=16)
 
 
 # At init scale attention is nearly uniform and positions hardly matter: larger query and key
@@ -200,14 +201,15 @@ def test_imported_qwen2_computes_the_hf_logits(megatron_world, tmp_path):
 
 
 def test_imported_qwen3_computes_the_hf_logits_and_grows(megatron_world, tmp_path):
-    """Qwen3 (q/k norms, tied embeddings) imports as a model with --qk-layernorm, and grown by
-    stacking goes back to Hugging Face as a deeper Qwen3."""
+    """Qwen3 (q/k norms, tied embeddings, heads wider than hidden / heads as in Qwen3-0.6B)
+    imports as a model with --qk-layernorm and --kv-channels, and grown by stacking goes back to
+    Hugging Face as a deeper Qwen3."""
     from megastack.checkpoint.hf_convert import export_hf, import_hf
 
     torch.manual_seed(0)
     config = transformers.Qwen3Config(
         hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, vocab_size=128, max_position_embeddings=16,
+        num_key_value_heads=2, head_dim=16, vocab_size=128, max_position_embeddings=16,
         rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
     hf = transformers.Qwen3ForCausalLM(config)
     with torch.no_grad():
@@ -219,6 +221,7 @@ def test_imported_qwen3_computes_the_hf_logits_and_grows(megatron_world, tmp_pat
     hf.save_pretrained(str(tmp_path / "hf"))
     cfg = import_hf(str(tmp_path / "hf"), str(tmp_path / "ckpt")).model
     assert cfg.qk_layernorm and not cfg.qkv_bias and cfg.norm_epsilon == 1e-6
+    assert (cfg.kv_channels, cfg.query_size) == (16, 64)
     ids = tokens(128)
     expected = hf_logits(tmp_path / "hf", ids, "Qwen3ForCausalLM")
     assert torch.allclose(megastack_logits(load(cfg, tmp_path / "ckpt"), ids), expected,
@@ -236,7 +239,8 @@ def test_imported_qwen3_computes_the_hf_logits_and_grows(megatron_world, tmp_pat
     export_hf(str(tmp_path / "grown"), str(tmp_path / "hf_grown"), dtype="fp32")
     with open(tmp_path / "hf_grown" / "config.json") as f:
         exported = json.load(f)
-    assert (exported["model_type"], exported["num_hidden_layers"]) == ("qwen3", 4)
+    assert (exported["model_type"], exported["num_hidden_layers"], exported["head_dim"]) == (
+        "qwen3", 4, 16)
     grown = transformers.Qwen3ForCausalLM.from_pretrained(str(tmp_path / "hf_grown"))
     assert torch.equal(grown.model.layers[3].self_attn.k_norm.weight,
                        hf.model.layers[1].self_attn.k_norm.weight)
@@ -255,6 +259,8 @@ def test_hf_configs_megastack_cannot_hold_are_named(tmp_path):
     base = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 48,
             "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100}
     assert model_config_from_hf(base, "c.json").num_query_groups == 4
+    assert model_config_from_hf({**base, "head_dim": 8}, "c.json").kv_channels is None
+    assert model_config_from_hf({**base, "head_dim": 16}, "c.json").query_size == 64
     for changes, message in [
         ({"model_type": "gpt2"}, "model_type 'gpt2': only Llama-architecture models"),
         ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "Llama 3.x's"),
@@ -264,12 +270,10 @@ def test_hf_configs_megastack_cannot_hold_are_named(tmp_path):
         ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "RoPE scaling"),
         ({"attention_bias": True}, "every linear layer a bias or none"),
         ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
-        ({"head_dim": 16}, "head_dim 16 x num_attention_heads 4 is not hidden_size 32"),
         ({"model_type": "mistral", "sliding_window": 4096}, "sliding-window attention"),
         ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 4096},
          "sliding-window attention"),
         ({"model_type": "qwen3", "attention_bias": True}, "Qwen3's biases in q, k, v and o_proj"),
-        ({"model_type": "qwen3", "head_dim": 128}, "head_dim 128 x num_attention_heads 4"),
     ]:
         with pytest.raises(ValueError, match=message):
             model_config_from_hf({**base, **changes}, "c.json")

@@ -9,6 +9,7 @@ SMALL = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, num_que
 MHA = SMALL.replace(num_query_groups=4)
 QKV_BIAS = SMALL.replace(add_qkv_bias=True)  # Qwen2's attention
 QK_NORM = SMALL.replace(qk_layernorm=True)  # Qwen3's attention
+WIDE_HEADS = SMALL.replace(kv_channels=16)  # heads * head_dim = 64 != hidden 32 (Qwen3-0.6B's)
 
 
 @pytest.fixture

@@ -8,15 +8,15 @@ from megastack.growth.learn import LearnedGrowth, train_learned_growth
 from megastack.growth.plans import gstack_plan, parse_stacking_list
 from megastack.growth.width import WidthGrowth
 
-from .conftest import MHA, QK_NORM, QKV_BIAS, SMALL, logits
+from .conftest import MHA, QK_NORM, QKV_BIAS, SMALL, WIDE_HEADS, logits
 
 
 def grown_logits(build, cfg, state):
     return logits(build(cfg, seed=7, state=state), cfg)
 
 
-@pytest.mark.parametrize("src_cfg", [SMALL, MHA, QKV_BIAS, QK_NORM],
-                         ids=["gqa", "mha", "qkv-bias", "qk-norm"])
+@pytest.mark.parametrize("src_cfg", [SMALL, MHA, QKV_BIAS, QK_NORM, WIDE_HEADS],
+                         ids=["gqa", "mha", "qkv-bias", "qk-norm", "wide-heads"])
 def test_zero_depth_growth_preserves_logits(build, source, src_cfg):
     state, expected = source(src_cfg)
     target = src_cfg.replace(num_layers=5)
@@ -40,8 +40,11 @@ def test_stack_depth_growth_changes_logits(build, source):
     (SMALL, dict(ffn_hidden_size=77)),
     (QKV_BIAS, dict(hidden_size=64, num_attention_heads=8, num_query_groups=4, ffn_hidden_size=80)),
     (QK_NORM, dict(hidden_size=64, num_attention_heads=8, num_query_groups=4, ffn_hidden_size=80)),
+    # head_dim 16 kept: 8 heads of 16 on hidden 64, then 12 heads (in 3 groups) on hidden 64.
+    (WIDE_HEADS, dict(hidden_size=64, num_attention_heads=8, num_query_groups=4, ffn_hidden_size=80)),
+    (WIDE_HEADS, dict(hidden_size=64, num_attention_heads=12, num_query_groups=2)),
 ], ids=["mha-2x", "gqa-2x-more-groups", "gqa-3x-bigger-groups", "ffn-only", "qkv-bias-2x",
-        "qk-norm-2x"])
+        "qk-norm-2x", "wide-heads-2x", "wide-heads-more-heads"])
 def test_direct_width_growth_preserves_logits(build, source, src_cfg, changes):
     state, expected = source(src_cfg)
     target = src_cfg.replace(**changes)

@@ -9,7 +9,7 @@ from megastack.growth.mask import WIDTH_FIELDS, GrowthMask, WidthMaskUnits
 from megastack.growth.plans import parse_stacking_list
 from megastack.growth.width import WidthGrowth
 
-from .conftest import MHA, QK_NORM, QKV_BIAS, SMALL, logits
+from .conftest import MHA, QK_NORM, QKV_BIAS, SMALL, WIDE_HEADS, logits
 
 WIDE = dict(hidden_size=64, num_attention_heads=8, num_query_groups=4, ffn_hidden_size=80)
 
@@ -25,9 +25,12 @@ def _widths(cfg):
     (SMALL, dict(ffn_hidden_size=77)),
     (QKV_BIAS, WIDE),
     (QK_NORM, WIDE),
+    (WIDE_HEADS, WIDE),
+    # 4 heads of 16 on hidden 32, then on hidden 64: the target's head width is the default.
+    (WIDE_HEADS, dict(hidden_size=64, ffn_hidden_size=80)),
     (SMALL.replace(normalization="LayerNorm"), dict(ffn_hidden_size=64)),
 ], ids=["gqa-2x", "mha-2x", "bigger-groups-ffn-kept", "ffn-only", "qkv-bias", "qk-norm",
-        "layernorm-ffn"])
+        "wide-heads", "wide-heads-become-default", "layernorm-ffn"])
 def test_masked_random_width_growth_starts_as_the_source(build, source, src_cfg, changes):
     state, expected = source(src_cfg)
     target = src_cfg.replace(**changes)

@@ -59,6 +59,8 @@ MODELS = {
     "QKV bias and biases": ModelConfig.from_name("tiny-8l", add_qkv_bias=True,
                                                  add_bias_linear=True),
     "q/k norm (Qwen3)": ModelConfig.from_name("tiny-8l", qk_layernorm=True),
+    "heads wider than hidden / heads (--kv-channels)": ModelConfig.from_name(
+        "tiny-8l", kv_channels=32, qk_layernorm=True, add_qkv_bias=True),
     "q/k LayerNorm": ModelConfig.from_name("tiny-8l", qk_layernorm=True,
                                            normalization="LayerNorm"),
 }

@@ -129,6 +129,26 @@ def test_qkv_bias_and_embedding_init_flags_reach_the_model(megatron_world):
         model.replace(add_bias_linear=True, add_qkv_bias=False)) == []
 
 
+def test_kv_channels_sets_the_head_width(megatron_world):
+    """--kv-channels other than hidden / heads (Qwen3-0.6B: 16 heads of 128 on hidden 1024):
+    queries are heads * kv_channels wide, and the counts follow megatron-core's model."""
+    from megastack.config import ParallelConfig
+    from megastack.model import build_model_chunks
+
+    model = config(["--model", "tiny-2l", "--mock-data", "--train-iters", "2",
+                    "--kv-channels", "32"]).model
+    assert (model.head_dim, model.query_size, model.kv_channels) == (32, 128, 32)
+    params = dict(build_model_chunks(model, ParallelConfig(), seed=0)[0].named_parameters())
+    assert params["decoder.layers.0.self_attention.linear_proj.weight"].shape == (64, 128)
+    assert params["decoder.layers.0.self_attention.linear_qkv.weight"].shape == (128 + 2 * 2 * 32, 64)
+    assert sum(p.numel() for p in params.values()) == model.num_parameters()
+    # The default said explicitly is the default.
+    default = config(["--model", "tiny-2l", "--mock-data", "--train-iters", "2",
+                      "--kv-channels", "16"]).model
+    assert default.kv_channels is None and default == model.replace(kv_channels=None)
+    assert model.weight_differences(default) == ["--kv-channels (head width): 32 vs 16"]
+
+
 def test_qk_layernorm_flag_reaches_the_model(megatron_world):
     from megastack.config import ParallelConfig
     from megastack.model import build_model_chunks
@@ -499,7 +519,6 @@ def test_sample_based_schedule_flags_become_iterations():
      "--overlap-param-gather gathers the distributed optimizer's parameter shards"),
     (["--train-iters", "4", "--overlap-param-gather", "--use-distributed-optimizer"],
      "add --use-distributed-optimizer and --overlap-grad-reduce"),
-    (["--train-iters", "4", "--kv-channels", "64"], "--kv-channels 64: megastack's heads are"),
     (["--train-iters", "4", "--optimizer", "sgd", "--use-distributed-optimizer"],
      "--optimizer sgd: megatron-core's distributed optimizer shards Adam only"),
     (["--train-iters", "4", "--start-weight-decay", "0.1"],
@@ -609,7 +628,7 @@ def test_megatron_flags_megastack_cannot_honour_are_named(argv, needle):
 
 
 def test_megatron_flags_asking_for_what_megastack_does_are_accepted(caplog):
-    head = config(["--model", "tiny-4l", "--mock-data", "--train-iters", "2"]).model.kv_channels
+    head = config(["--model", "tiny-4l", "--mock-data", "--train-iters", "2"]).model.head_dim
     with caplog.at_level("INFO", logger="megastack.training.arguments"):
         config(["--model", "tiny-4l", "--mock-data", "--train-iters", "2", "--use-mcore-models",
                 "--log-throughput", "--no-masked-softmax-fusion", "--no-rope-fusion",
