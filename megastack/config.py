@@ -36,7 +36,7 @@ class ModelConfig:
     # Biases in the QKV projection only (Qwen2's); add_bias_linear gives them anyway.
     add_qkv_bias: bool = False
     # Each head's queries and keys normalised (over head_dim, before RoPE) with --normalization
-    # (Qwen3's, OLMo 2's q/k norm).
+    # (Qwen3's q/k norm).
     qk_layernorm: bool = False
     position_embedding_type: str = "rope"
     rotary_base: int = 10000

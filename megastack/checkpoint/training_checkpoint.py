@@ -86,10 +86,10 @@ _MEGATRON_MODEL_ARGS = {
     **{name: name for name in (
         "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "kv_channels",
         "seq_length", "max_position_embeddings", "position_embedding_type", "rotary_base",
-        "normalization",
-        "norm_epsilon", "swiglu", "add_bias_linear", "add_qkv_bias", "qk_layernorm",
-        "init_method_std", "embedding_init_method_std", "untie_embeddings_and_output_weights",
-        "attention_dropout", "hidden_dropout", "rope_scaling_factor")},
+        "normalization", "norm_epsilon", "swiglu", "add_bias_linear", "add_qkv_bias",
+        "qk_layernorm", "init_method_std", "embedding_init_method_std",
+        "untie_embeddings_and_output_weights", "attention_dropout", "hidden_dropout",
+        "rope_scaling_factor")},
     "padded_vocab_size": "vocab_size",
     "use_rope_scaling": "rope_scaling",
 }

@@ -164,7 +164,8 @@ class GrowthMask:
         return bool(self._handles)
 
     # ---- the factors -------------------------------------------------------------------------
-    def _unit_scale(self, new: torch.Tensor, size: int, local: int, like: torch.Tensor) -> torch.Tensor:
+    def _unit_scale(self, new: torch.Tensor, size: int, local: int,
+                    like: torch.Tensor) -> torch.Tensor:
         """[local]: 1 for old units, `value` for new ones, over this tensor-parallel rank's
         contiguous slice of `size` units (all of them when local == size)."""
         assert size % local == 0, (size, local)

@@ -232,7 +232,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="width of each attention head (default --hidden-size / "
                         "--num-attention-heads; Qwen3's head_dim)")
     g.add_argument("--qk-layernorm", action="store_true", default=None,
-                   help="normalise each head's queries and keys (Qwen3's, OLMo 2's attention)")
+                   help="normalise each head's queries and keys (Qwen3's attention)")
     g.add_argument("--position-embedding-type", choices=["rope", "learned_absolute", "none"])
     g.add_argument("--rotary-base", type=int)
     g.add_argument("--use-rope-scaling", dest="rope_scaling", action="store_true", default=None,
