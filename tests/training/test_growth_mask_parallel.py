@@ -28,12 +28,14 @@ def test_masked_g_random_depth_and_width_starts_as_the_small_model_at_tp2_pp2(tm
                     target_num_query_groups=4, target_ffn_hidden_size=352,
                     target_tensor_parallel_size=2, target_pipeline_parallel_size=2, fsync=False)
     evaluate = TINY + WIDE + ["--load", str(grown), "--finetune", "--skip-train",
-                              "--train-iters", "2", "--tensor-model-parallel-size", "2",
-                              "--pipeline-model-parallel-size", "2"]
+                              "--train-iters", "2"]
+    tp2_pp2 = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]
     losses = {}
-    for name, flags in (("masked", ["--growth-mask-iters", "2"]), ("plain", [])):
+    # Without the mask on one rank (the loss does not depend on the layout): the check can fail.
+    for name, flags, nproc in (("masked", ["--growth-mask-iters", "2"] + tp2_pp2, 4),
+                               ("plain", [], 1)):
         metrics = tmp_path / f"{name}.jsonl"
-        run_pretrain(evaluate + flags, nproc=4, metrics=metrics)
+        run_pretrain(evaluate + flags, nproc=nproc, metrics=metrics)
         (losses[name],) = read_metrics(metrics, "lm loss validation").values()
     assert losses["masked"] == pytest.approx(small_loss, abs=2e-5)
-    assert abs(losses["plain"] - small_loss) > 1e-3  # the check sees the mask
+    assert abs(losses["plain"] - small_loss) > 1e-3
