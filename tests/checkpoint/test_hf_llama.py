@@ -66,6 +66,20 @@ def random_model(cfg: ModelConfig, seed: int):
     return model
 
 
+def save_random_hf(model_class, config, directory, noise: float = 0.1):
+    """A HF model with its norms and biases moved off their init and position-sensitive
+    attention (QK_GAIN), saved to `directory`."""
+    hf = model_class(config)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(noise * torch.randn_like(p))
+            elif "q_proj" in name or "k_proj" in name:
+                p.mul_(QK_GAIN)
+    hf.save_pretrained(str(directory))
+    return hf
+
+
 def save(model, cfg: ModelConfig, root) -> str:
     import dataclasses
 
@@ -128,14 +142,7 @@ def test_imported_llama_computes_the_hf_logits_and_grows(megatron_world, tmp_pat
         rms_norm_eps=1e-5, rope_scaling={"rope_type": "llama3", "factor": 32.0,
                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                          "original_max_position_embeddings": 8192})
-    hf = transformers.LlamaForCausalLM(config)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
-            elif "q_proj" in name or "k_proj" in name:
-                p.mul_(QK_GAIN)
-    hf.save_pretrained(str(tmp_path / "hf"))
+    save_random_hf(transformers.LlamaForCausalLM, config, tmp_path / "hf")
     report = import_hf(str(tmp_path / "hf"), str(tmp_path / "ckpt"))
     cfg = report.model
     assert (cfg.vocab_size, cfg.rotary_base, cfg.num_query_groups) == (128, 1000000, 2)
@@ -163,14 +170,7 @@ def test_imported_qwen2_computes_the_hf_logits(megatron_world, tmp_path):
         num_key_value_heads=2, vocab_size=128, max_position_embeddings=16, rope_theta=1000000.0,
         rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False,
         sliding_window=4096)
-    hf = transformers.Qwen2ForCausalLM(config)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
-            elif "q_proj" in name or "k_proj" in name:
-                p.mul_(QK_GAIN)
-    hf.save_pretrained(str(tmp_path / "hf"))
+    hf = save_random_hf(transformers.Qwen2ForCausalLM, config, tmp_path / "hf")
     cfg = import_hf(str(tmp_path / "hf"), str(tmp_path / "ckpt")).model
     assert cfg.add_qkv_bias and not cfg.add_bias_linear
     assert not cfg.untie_embeddings_and_output_weights
@@ -211,14 +211,7 @@ def test_imported_qwen3_computes_the_hf_logits_and_grows(megatron_world, tmp_pat
         hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, vocab_size=128, max_position_embeddings=16,
         rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
-    hf = transformers.Qwen3ForCausalLM(config)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "norm" in name:
-                p.add_(0.3 * torch.randn_like(p))
-            elif "q_proj" in name or "k_proj" in name:
-                p.mul_(QK_GAIN)
-    hf.save_pretrained(str(tmp_path / "hf"))
+    hf = save_random_hf(transformers.Qwen3ForCausalLM, config, tmp_path / "hf", noise=0.3)
     cfg = import_hf(str(tmp_path / "hf"), str(tmp_path / "ckpt")).model
     assert cfg.qk_layernorm and not cfg.qkv_bias and cfg.norm_epsilon == 1e-6
     assert (cfg.kv_channels, cfg.query_size) == (16, 64)
