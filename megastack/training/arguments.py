@@ -864,10 +864,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 _MODEL_FLAGS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
-                "kv_channels", "num_query_groups", "normalization", "norm_epsilon", "position_embedding_type",
-                "rotary_base", "rope_scaling", "rope_scaling_factor", "seq_length",
-                "max_position_embeddings", "init_method_std", "embedding_init_method_std",
-                "attention_dropout", "hidden_dropout")
+                "kv_channels", "num_query_groups", "normalization", "norm_epsilon",
+                "position_embedding_type", "rotary_base", "rope_scaling", "rope_scaling_factor",
+                "seq_length", "max_position_embeddings", "init_method_std",
+                "embedding_init_method_std", "attention_dropout", "hidden_dropout")
 
 
 def _decreased_global_batch_size(gbs: int, mbs: int, dp: int,
@@ -1760,6 +1760,7 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
         target_parallel=target_parallel, lr_after_growth=args.lr_after_growth,
         lr_warmup_iters_after_growth=args.lr_warmup_iters_after_growth,
         learn_steps=args.learn_steps, learn_lr=args.learn_lr,
-        target_widths={name: getattr(target_model, name) for name in WIDTH_FIELDS} if widens else {},
+        target_widths=({name: getattr(target_model, name) for name in WIDTH_FIELDS}
+                       if widens else {}),
         width_operator=width_operator,
     )
