@@ -34,11 +34,9 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import torch
 
 from megastack.config import ModelConfig
+from megastack.growth.width import WIDTH_FIELDS, WidthGrowth
 
 logger = logging.getLogger(__name__)
-
-# The widths width growth changes; a masked run's checkpoints record the source's.
-WIDTH_FIELDS = ("hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size")
 
 
 @dataclass(frozen=True)
@@ -57,9 +55,7 @@ class WidthMaskUnits:
     @classmethod
     def from_widths(cls, target: ModelConfig, source_widths: dict[str, int]) -> "WidthMaskUnits":
         """The new units of `target` grown by `--width-operator random` from a model with
-        `source_widths` (WIDTH_FIELDS)."""
-        from megastack.growth.width import WidthGrowth
-
+        `source_widths` (megastack.growth.width's WIDTH_FIELDS)."""
         # Width growth keeps the head width (which, given explicitly, is not hidden / heads).
         source = target.replace(kv_channels=target.head_dim,
                                 **{name: source_widths[name] for name in WIDTH_FIELDS})

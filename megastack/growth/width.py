@@ -49,6 +49,13 @@ from megastack.growth.init import fresh_tensor
 logger = logging.getLogger(__name__)
 
 WIDTH_OPERATORS = ("direct", "zero", "random")
+# The ModelConfig fields width growth changes (head_dim stays).
+WIDTH_FIELDS = ("hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size")
+
+
+def widths(model: ModelConfig) -> dict[str, int]:
+    """`model`'s WIDTH_FIELDS."""
+    return {name: getattr(model, name) for name in WIDTH_FIELDS}
 
 # Checkpoint key suffix -> (role, kind) of each trailing dim; None: the dim does not change.
 KEY_RULES: dict[str, tuple[Optional[tuple[str, str]], ...]] = {

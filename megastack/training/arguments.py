@@ -204,7 +204,7 @@ class GrowthConfig:
     lr_warmup_iters_after_growth: Optional[int] = None
     learn_steps: int = 100
     learn_lr: float = 1e-3
-    # Width growth in the same step: the grown model's widths (megastack.growth.mask's
+    # Width growth in the same step: the grown model's widths (megastack.growth.width's
     # WIDTH_FIELDS), empty when only depth grows.
     target_widths: dict[str, int] = field(default_factory=dict)
     width_operator: str = "direct"
@@ -1697,8 +1697,7 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
 
         check_zero_plan(plan, model.num_layers, operator_flag="--growth-operator")
     from megastack.growth.grow_checkpoint import widened_model
-    from megastack.growth.mask import WIDTH_FIELDS
-    from megastack.growth.width import validate_width_growth
+    from megastack.growth.width import validate_width_growth, widths
 
     deep_model = model.replace(num_layers=target_layers)
     target_model = widened_model(deep_model, args.target_hidden_size, args.target_ffn_hidden_size,
@@ -1760,7 +1759,6 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
         target_parallel=target_parallel, lr_after_growth=args.lr_after_growth,
         lr_warmup_iters_after_growth=args.lr_warmup_iters_after_growth,
         learn_steps=args.learn_steps, learn_lr=args.learn_lr,
-        target_widths=({name: getattr(target_model, name) for name in WIDTH_FIELDS}
-                       if widens else {}),
+        target_widths=widths(target_model) if widens else {},
         width_operator=width_operator,
     )

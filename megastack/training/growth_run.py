@@ -108,10 +108,7 @@ def _grow_on_rank0(cfg: PretrainConfig, src: str, dst: str) -> None:
                 target_pipeline_parallel_size=g.target_parallel.pipeline_model_parallel_size,
                 target_num_layers_per_virtual_pipeline_stage=
                 g.target_parallel.num_layers_per_virtual_pipeline_stage,
-                target_hidden_size=g.target_widths.get("hidden_size"),
-                target_ffn_hidden_size=g.target_widths.get("ffn_hidden_size"),
-                target_num_attention_heads=g.target_widths.get("num_attention_heads"),
-                target_num_query_groups=g.target_widths.get("num_query_groups"),
+                **{f"target_{name}": value for name, value in g.target_widths.items()},
                 width_operator=g.width_operator, seed=cfg.train.seed, force=True,
             )
             logger.info("grew %s -> %s:\n%s", src, dst, report.format_map())

@@ -378,8 +378,10 @@ class Trainer:
         checkpoint of a masked run (already over, if it saved after the ramp), or started here
         when --growth-mask-iters trains a checkpoint grown with G_random (depth or width)."""
         from megastack.growth.depth import repeated_positions
-        from megastack.growth.mask import WIDTH_FIELDS, GrowthMask, WidthMaskUnits
+        from megastack.config import ModelConfig
+        from megastack.growth.mask import GrowthMask, WidthMaskUnits
         from megastack.growth.plans import StackingPlan
+        from megastack.growth.width import widths
 
         loaded = loaded or {}
         ramp = (loaded.get("megastack") or {}).get(GROWTH_MASK)
@@ -389,10 +391,11 @@ class Trainer:
             depth = grown_from.get("operator") == "random"
             width = grown_from.get("width_operator") == "random"
             if not (depth or width):
-                operators = (f"grown with --operator {grown_from['operator']}"
-                             + (f" --width-operator {grown_from['width_operator']}"
-                                if grown_from.get("width_operator") else "")
-                             if grown_from else "not grown")
+                operators = "not grown"
+                if grown_from:
+                    operators = f"grown with --operator {grown_from['operator']}"
+                    if grown_from.get("width_operator"):
+                        operators += f" --width-operator {grown_from['width_operator']}"
                 raise ValueError(
                     f"--growth-mask-iters fades in what G_random added to a model just grown: "
                     f"--load the checkpoint tools/grow_checkpoint.py --operator random (or "
@@ -401,9 +404,8 @@ class Trainer:
             plan = StackingPlan(tuple(grown_from["stacking_list"]))
             ramp = {"layers": repeated_positions(plan) if depth else [],
                     "start_iteration": self.state.iteration, "iterations": iters}
-            if width:
-                ramp["source_widths"] = {name: grown_from["source_model"][name]
-                                         for name in WIDTH_FIELDS}
+            if width:  # kept in the ramp: later checkpoints no longer say what was grown
+                ramp["source_widths"] = widths(ModelConfig.from_dict(grown_from["source_model"]))
         if ramp is None:
             return
         width_units = (WidthMaskUnits.from_widths(self.cfg.model, ramp["source_widths"])

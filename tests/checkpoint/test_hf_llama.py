@@ -80,6 +80,19 @@ def save_random_hf(model_class, config, directory, noise: float = 0.1):
     return hf
 
 
+def stack_and_export(ckpt, tmp_path) -> dict:
+    """tools/grow_checkpoint.py stacks the 2 layers of `ckpt` to 4 (0,1,0,1) and export_hf writes
+    the grown model to tmp_path/hf_grown; returns its config.json."""
+    from megastack.checkpoint.hf_convert import export_hf
+
+    grow = load_script("tools/grow_checkpoint.py")
+    assert grow.main(["--load", str(ckpt), "--save", str(tmp_path / "grown"),
+                      "--stacking-list", "0,1,0,1", "--no-fsync"]) == 0
+    export_hf(str(tmp_path / "grown"), str(tmp_path / "hf_grown"), dtype="fp32")
+    with open(tmp_path / "hf_grown" / "config.json") as f:
+        return json.load(f)
+
+
 def save(model, cfg: ModelConfig, root) -> str:
     import dataclasses
 
@@ -186,14 +199,7 @@ def test_imported_qwen2_computes_the_hf_logits(megatron_world, tmp_path):
     assert qkv_bias.shape == (2, 32 + 2 * 2 * 8) and qkv_bias.abs().min() > 0
 
     # Grown by stacking, it goes back to Hugging Face as a deeper Qwen2.
-    from megastack.checkpoint.hf_convert import export_hf
-
-    grow = load_script("tools/grow_checkpoint.py")
-    assert grow.main(["--load", str(tmp_path / "ckpt"), "--save", str(tmp_path / "grown"),
-                      "--stacking-list", "0,1,0,1", "--no-fsync"]) == 0
-    export_hf(str(tmp_path / "grown"), str(tmp_path / "hf_grown"), dtype="fp32")
-    with open(tmp_path / "hf_grown" / "config.json") as f:
-        config = json.load(f)
+    config = stack_and_export(tmp_path / "ckpt", tmp_path)
     assert (config["model_type"], config["num_hidden_layers"]) == ("qwen2", 4)
     grown = transformers.Qwen2ForCausalLM.from_pretrained(str(tmp_path / "hf_grown"))
     assert torch.equal(grown.model.layers[2].self_attn.q_proj.bias,
@@ -204,7 +210,7 @@ def test_imported_qwen3_computes_the_hf_logits_and_grows(megatron_world, tmp_pat
     """Qwen3 (q/k norms, tied embeddings, heads wider than hidden / heads as in Qwen3-0.6B)
     imports as a model with --qk-layernorm and --kv-channels, and grown by stacking goes back to
     Hugging Face as a deeper Qwen3."""
-    from megastack.checkpoint.hf_convert import export_hf, import_hf
+    from megastack.checkpoint.hf_convert import import_hf
 
     torch.manual_seed(0)
     config = transformers.Qwen3Config(
@@ -226,12 +232,7 @@ def test_imported_qwen3_computes_the_hf_logits_and_grows(megatron_world, tmp_pat
             layer.self_attention.q_layernorm.weight.fill_(1.0)
     assert not torch.allclose(megastack_logits(plain, ids), expected, atol=1e-3)
 
-    grow = load_script("tools/grow_checkpoint.py")
-    assert grow.main(["--load", str(tmp_path / "ckpt"), "--save", str(tmp_path / "grown"),
-                      "--stacking-list", "0,1,0,1", "--no-fsync"]) == 0
-    export_hf(str(tmp_path / "grown"), str(tmp_path / "hf_grown"), dtype="fp32")
-    with open(tmp_path / "hf_grown" / "config.json") as f:
-        exported = json.load(f)
+    exported = stack_and_export(tmp_path / "ckpt", tmp_path)
     assert (exported["model_type"], exported["num_hidden_layers"], exported["head_dim"]) == (
         "qwen3", 4, 16)
     grown = transformers.Qwen3ForCausalLM.from_pretrained(str(tmp_path / "hf_grown"))

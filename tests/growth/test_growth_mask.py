@@ -5,17 +5,13 @@ import pytest
 import torch
 
 from megastack.growth.depth import DepthGrowth, repeated_positions
-from megastack.growth.mask import WIDTH_FIELDS, GrowthMask, WidthMaskUnits
+from megastack.growth.mask import GrowthMask, WidthMaskUnits
 from megastack.growth.plans import parse_stacking_list
-from megastack.growth.width import WidthGrowth
+from megastack.growth.width import WidthGrowth, widths
 
 from .conftest import MHA, QK_NORM, QKV_BIAS, SMALL, WIDE_HEADS, logits
 
 WIDE = dict(hidden_size=64, num_attention_heads=8, num_query_groups=4, ffn_hidden_size=80)
-
-
-def _widths(cfg):
-    return {name: getattr(cfg, name) for name in WIDTH_FIELDS}
 
 
 @pytest.mark.parametrize("src_cfg, changes", [
@@ -40,7 +36,7 @@ def test_masked_random_width_growth_starts_as_the_source(build, source, src_cfg,
     assert (unmasked - expected).abs().max() > 1e-3  # G_random alone changes the function
 
     mask = GrowthMask([model], layers=[], ramp_iters=2,
-                      width=WidthMaskUnits.from_widths(target, _widths(src_cfg)))
+                      width=WidthMaskUnits.from_widths(target, widths(src_cfg)))
     mask.update(0)
     assert (logits(model, target) - expected).abs().max() < 1e-5
     mask.update(1)
@@ -62,7 +58,7 @@ def test_masked_random_depth_and_width_growth_starts_as_the_source(build, source
     model = build(target, seed=7,
                   state={k: width.transform(k, depth.transform(k, v)) for k, v in state.items()})
     mask = GrowthMask([model], layers=repeated_positions(plan), ramp_iters=4,
-                      width=WidthMaskUnits.from_widths(target, _widths(SMALL)))
+                      width=WidthMaskUnits.from_widths(target, widths(SMALL)))
     mask.update(0)
     assert (logits(model, target) - expected).abs().max() < 1e-5
 
@@ -71,7 +67,7 @@ def test_hidden_growth_masks_need_rmsnorm():
     layernorm = SMALL.replace(normalization="LayerNorm")
     with pytest.raises(ValueError, match="widened from hidden size 32 to 64 with LayerNorm.*"
                                          "needs RMSNorm"):
-        WidthMaskUnits.from_widths(layernorm.replace(**WIDE), _widths(layernorm))
+        WidthMaskUnits.from_widths(layernorm.replace(**WIDE), widths(layernorm))
 
 
 @pytest.mark.gpu
@@ -111,6 +107,6 @@ def test_masked_width_growth_with_transformer_engine_layers(megatron_world):
     assert isinstance(model.decoder.layers[0].input_layernorm, IdentityOp)  # the fused path
     unmasked = (te_logits(model, target) - expected).abs().max()
     mask = GrowthMask([model], layers=[], ramp_iters=2,
-                      width=WidthMaskUnits.from_widths(target, _widths(QKV_BIAS)))
+                      width=WidthMaskUnits.from_widths(target, widths(QKV_BIAS)))
     mask.update(0)
     assert (te_logits(model, target) - expected).abs().max() < 0.01 * unmasked
