@@ -249,6 +249,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# ParallelConfig's fields that split the layers over pipeline stages unevenly (Megatron-LM's
+# flag names), which a grown model does not inherit: its layer count is another.
+PIPELINE_SPLIT_FIELDS = ("decoder_first_pipeline_num_layers", "decoder_last_pipeline_num_layers",
+                         "account_for_embedding_in_pipeline_split",
+                         "account_for_loss_in_pipeline_split")
+
+
 @dataclass(frozen=True)
 class ParallelConfig:
     """How the model is laid out over ranks. Sizes use Megatron's flag names."""
@@ -258,6 +265,43 @@ class ParallelConfig:
     num_layers_per_virtual_pipeline_stage: Optional[int] = None
     sequence_parallel: bool = False
     use_distributed_optimizer: bool = False
+    # Uneven pipeline stages (no interleaving), as megatron-core splits them: the first and/or
+    # last stage hold the given number of layers and the middle stages share the rest evenly;
+    # or the embedding and/or the loss count as one layer each in an even split.
+    decoder_first_pipeline_num_layers: Optional[int] = None
+    decoder_last_pipeline_num_layers: Optional[int] = None
+    account_for_embedding_in_pipeline_split: bool = False
+    account_for_loss_in_pipeline_split: bool = False
+
+    @property
+    def uneven_pipeline(self) -> bool:
+        return (self.decoder_first_pipeline_num_layers is not None
+                or self.decoder_last_pipeline_num_layers is not None
+                or self.account_for_embedding_in_pipeline_split
+                or self.account_for_loss_in_pipeline_split)
+
+    def stage_num_layers(self, num_layers: int) -> tuple[int, ...]:
+        """Transformer layers per pipeline stage, first to last (megatron-core's
+        get_num_layers_to_build for a layout that passed `validate`)."""
+        pp = self.pipeline_model_parallel_size
+        first, last = self.decoder_first_pipeline_num_layers, self.decoder_last_pipeline_num_layers
+        if first is not None or last is not None:
+            middle_stages = pp - (first is not None) - (last is not None)
+            middle = num_layers - (first or 0) - (last or 0)
+            per_middle = middle // middle_stages if middle_stages else 0
+            counts = [per_middle] * pp
+            if first is not None:
+                counts[0] = first
+            if last is not None:
+                counts[-1] = last
+            return tuple(counts)
+        embedding = int(self.account_for_embedding_in_pipeline_split)
+        loss = int(self.account_for_loss_in_pipeline_split)
+        per_stage = (num_layers + embedding + loss) // pp
+        counts = [per_stage] * pp
+        counts[0] -= embedding
+        counts[-1] -= loss
+        return tuple(counts)
 
     def virtual_pipeline_size(self, num_layers: int) -> Optional[int]:
         """Model chunks per pipeline stage, or None without interleaving (as in Megatron-LM, a
@@ -299,11 +343,16 @@ class ParallelConfig:
                 f"--ffn-hidden-size {model.ffn_hidden_size} is not divisible by "
                 f"{tp_flag} {tp}"
             )
-        if model.num_layers % pp != 0:
+        if self.uneven_pipeline:
+            self._validate_uneven_stages(model.num_layers, flag_prefix)
+        elif model.num_layers % pp != 0:
             raise ValueError(
                 f"{layers_flag} {model.num_layers} is not divisible by "
                 f"{pp_flag} {pp}: choose a pipeline size that divides the "
-                f"layer count (e.g. {', '.join(str(d) for d in _divisors(model.num_layers))})"
+                f"layer count (e.g. {', '.join(str(d) for d in _divisors(model.num_layers))}), "
+                f"or give the first or last stage its own count with "
+                f"--{flag_prefix}decoder-first-pipeline-num-layers / "
+                f"--{flag_prefix}decoder-last-pipeline-num-layers"
             )
         v = self.num_layers_per_virtual_pipeline_stage
         if v is not None:
@@ -318,6 +367,56 @@ class ParallelConfig:
         if self.sequence_parallel and tp == 1:
             # Megatron silently ignores it; say so instead of pretending it is on.
             logger.warning("--sequence-parallel has no effect with --tensor-model-parallel-size 1")
+
+
+    def _validate_uneven_stages(self, num_layers: int, flag_prefix: str) -> None:
+        pp = self.pipeline_model_parallel_size
+        first_flag = f"--{flag_prefix}decoder-first-pipeline-num-layers"
+        last_flag = f"--{flag_prefix}decoder-last-pipeline-num-layers"
+        pp_flag = f"--{flag_prefix}pipeline-model-parallel-size"
+        given = [flag for flag, on in (
+            (first_flag, self.decoder_first_pipeline_num_layers is not None),
+            (last_flag, self.decoder_last_pipeline_num_layers is not None),
+            ("--account-for-embedding-in-pipeline-split",
+             self.account_for_embedding_in_pipeline_split),
+            ("--account-for-loss-in-pipeline-split", self.account_for_loss_in_pipeline_split),
+        ) if on]
+        if pp < 2:
+            raise ValueError(f"{', '.join(given)} split the layers over pipeline stages: "
+                             f"they need {pp_flag} >= 2")
+        if self.num_layers_per_virtual_pipeline_stage is not None:
+            raise ValueError(f"{', '.join(given)} with the interleaved schedule "
+                             f"(--{flag_prefix}num-layers-per-virtual-pipeline-stage) is not "
+                             f"implemented: drop one of them")
+        first, last = self.decoder_first_pipeline_num_layers, self.decoder_last_pipeline_num_layers
+        if first is not None or last is not None:
+            if self.account_for_embedding_in_pipeline_split or \
+                    self.account_for_loss_in_pipeline_split:
+                raise ValueError(f"{', '.join(given)}: the first/last stage's layer counts and "
+                                 f"--account-for-*-in-pipeline-split are two ways to say the "
+                                 f"same thing; keep one")
+            for flag, count in ((first_flag, first), (last_flag, last)):
+                if count is not None and not 1 <= count < num_layers:
+                    raise ValueError(f"{flag} {count} must be between 1 and the "
+                                     f"{num_layers - 1} layers the other stages leave")
+            middle_stages = pp - (first is not None) - (last is not None)
+            middle = num_layers - (first or 0) - (last or 0)
+            if middle_stages == 0 and middle != 0 or middle_stages > 0 and (
+                    middle <= 0 or middle % middle_stages != 0):
+                stated = " + ".join(f"{flag} {n}" for flag, n in
+                                    ((first_flag, first), (last_flag, last)) if n is not None)
+                raise ValueError(
+                    f"{stated} leave {middle} of the {num_layers} layers for the "
+                    f"{middle_stages} other pipeline stage(s) of {pp_flag} {pp}: they must "
+                    f"split evenly (at least one layer each)")
+            return
+        counted = num_layers + self.account_for_embedding_in_pipeline_split \
+            + self.account_for_loss_in_pipeline_split
+        if counted % pp != 0 or min(self.stage_num_layers(num_layers)) < 1:
+            raise ValueError(
+                f"{' and '.join(given)}: {num_layers} layers + the embedding/loss counted as "
+                f"layers = {counted} must split evenly over {pp_flag} {pp} with at least one "
+                f"transformer layer per stage")
 
 
 def _divisors(n: int) -> list[int]:
@@ -365,6 +464,10 @@ def to_transformer_config(
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_size(model.num_layers),
+        num_layers_in_first_pipeline_stage=parallel.decoder_first_pipeline_num_layers,
+        num_layers_in_last_pipeline_stage=parallel.decoder_last_pipeline_num_layers,
+        account_for_embedding_in_pipeline_split=parallel.account_for_embedding_in_pipeline_split,
+        account_for_loss_in_pipeline_split=parallel.account_for_loss_in_pipeline_split,
         sequence_parallel=parallel.sequence_parallel and tp > 1,
         bf16=bf16,
         fp16=fp16,

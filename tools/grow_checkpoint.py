@@ -62,6 +62,15 @@ def get_args(argv=None) -> argparse.Namespace:
     layout.add_argument("--target-num-layers-per-virtual-pipeline-stage", type=int,
                         help="default: the source's when --target-pipeline-parallel-size is not "
                              "given; 0 for no interleaving")
+    layout.add_argument("--target-decoder-first-pipeline-num-layers", type=int,
+                        help="uneven stages: the grown model's layers on the first pipeline "
+                             "stage (default: an even split)")
+    layout.add_argument("--target-decoder-last-pipeline-num-layers", type=int,
+                        help="the grown model's layers on the last pipeline stage")
+    layout.add_argument("--target-account-for-embedding-in-pipeline-split", action="store_true",
+                        help="the first stage holds one layer fewer (the embedding counts as one)")
+    layout.add_argument("--target-account-for-loss-in-pipeline-split", action="store_true",
+                        help="the last stage holds one layer fewer (the loss counts as one)")
     return parser.parse_args(argv)
 
 
@@ -69,6 +78,7 @@ def main(argv=None) -> int:
     args = get_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from megastack.data.termination import run_tool
+    from megastack.config import PIPELINE_SPLIT_FIELDS
     from megastack.growth.grow_checkpoint import grow_checkpoint
 
     # A scheduler's SIGTERM (job cancelled, time limit) unwinds like Ctrl-C, so the temporary
@@ -82,6 +92,7 @@ def main(argv=None) -> int:
             target_tensor_parallel_size=args.target_tensor_parallel_size,
             target_pipeline_parallel_size=args.target_pipeline_parallel_size,
             target_num_layers_per_virtual_pipeline_stage=args.target_num_layers_per_virtual_pipeline_stage,
+            **{f"target_{name}": getattr(args, f"target_{name}") for name in PIPELINE_SPLIT_FIELDS},
             keep_optimizer_state=args.keep_optimizer_state,
             target_hidden_size=args.target_hidden_size,
             target_ffn_hidden_size=args.target_ffn_hidden_size,

@@ -76,6 +76,11 @@ def get_args(argv=None) -> argparse.Namespace:
     group.add_argument("--target-pipeline-parallel-size", type=int, help="default: the small phase's")
     group.add_argument("--target-num-layers-per-virtual-pipeline-stage", type=int,
                        help="default: no interleaving")
+    group.add_argument("--target-decoder-first-pipeline-num-layers", type=int,
+                       help="the grown model's layers on its first pipeline stage (default: an "
+                            "even split; --account-for-*-in-pipeline-split apply to both phases)")
+    group.add_argument("--target-decoder-last-pipeline-num-layers", type=int,
+                       help="the grown model's layers on its last pipeline stage")
     group.add_argument("--target-micro-batch-size", type=int, help="default: the small phase's")
     group.add_argument("--target-global-batch-size", type=int, help="default: the small phase's")
     group.add_argument("--target-recompute-granularity", choices=["none", "selective", "full"],
@@ -149,11 +154,15 @@ def default(value, fallback):
     return value if value is not None else fallback
 
 
-def phase_layout(args, model, *, tp, pp, vpp, mbs, gbs, recompute) -> PhaseLayout:
+def phase_layout(args, model, *, tp, pp, vpp, mbs, gbs, recompute, first=None,
+                 last=None) -> PhaseLayout:
     world = args.nnodes * args.nproc_per_node
     parallel = ParallelConfig(
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
         num_layers_per_virtual_pipeline_stage=vpp,
+        decoder_first_pipeline_num_layers=first, decoder_last_pipeline_num_layers=last,
+        account_for_embedding_in_pipeline_split=args.account_for_embedding_in_pipeline_split,
+        account_for_loss_in_pipeline_split=args.account_for_loss_in_pipeline_split,
         # One switch for both phases of a recipe: it only means something where TP > 1.
         sequence_parallel=args.sequence_parallel and tp > 1,
         use_distributed_optimizer=args.use_distributed_optimizer,
@@ -180,6 +189,8 @@ def main(argv=None) -> int:
             tp=args.tensor_model_parallel_size, pp=args.pipeline_model_parallel_size,
             vpp=args.num_layers_per_virtual_pipeline_stage, mbs=args.micro_batch_size,
             gbs=args.global_batch_size, recompute=args.recompute_granularity,
+            first=args.decoder_first_pipeline_num_layers,
+            last=args.decoder_last_pipeline_num_layers,
         )
         if args.grow_to is None:
             print(format_phase(plan_phase("train", small, **options)))
@@ -195,6 +206,8 @@ def main(argv=None) -> int:
             mbs=default(args.target_micro_batch_size, args.micro_batch_size),
             gbs=default(args.target_global_batch_size, small.global_batch_size),
             recompute=None if target_recompute == "none" else target_recompute,
+            first=args.target_decoder_first_pipeline_num_layers,
+            last=args.target_decoder_last_pipeline_num_layers,
         )
         beyond_depth = small.model.replace(num_layers=large.model.num_layers).weight_differences(
             large.model)

@@ -2,8 +2,8 @@
 
 A row says: target layer t is filled from source layer s and, at the target layout, is held by
 pipeline stage p (model chunk c with interleaving). The stage/chunk assignment is megatron-core's
-even split (`megastack.planning.stage_map`): chunk c of stage p holds layers
-[(c*PP + p)*Lv, (c*PP + p + 1)*Lv) with Lv = L / (PP * V).
+(`megastack.planning.stage_map`): with an even split chunk c of stage p holds layers
+[(c*PP + p)*Lv, (c*PP + p + 1)*Lv) with Lv = L / (PP * V); uneven stages hold consecutive runs.
 """
 
 from __future__ import annotations
@@ -23,10 +23,13 @@ class LayerPlacement:
 
 
 def layer_stage_map(num_layers: int, pipeline_parallel_size: int,
-                    layers_per_virtual_stage: Optional[int] = None) -> list[tuple[int, int]]:
-    """[(stage, chunk)] indexed by 0-based layer, for a layout that divides the layers evenly."""
+                    layers_per_virtual_stage: Optional[int] = None,
+                    stage_layers: Optional[Sequence[int]] = None) -> list[tuple[int, int]]:
+    """[(stage, chunk)] indexed by 0-based layer, for a layout that divides the layers evenly
+    or gives each stage `stage_layers`."""
     where: list[Optional[tuple[int, int]]] = [None] * num_layers
-    for placement in chunk_placements(num_layers, pipeline_parallel_size, layers_per_virtual_stage):
+    for placement in chunk_placements(num_layers, pipeline_parallel_size, layers_per_virtual_stage,
+                                      stage_layers):
         for layer in placement.layers:
             where[layer] = (placement.stage, placement.chunk)
     missing = [i for i, w in enumerate(where) if w is None]
@@ -38,9 +41,11 @@ def layer_stage_map(num_layers: int, pipeline_parallel_size: int,
 
 
 def growth_layer_map(source_of_target: Sequence[int], pipeline_parallel_size: int,
-                     layers_per_virtual_stage: Optional[int] = None) -> list[LayerPlacement]:
+                     layers_per_virtual_stage: Optional[int] = None,
+                     stage_layers: Optional[Sequence[int]] = None) -> list[LayerPlacement]:
     """One row per target layer: its source layer and its stage (and chunk) at the target."""
-    stages = layer_stage_map(len(source_of_target), pipeline_parallel_size, layers_per_virtual_stage)
+    stages = layer_stage_map(len(source_of_target), pipeline_parallel_size, layers_per_virtual_stage,
+                             stage_layers)
     return [LayerPlacement(t, int(s), stage, chunk)
             for t, (s, (stage, chunk)) in enumerate(zip(source_of_target, stages))]
 

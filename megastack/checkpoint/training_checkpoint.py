@@ -135,8 +135,9 @@ def read_model_record(path: str) -> dict[str, Any]:
 def read_parallel_record(path: str) -> dict[str, Any]:
     """The tensor- and pipeline-parallel layout a checkpoint was saved with (Megatron-LM's
     --use-mp-args-from-checkpoint-args): tensor_model_parallel_size,
-    pipeline_model_parallel_size and num_layers_per_virtual_pipeline_stage (None: not
-    interleaved), from megastack's record or Megatron-LM's saved args."""
+    pipeline_model_parallel_size, num_layers_per_virtual_pipeline_stage (None: not
+    interleaved) and the uneven stages' flags, from megastack's record or Megatron-LM's saved
+    args."""
     record, args = _saved_flags(path, "parallel layout", "parallel")
     source = record if record else vars(args)
     tp = source.get("tensor_model_parallel_size") or 1
@@ -146,7 +147,13 @@ def read_parallel_record(path: str) -> dict[str, Any]:
     if per_stage is None and chunks and source.get("num_layers"):
         per_stage = source["num_layers"] // pp // chunks  # Megatron-LM saves the chunk count too
     return {"tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp,
-            "num_layers_per_virtual_pipeline_stage": per_stage}
+            "num_layers_per_virtual_pipeline_stage": per_stage,
+            "decoder_first_pipeline_num_layers": source.get("decoder_first_pipeline_num_layers"),
+            "decoder_last_pipeline_num_layers": source.get("decoder_last_pipeline_num_layers"),
+            "account_for_embedding_in_pipeline_split":
+                bool(source.get("account_for_embedding_in_pipeline_split")),
+            "account_for_loss_in_pipeline_split":
+                bool(source.get("account_for_loss_in_pipeline_split"))}
 
 
 def _model_state(chunks: list[torch.nn.Module]) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from megastack.checkpoint.training_checkpoint import (
     resolve_checkpoint,
     write_latest,
 )
-from megastack.config import ModelConfig, ParallelConfig
+from megastack.config import PIPELINE_SPLIT_FIELDS, ModelConfig, ParallelConfig
 from megastack.growth.depth import DEPTH_OPERATORS, DepthGrowth, is_layer_key
 from megastack.growth.plans import StackingPlan, parse_stacking_list
 from megastack.growth.width import WIDTH_OPERATORS, WidthGrowth
@@ -104,7 +104,9 @@ class GrowthReport:
             f"params, TP{sp.tensor_model_parallel_size} PP{sp.pipeline_model_parallel_size})",
             f"target: {self.checkpoint_dir} ({t.num_layers} layers, hidden {t.hidden_size}, "
             f"{t.num_parameters() / 1e6:.1f}M params, TP{tp.tensor_model_parallel_size} "
-            f"PP{tp.pipeline_model_parallel_size}" + (f" VP {vp} layers/chunk" if vp else "") + ")",
+            f"PP{tp.pipeline_model_parallel_size}" + (f" VP {vp} layers/chunk" if vp else "")
+            + (" with " + "/".join(map(str, tp.stage_num_layers(t.num_layers)))
+               + " layers per stage" if tp.uneven_pipeline else "") + ")",
             f"depth operator: {self.operator}, stacking list {list(self.stacking_list)}"
             + (f"; width operator: {self.width_operator}" if self.width_operator else ""),
             f"wrote {self.tensors_written} tensors ({self.bytes_written / 1e6:.1f} MB) and "
@@ -128,6 +130,10 @@ def grow_checkpoint(
     target_tensor_parallel_size: Optional[int] = None,
     target_pipeline_parallel_size: Optional[int] = None,
     target_num_layers_per_virtual_pipeline_stage: Optional[int] = None,
+    target_decoder_first_pipeline_num_layers: Optional[int] = None,
+    target_decoder_last_pipeline_num_layers: Optional[int] = None,
+    target_account_for_embedding_in_pipeline_split: bool = False,
+    target_account_for_loss_in_pipeline_split: bool = False,
     keep_optimizer_state: bool = False,
     target_hidden_size: Optional[int] = None,
     target_ffn_hidden_size: Optional[int] = None,
@@ -170,11 +176,18 @@ def grow_checkpoint(
             raise ValueError("--keep-optimizer-state carries Adam moments through depth growth "
                              "only; drop it when changing widths (a fresh optimizer is used)")
         width = WidthGrowth(depth_model, dst_model, width_operator, seed)
+    split = dict(decoder_first_pipeline_num_layers=target_decoder_first_pipeline_num_layers,
+                 decoder_last_pipeline_num_layers=target_decoder_last_pipeline_num_layers,
+                 account_for_embedding_in_pipeline_split=target_account_for_embedding_in_pipeline_split,
+                 account_for_loss_in_pipeline_split=target_account_for_loss_in_pipeline_split)
     dst_parallel = _target_parallel(src_parallel, dst_model, target_tensor_parallel_size,
                                     target_pipeline_parallel_size,
-                                    target_num_layers_per_virtual_pipeline_stage)
-    layer_map = growth_layer_map(plan.layers, dst_parallel.pipeline_model_parallel_size,
-                                 dst_parallel.num_layers_per_virtual_pipeline_stage)
+                                    target_num_layers_per_virtual_pipeline_stage, split)
+    layer_map = growth_layer_map(
+        plan.layers, dst_parallel.pipeline_model_parallel_size,
+        dst_parallel.num_layers_per_virtual_pipeline_stage,
+        dst_parallel.stage_num_layers(dst_model.num_layers) if dst_parallel.uneven_pipeline
+        else None)
     _check_destination(dst, ckpt, force)
     check_output_dir(f"--save {dst}", os.path.dirname(os.path.abspath(dst)))
 
@@ -256,6 +269,12 @@ def source_parallel_config(common: dict[str, Any]) -> ParallelConfig:
                                                       None),
         sequence_parallel=bool(getattr(args, "sequence_parallel", False)),
         use_distributed_optimizer=bool(getattr(args, "use_distributed_optimizer", False)),
+        decoder_first_pipeline_num_layers=getattr(args, "decoder_first_pipeline_num_layers", None),
+        decoder_last_pipeline_num_layers=getattr(args, "decoder_last_pipeline_num_layers", None),
+        account_for_embedding_in_pipeline_split=bool(
+            getattr(args, "account_for_embedding_in_pipeline_split", False)),
+        account_for_loss_in_pipeline_split=bool(
+            getattr(args, "account_for_loss_in_pipeline_split", False)),
     )
 
 
@@ -290,8 +309,16 @@ def widened_model(depth_model: ModelConfig, hidden: Optional[int], ffn: Optional
         raise ValueError(f"invalid target width: {e}") from None
 
 
+_EVEN_SPLIT = {field.name: field.default for field in dataclasses.fields(ParallelConfig)
+               if field.name in PIPELINE_SPLIT_FIELDS}
+
+
 def _target_parallel(src: ParallelConfig, model: ModelConfig, tp: Optional[int],
-                     pp: Optional[int], vp_layers: Optional[int]) -> ParallelConfig:
+                     pp: Optional[int], vp_layers: Optional[int],
+                     split: Optional[dict[str, Any]] = None) -> ParallelConfig:
+    """The source's layout with the target flags given; an uneven pipeline split only where
+    `split` (PIPELINE_SPLIT_FIELDS) asks for one: the source's was for another layer count."""
+    split = {**_EVEN_SPLIT, **(split or {})}
     inherited = vp_layers is None and pp is None and \
         src.num_layers_per_virtual_pipeline_stage is not None
     if vp_layers is None and pp is None:
@@ -303,12 +330,15 @@ def _target_parallel(src: ParallelConfig, model: ModelConfig, tp: Optional[int],
         tensor_model_parallel_size=tp if tp is not None else src.tensor_model_parallel_size,
         pipeline_model_parallel_size=pp if pp is not None else src.pipeline_model_parallel_size,
         num_layers_per_virtual_pipeline_stage=vp_layers,
+        **split,
     )
     flags = (f"--target-tensor-parallel-size {target.tensor_model_parallel_size} "
              f"--target-pipeline-parallel-size {target.pipeline_model_parallel_size}"
-             + (f" --target-num-layers-per-virtual-pipeline-stage {vp_layers}" if vp_layers else ""))
+             + (f" --target-num-layers-per-virtual-pipeline-stage {vp_layers}" if vp_layers else "")
+             + "".join(f" --target-{name.replace('_', '-')}" + ("" if value is True else f" {value}")
+                       for name, value in split.items() if value not in (None, False)))
     try:
-        target.validate(model)
+        target.validate(model, flag_prefix="target-")
     except ValueError as e:
         hint = (f" (the {vp_layers} layers per virtual stage are the source's: give "
                 f"--target-num-layers-per-virtual-pipeline-stage with a divisor of the target's "
@@ -503,6 +533,8 @@ def grown_args(args: argparse.Namespace, model: ModelConfig,
     new.pipeline_model_parallel_size = parallel.pipeline_model_parallel_size
     new.num_layers_per_virtual_pipeline_stage = parallel.num_layers_per_virtual_pipeline_stage
     new.virtual_pipeline_model_parallel_size = parallel.virtual_pipeline_size(model.num_layers)
+    for name in PIPELINE_SPLIT_FIELDS:
+        setattr(new, name, getattr(parallel, name))
     if hasattr(new, "iteration"):
         new.iteration = GROWN_ITERATION
     return new

@@ -73,11 +73,19 @@ class PhaseLayout:
         return self.parallel.virtual_pipeline_size(self.model.num_layers) is not None
 
     @property
+    def stage_layers(self) -> tuple[int, ...]:
+        """Transformer layers held by each pipeline stage, first to last."""
+        return self.parallel.stage_num_layers(self.model.num_layers)
+
+    @property
     def layers_per_stage(self) -> int:
-        return self.model.num_layers // self.pipeline_parallel_size
+        """The most layers any pipeline stage holds (all of them hold this many unless the
+        stages are uneven)."""
+        return max(self.stage_layers)
 
     @property
     def layers_per_chunk(self) -> int:
+        """Layers per virtual chunk with interleaving (which needs even stages)."""
         return self.layers_per_stage // self.virtual_pipeline_size
 
     @property

@@ -120,7 +120,8 @@ def _stage_activations(layout: PhaseLayout, stage: int, recompute: Optional[str]
     )
     per_layer = layer_activation_bytes(terms, t, sp, recompute, layout.recompute_modules)
     in_flight = in_flight_chunk_microbatches(layout, stage)
-    peak = in_flight * layout.layers_per_chunk * per_layer
+    stage_layers = layout.stage_layers[stage]
+    peak = in_flight * (stage_layers // layout.virtual_pipeline_size) * per_layer
     if recompute == "full":
         peak += layer_activation_bytes(terms, t, sp, None)
     s, b = model.seq_length, layout.micro_batch_size
@@ -130,7 +131,7 @@ def _stage_activations(layout: PhaseLayout, stage: int, recompute: Optional[str]
         hidden = a * s * b * model.hidden_size / (t if sp else 1)
         logits = s * b * model.vocab_size / t
         peak += 2 * hidden + 4 * logits + (a * logits if a != 4 else 0)
-    return peak, layout.layers_per_stage * per_layer
+    return peak, stage_layers * per_layer
 
 
 def estimate_memory(layout: PhaseLayout, reserve_bytes: float = DEFAULT_RESERVE_BYTES) -> PhaseMemory:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from megastack.config import ModelConfig, ParallelConfig
 
-from .stage_map import chunk_placements
+from .stage_map import layout_placements
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,7 @@ def output_layer_parameters(model: ModelConfig, parallel: ParallelConfig) -> int
 def stage_parameter_counts(model: ModelConfig, parallel: ParallelConfig) -> list[StageParameters]:
     """Per pipeline stage, the parameters one TP rank of that stage holds."""
     tp = parallel.tensor_model_parallel_size
-    placements = chunk_placements(
-        model.num_layers, parallel.pipeline_model_parallel_size,
-        parallel.num_layers_per_virtual_pipeline_stage,
-    )
+    placements = layout_placements(model.num_layers, parallel)
     per_layer = layer_parameters(model, tp)
     stages = []
     for stage in range(parallel.pipeline_model_parallel_size):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from .layout import PhaseLayout, validate_layout
 from .memory import DEFAULT_RESERVE_BYTES, GIB, PhaseMemory, estimate_memory
 from .parameters import StageParameters, stage_parameter_counts
-from .stage_map import ChunkPlacement, chunk_placements
+from .stage_map import ChunkPlacement, layout_placements
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +68,7 @@ def plan_phase(
     plan = PhasePlan(
         name=name,
         layout=layout,
-        placements=chunk_placements(
-            layout.model.num_layers, layout.pipeline_parallel_size,
-            layout.parallel.num_layers_per_virtual_pipeline_stage,
-        ),
+        placements=layout_placements(layout.model.num_layers, layout.parallel),
         parameters=stage_parameter_counts(layout.model, layout.parallel),
         memory=memory,
         device_memory=device_memory_bytes,

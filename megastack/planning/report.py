@@ -96,12 +96,17 @@ def format_layout(plan: PhasePlan) -> str:
         f"{m.num_attention_heads} ({m.num_query_groups} query groups), vocab {m.vocab_size}, seq "
         f"{m.seq_length}: {_count(m.num_parameters())} parameters",
         f"  world {lay.world_size} = TP {lay.tensor_parallel_size} x PP {lay.pipeline_parallel_size} x DP "
-        f"{lay.data_parallel_size}; {lay.layers_per_stage} layers per stage{interleave}",
+        f"{lay.data_parallel_size}; {_stage_layers(lay)} layers per stage{interleave}",
         f"  batch: micro {lay.micro_batch_size} x DP {lay.data_parallel_size} x {lay.num_microbatches} "
         f"micro-batches = global {lay.global_batch_size} sequences "
         f"({lay.global_batch_size * m.seq_length:,} tokens per step)",
         "  " + ", ".join(flags),
     ])
+
+
+def _stage_layers(layout) -> str:
+    counts = layout.stage_layers
+    return str(counts[0]) if len(set(counts)) == 1 else "/".join(map(str, counts))
 
 
 def format_phase(plan: PhasePlan, title: Optional[str] = None) -> str:

@@ -271,6 +271,17 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-virtual-stages-per-pipeline-rank", type=int,
                    help="the interleaved schedule's model chunks per pipeline rank (instead of "
                         "--num-layers-per-virtual-pipeline-stage)")
+    g.add_argument("--decoder-first-pipeline-num-layers", type=int,
+                   help="transformer layers on the first pipeline stage (the stages without a "
+                        "count share the rest evenly)")
+    g.add_argument("--decoder-last-pipeline-num-layers", type=int,
+                   help="transformer layers on the last pipeline stage")
+    g.add_argument("--account-for-embedding-in-pipeline-split", action="store_true",
+                   help="count the word embedding as a layer when splitting the layers over "
+                        "pipeline stages: the first stage holds one transformer layer fewer")
+    g.add_argument("--account-for-loss-in-pipeline-split", action="store_true",
+                   help="count the output layer and loss as a layer: the last stage holds one "
+                        "transformer layer fewer")
     g.add_argument("--sequence-parallel", action="store_true")
     g.add_argument("--use-distributed-optimizer", action="store_true")
     g.add_argument("--overlap-grad-reduce", action="store_true",
@@ -695,6 +706,11 @@ def add_growth_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-tensor-model-parallel-size", type=int)
     g.add_argument("--target-pipeline-model-parallel-size", type=int)
     g.add_argument("--target-num-layers-per-virtual-pipeline-stage", type=int)
+    g.add_argument("--target-decoder-first-pipeline-num-layers", type=int,
+                   help="the grown model's layers on its first pipeline stage (default: an even "
+                        "split; --account-for-*-in-pipeline-split apply to both phases)")
+    g.add_argument("--target-decoder-last-pipeline-num-layers", type=int,
+                   help="the grown model's layers on its last pipeline stage")
     g.add_argument("--lr-after-growth", type=float)
     g.add_argument("--lr-warmup-iters-after-growth", type=int)
 
@@ -732,8 +748,6 @@ ALWAYS_SO_FLAGS = {
 
 # Megatron-LM flags megastack cannot honour: refused with the reason and what to use instead,
 # rather than argparse's bare "unrecognized arguments".
-_EVEN_STAGES = ("uneven pipeline stages are not implemented: every stage holds --num-layers / "
-                "--pipeline-model-parallel-size layers")
 _NO_FSDP = ("FSDP is not implemented: use --use-distributed-optimizer (ZeRO-1) with "
             "tensor/pipeline parallelism")
 _TIMERS = ("megastack times each iteration's forward-backward and optimizer step "
@@ -757,13 +771,6 @@ UNSUPPORTED_FLAGS = {  # attr: (flag, why and what instead, number of values it 
                            "megastack's architectures", 0),
     "init_method_xavier_uniform": ("--init-method-xavier-uniform", "weights are initialised "
                                    "normal with --init-method-std", 0),
-    "decoder_first_pipeline_num_layers": ("--decoder-first-pipeline-num-layers",
-                                          _EVEN_STAGES, 1),
-    "decoder_last_pipeline_num_layers": ("--decoder-last-pipeline-num-layers", _EVEN_STAGES, 1),
-    "account_for_embedding_in_pipeline_split": ("--account-for-embedding-in-pipeline-split",
-                                                _EVEN_STAGES, 0),
-    "account_for_loss_in_pipeline_split": ("--account-for-loss-in-pipeline-split",
-                                           _EVEN_STAGES, 0),
     "num_experts": ("--num-experts", "megastack trains dense GPT models (mixture-of-experts "
                     "layers are not implemented)", 1),
     "use_torch_fsdp2": ("--use-torch-fsdp2", _NO_FSDP, 0),
@@ -927,8 +934,8 @@ def _checkpoint_parallel_flags(args: argparse.Namespace) -> None:
                                      "--use-checkpoint-args (as in Megatron-LM): add it")
     layout = read_parallel_record(args.load)
     logger.info("--use-mp-args-from-checkpoint-args: %s", ", ".join(
-        f"--{name.replace('_', '-')} {value}" for name, value in layout.items()
-        if value is not None))
+        f"--{name.replace('_', '-')}" + ("" if value is True else f" {value}")
+        for name, value in layout.items() if value not in (None, False)))
     for name, value in layout.items():
         setattr(args, name, value)
     args.num_virtual_stages_per_pipeline_rank = None
@@ -1373,6 +1380,10 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         num_layers_per_virtual_pipeline_stage=args.num_layers_per_virtual_pipeline_stage,
         sequence_parallel=args.sequence_parallel,
         use_distributed_optimizer=args.use_distributed_optimizer,
+        decoder_first_pipeline_num_layers=args.decoder_first_pipeline_num_layers,
+        decoder_last_pipeline_num_layers=args.decoder_last_pipeline_num_layers,
+        account_for_embedding_in_pipeline_split=args.account_for_embedding_in_pipeline_split,
+        account_for_loss_in_pipeline_split=args.account_for_loss_in_pipeline_split,
     )
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     parallel.validate(model, world_size)
@@ -1659,6 +1670,8 @@ _GROWTH_ONLY_FLAGS = {
     "target_pipeline_model_parallel_size": "--target-pipeline-model-parallel-size",
     "target_num_layers_per_virtual_pipeline_stage":
         "--target-num-layers-per-virtual-pipeline-stage",
+    "target_decoder_first_pipeline_num_layers": "--target-decoder-first-pipeline-num-layers",
+    "target_decoder_last_pipeline_num_layers": "--target-decoder-last-pipeline-num-layers",
     "lr_after_growth": "--lr-after-growth",
     "lr_warmup_iters_after_growth": "--lr-warmup-iters-after-growth",
     "target_hidden_size": "--target-hidden-size",
@@ -1729,6 +1742,10 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
         num_layers_per_virtual_pipeline_stage=args.target_num_layers_per_virtual_pipeline_stage,
         sequence_parallel=parallel.sequence_parallel,
         use_distributed_optimizer=parallel.use_distributed_optimizer,
+        decoder_first_pipeline_num_layers=args.target_decoder_first_pipeline_num_layers,
+        decoder_last_pipeline_num_layers=args.target_decoder_last_pipeline_num_layers,
+        account_for_embedding_in_pipeline_split=parallel.account_for_embedding_in_pipeline_split,
+        account_for_loss_in_pipeline_split=parallel.account_for_loss_in_pipeline_split,
     )
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     try:

@@ -28,7 +28,7 @@ from typing import Optional
 import torch.distributed as dist
 
 from megastack.checkpoint import training_checkpoint as ckpt
-from megastack.config import ModelConfig
+from megastack.config import PIPELINE_SPLIT_FIELDS, ModelConfig
 from megastack.training.arguments import PretrainConfig
 from megastack.training.trainer import Trainer, TrainState, build_phase_datasets
 
@@ -108,6 +108,8 @@ def _grow_on_rank0(cfg: PretrainConfig, src: str, dst: str) -> None:
                 target_pipeline_parallel_size=g.target_parallel.pipeline_model_parallel_size,
                 target_num_layers_per_virtual_pipeline_stage=
                 g.target_parallel.num_layers_per_virtual_pipeline_stage,
+                **{f"target_{name}": getattr(g.target_parallel, name)
+                   for name in PIPELINE_SPLIT_FIELDS},
                 **{f"target_{name}": value for name, value in g.target_widths.items()},
                 width_operator=g.width_operator, seed=cfg.train.seed, force=True,
             )

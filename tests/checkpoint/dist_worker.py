@@ -22,11 +22,13 @@ import time
 import torch
 import torch.distributed as dist
 
-LAYOUTS = [  # (TP, PP, layers per virtual stage) the grown 8-layer model is loaded at
-    (1, 4, None),
-    (2, 1, None),
-    (1, 2, 2),
-    (1, 1, None),  # every rank holds the whole model: the single-process reference
+LAYOUTS = [  # (TP, PP, layers per virtual stage, uneven split) the grown 8-layer model is loaded at
+    (1, 4, None, {}),
+    (2, 1, None, {}),
+    (1, 2, 2, {}),
+    (1, 4, None, {"decoder_first_pipeline_num_layers": 2, "decoder_last_pipeline_num_layers": 4}),
+    (2, 2, None, {"decoder_last_pipeline_num_layers": 5}),
+    (1, 1, None, {}),  # every rank holds the whole model: the single-process reference
 ]
 MICRO_BATCH, NUM_MICRO_BATCHES = 2, 2
 T0 = time.monotonic()
@@ -222,9 +224,9 @@ def cmd_layouts(a) -> None:
     from megastack.checkpoint.dist_reader import DistCheckpointReader
     dst_cfg = ModelConfig.from_dict(DistCheckpointReader(grown_dir).load_common()["megastack"]["model"])
     layouts = []
-    for tp, pp, vp in LAYOUTS:
+    for tp, pp, vp, split in LAYOUTS:
         target = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-                                num_layers_per_virtual_pipeline_stage=vp)
+                                num_layers_per_virtual_pipeline_stage=vp, **split)
         chunks, _, _ = build(dst_cfg, target, a.seed + 1, with_optimizer=False)
         fresh_loss = run_batches(chunks, dst_cfg, forward_only=True)
         common = load_checkpoint(os.path.join(a.out, "grown"), chunks)
@@ -232,14 +234,14 @@ def cmd_layouts(a) -> None:
         placement = (ps.get_pipeline_model_parallel_rank(), _layer_numbers(chunks))
         placements = [None] * dist.get_world_size()
         dist.all_gather_object(placements, placement)
-        entry = {"tp": tp, "pp": pp, "vp_layers": vp, "fresh_loss": fresh_loss,
+        entry = {"tp": tp, "pp": pp, "vp_layers": vp, "split": split, "fresh_loss": fresh_loss,
                  "loss": run_batches(chunks, dst_cfg, forward_only=True),
                  "iteration": common["iteration"],
                  "placements": sorted({(p, json.dumps(l)) for p, l in placements})}
         if (tp, pp) == (1, 1):
             entry["weight_mismatches"] = _check_loaded_weights(chunks, grown_dir)
         layouts.append(entry)
-        log(f"evaluated TP{tp} PP{pp} VP{vp}")
+        log(f"evaluated TP{tp} PP{pp} VP{vp} {split}")
     results["layouts"] = layouts
 
     chunks, ddp, opt = build(dst_cfg, ParallelConfig(), a.seed + 2, with_optimizer=True)

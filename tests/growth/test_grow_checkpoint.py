@@ -20,6 +20,7 @@ import torch
 
 from megastack.checkpoint.dist_reader import DistCheckpointReader
 from megastack.checkpoint.layer_map import layer_stage_map
+from megastack.config import ParallelConfig
 from megastack.growth.grow_checkpoint import grow_checkpoint
 from tests.scripts import load_script
 
@@ -69,6 +70,7 @@ def test_grown_checkpoint_gives_the_single_process_loss_at_every_layout(run):
         # the loss is the loaded weights', not the freshly built model's
         assert abs(layout["fresh_loss"] - layout["loss"]) > 1e-3, layout
     assert {(l["tp"], l["pp"], l["vp_layers"]) for l in layouts} >= {(1, 4, None), (2, 1, None)}
+    assert sum(bool(l["split"]) for l in layouts) == 2  # uneven pipeline stages
 
 
 def test_loaded_parameters_equal_the_grown_checkpoint(run):
@@ -79,7 +81,12 @@ def test_loaded_parameters_equal_the_grown_checkpoint(run):
 def test_layer_map_matches_megatron_placement(run):
     for layout in run[1]["layouts"]:
         expected: dict[int, list[list[int]]] = {}
-        for layer, (stage, chunk) in enumerate(layer_stage_map(8, layout["pp"], layout["vp_layers"])):
+        parallel = ParallelConfig(pipeline_model_parallel_size=layout["pp"],
+                                  num_layers_per_virtual_pipeline_stage=layout["vp_layers"],
+                                  **layout["split"])
+        stage_layers = parallel.stage_num_layers(8) if parallel.uneven_pipeline else None
+        for layer, (stage, chunk) in enumerate(layer_stage_map(8, layout["pp"], layout["vp_layers"],
+                                                               stage_layers)):
             chunks = expected.setdefault(stage, [])
             while len(chunks) <= chunk:
                 chunks.append([])

@@ -61,6 +61,10 @@ def test_plan_tool_single_phase(capsys):
                  "--num-layers-per-virtual-pipeline-stage", "2", "--global-batch-size", "8"]) == 0
     out = capsys.readouterr().out
     assert "stage 0: chunk 0: layers 0-1 + embedding | chunk 1: layers 4-5" in out
+    assert main(["--model", "tiny-8l", "--pipeline-model-parallel-size", "3", "--nproc-per-node",
+                 "3", "--account-for-embedding-in-pipeline-split"]) == 0
+    out = capsys.readouterr().out
+    assert "2/3/3 layers per stage" in out and "stage 0: layers 0-1 + embedding" in out
     assert main(["--model", "tiny-8l", "--vocab-size", "500", "--tensor-model-parallel-size", "2"]) == 0
     assert "vocab 512" in capsys.readouterr().out  # padded like the trainer pads it
     assert main(["--model", "tiny-8l", "--global-batch-size", "12"]) == 2

@@ -93,3 +93,17 @@ def test_worst_stage_of_interleaved_7b_is_the_first():
     assert [s.in_flight_microbatches for s in mem.stages] == [2 * 1 + 3 * 2 + 1, 3 * 2 + 1]
     assert mem.worst_stage.stage == 0
     assert 20 * GIB < mem.peak < 40 * GIB
+
+
+def test_uneven_first_stage_holds_fewer_layers_activations_and_weights():
+    """Megatron-LM's --decoder-first-pipeline-num-layers relieves the first stage, which keeps
+    the most micro-batches in flight under 1F1B."""
+    model = ModelConfig.from_name("llama2-7b")
+    even = PhaseLayout(model, ParallelConfig(1, 4), world_size=4, global_batch_size=16)
+    uneven = PhaseLayout(model, ParallelConfig(1, 4, decoder_first_pipeline_num_layers=5),
+                         world_size=4, global_batch_size=16)
+    assert uneven.stage_layers == (5, 9, 9, 9) and even.stage_layers == (8, 8, 8, 8)
+    per_mb = [s.activations_per_microbatch[None] for s in estimate_memory(uneven).stages]
+    assert per_mb[0] == pytest.approx(per_mb[1] * 5 / 9)
+    assert per_mb[1] == pytest.approx(estimate_memory(even).stages[1].activations_per_microbatch[None] * 9 / 8)
+    assert estimate_memory(uneven).stages[0].parameters < estimate_memory(even).stages[0].parameters

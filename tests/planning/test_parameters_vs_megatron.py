@@ -5,11 +5,12 @@ megatron-core builds it on that stage (pre_process on the first, post_process on
 `vp_stage` for interleaved chunks), with the stage's pipeline size in the TransformerConfig.
 """
 
+import re
 
 import pytest
 
 from megastack.config import ModelConfig, ParallelConfig, to_transformer_config
-from megastack.planning import chunk_placements, stage_parameter_counts, total_parameters
+from megastack.planning import layout_placements, stage_parameter_counts, total_parameters
 
 torch = pytest.importorskip("torch")
 
@@ -100,19 +101,67 @@ def test_tied_embeddings_last_stage_holds_an_output_copy():
     assert total_parameters(untied) - total_parameters(tied) == untied.vocab_size * untied.hidden_size
 
 
-@pytest.mark.parametrize("num_layers,pp,per_chunk", [
-    (8, 1, None), (8, 2, None), (8, 4, None), (8, 2, 2), (8, 2, 1), (32, 2, 4), (32, 4, 2), (24, 4, 3),
+UNEVEN = [
+    dict(decoder_first_pipeline_num_layers=3), dict(decoder_last_pipeline_num_layers=1),
+    dict(decoder_first_pipeline_num_layers=2, decoder_last_pipeline_num_layers=4),
+    dict(account_for_embedding_in_pipeline_split=True),
+    dict(account_for_loss_in_pipeline_split=True),
+    dict(account_for_embedding_in_pipeline_split=True, account_for_loss_in_pipeline_split=True),
+]
+
+
+@pytest.mark.parametrize("num_layers,pp,split", [
+    (8, 1, {}), (8, 2, {}), (8, 4, {}), (8, 2, dict(num_layers_per_virtual_pipeline_stage=2)),
+    (8, 2, dict(num_layers_per_virtual_pipeline_stage=1)),
+    (32, 2, dict(num_layers_per_virtual_pipeline_stage=4)),
+    (32, 4, dict(num_layers_per_virtual_pipeline_stage=2)),
+    (24, 4, dict(num_layers_per_virtual_pipeline_stage=3)),
+    (8, 2, UNEVEN[0]), (8, 2, UNEVEN[1]), (14, 4, UNEVEN[2]), (11, 4, dict(decoder_first_pipeline_num_layers=2)),
+    (7, 2, UNEVEN[3]), (11, 4, UNEVEN[3]), (7, 4, UNEVEN[4]), (10, 4, UNEVEN[5]), (7, 3, UNEVEN[5]),
 ])
-def test_layer_map_matches_megatron_offsets(num_layers, pp, per_chunk):
+def test_layer_map_matches_megatron_offsets(num_layers, pp, split):
     from megatron.core.transformer.transformer_block import get_num_layers_to_build
     from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
     model = ModelConfig.from_name("tiny-8l", num_layers=num_layers)
-    parallel = ParallelConfig(pipeline_model_parallel_size=pp, num_layers_per_virtual_pipeline_stage=per_chunk)
+    parallel = ParallelConfig(pipeline_model_parallel_size=pp, **split)
+    parallel.validate(model)
     config = to_transformer_config(model, parallel)
-    placements = chunk_placements(num_layers, pp, per_chunk)
+    placements = layout_placements(num_layers, parallel)
+    interleaved = parallel.virtual_pipeline_size(num_layers) is not None
     for p in placements:
-        vp = p.chunk if per_chunk else None
+        vp = p.chunk if interleaved else None
         assert p.first_layer == get_transformer_layer_offset(config, vp_stage=vp, pp_rank=p.stage)
         assert p.num_layers == get_num_layers_to_build(config, vp_stage=vp, pp_rank=p.stage)
     assert sorted(layer for p in placements for layer in p.layers) == list(range(num_layers))
+    if parallel.uneven_pipeline:
+        assert len(set(p.num_layers for p in placements)) > 1, "an uneven case that is even"
+
+
+@pytest.mark.parametrize("num_layers,pp,split,flag", [
+    (11, 4, UNEVEN[0], "--decoder-first-pipeline-num-layers 3 leave 8 of the 11 layers"),
+    (4, 2, dict(decoder_first_pipeline_num_layers=4), "--decoder-first-pipeline-num-layers 4"),
+    (8, 2, dict(decoder_first_pipeline_num_layers=2, decoder_last_pipeline_num_layers=2),
+     "leave 4 of the 8 layers for the 0 other"),
+    (8, 2, UNEVEN[3], "--account-for-embedding-in-pipeline-split: 8 layers"),
+    (8, 2, dict(decoder_last_pipeline_num_layers=3, account_for_loss_in_pipeline_split=True),
+     "keep one"),
+])
+def test_uneven_stages_megatron_refuses_are_named(num_layers, pp, split, flag):
+    """The layouts megatron-core's TransformerConfig refuses (with an unnamed field) are refused
+    first, naming the flag."""
+    model = ModelConfig.from_name("tiny-8l", num_layers=num_layers)
+    parallel = ParallelConfig(pipeline_model_parallel_size=pp, **split)
+    with pytest.raises(ValueError, match=re.escape(flag)):
+        parallel.validate(model)
+    with pytest.raises(ValueError):
+        to_transformer_config(model, parallel)
+
+
+def test_uneven_stages_need_pipelining_and_no_interleaving():
+    model = ModelConfig.from_name("tiny-8l")
+    with pytest.raises(ValueError, match="need --target-pipeline-model-parallel-size >= 2"):
+        ParallelConfig(decoder_first_pipeline_num_layers=3).validate(model, flag_prefix="target-")
+    with pytest.raises(ValueError, match="with the interleaved schedule"):
+        ParallelConfig(pipeline_model_parallel_size=2, num_layers_per_virtual_pipeline_stage=1,
+                       decoder_last_pipeline_num_layers=2).validate(model)

@@ -214,6 +214,11 @@ GROW = ["--save", "unused", "--grow-at-tokens", "256"]
              "--growth-mask-iters", "4"], ["--growth-mask-iters fades in what G_random added"]),
     (["--target-hidden-size", "128"],
      ["--target-hidden-size only apply to growth in one run"]),
+    (GROW + ["--stacking-list", "0-3*2", "--target-decoder-first-pipeline-num-layers", "3"],
+     ["grown model's layout", "--target-decoder-first-pipeline-num-layers split the layers",
+      "--target-pipeline-model-parallel-size >= 2"]),
+    (["--target-decoder-last-pipeline-num-layers", "2"],
+     ["--target-decoder-last-pipeline-num-layers only apply to growth in one run"]),
     # Growth flags without --grow-at-tokens were ignored: a plain run of the small model.
     (["--stacking-list", "0-3*2", "--lr-after-growth", "3e-4"],
      ["--stacking-list, --lr-after-growth only apply to growth in one run", "--grow-at-tokens"]),
@@ -245,6 +250,23 @@ def test_growth_target_widths():
     args = parse_args(["--model", "tiny-4l", "--mock-data", "--train-tokens", "2K",
                        "--global-batch-size", "2"])
     assert args.train_tokens == 2000.0
+
+
+def test_uneven_pipeline_stages_in_both_phases(monkeypatch):
+    """The grown model's first/last stage counts are its own flags; the embedding and loss
+    counted as layers apply to both phases."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    pp2 = BASE + ["--pipeline-model-parallel-size", "2"]
+    cfg = config(pp2 + ["--decoder-first-pipeline-num-layers", "1"] + GROW
+                 + ["--stacking-list", "0-3*2", "--target-decoder-last-pipeline-num-layers", "3"])
+    assert cfg.parallel.stage_num_layers(4) == (1, 3)
+    assert cfg.growth.target_parallel.stage_num_layers(8) == (5, 3)
+    cfg = config(pp2 + ["--account-for-embedding-in-pipeline-split",
+                        "--account-for-loss-in-pipeline-split"] + GROW + ["--stacking-list", "0-3*3"])
+    assert cfg.growth.target_parallel.account_for_loss_in_pipeline_split
+    assert cfg.growth.target_parallel.stage_num_layers(12) == (6, 6)
+    with pytest.raises(ValueError, match="--decoder-first-pipeline-num-layers 4 must be between 1"):
+        config(pp2 + ["--decoder-first-pipeline-num-layers", "4"])
 
 
 def test_vocab_padding_does_not_depend_on_tp():
@@ -505,7 +527,8 @@ def test_sample_based_schedule_flags_become_iterations():
     (["--train-iters", "4", "--fp8-format", "hybrid"], "--fp8-format: FP8 training is not"),
     (["--train-iters", "4", "--num-experts", "8"], "--num-experts: megastack trains dense GPT"),
     (["--train-iters", "4", "--decoder-first-pipeline-num-layers", "3"],
-     "--decoder-first-pipeline-num-layers: uneven pipeline stages are not implemented"),
+     "--decoder-first-pipeline-num-layers split the layers over pipeline stages: they need "
+     "--pipeline-model-parallel-size >= 2"),
     (["--train-iters", "4", "--async-save"], "--async-save writes the --save checkpoints"),
     (["--train-iters", "4", "--rampup-batch-size", "8", "2", "64"],
      "the start batch size must be smaller than the --global-batch-size 8"),

@@ -99,6 +99,37 @@ def test_resume_at_another_layout_matches_straight_run(one_rank, tmp_path):
     _assert_same(one_rank["loss"], losses, [4, 5, 6], 1e-5)
 
 
+def test_uneven_pipeline_stages_match_one_rank(one_rank, tmp_path):
+    """PP2 with 1 + 3 layers for 3 iterations; resumed with 3 + 1, the saved layers placed on
+    the other stages."""
+    save, metrics = tmp_path / "ckpt", tmp_path / "m.jsonl"
+    common = TINY + ITERS + ["--pipeline-model-parallel-size", "2"]
+    run_pretrain(common + ["--decoder-first-pipeline-num-layers", "1", "--save", str(save),
+                           "--exit-interval", "3"], nproc=2, metrics=metrics)
+    assert _layers_written_by_rank(save / "iter_0000003") == {0: {0}, 1: {1, 2, 3}}
+    run_pretrain(common + ["--decoder-last-pipeline-num-layers", "1", "--load", str(save),
+                           "--save", str(save)], nproc=2, metrics=metrics)
+    assert _layers_written_by_rank(save / "iter_0000006") == {0: {0, 1, 2}, 1: {3}}
+    losses = read_metrics(metrics)
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+    _assert_same(one_rank["loss"], losses, range(1, 7), 1e-4)
+
+
+def _layers_written_by_rank(checkpoint_dir) -> dict[int, set[int]]:
+    """Which transformer layers each rank's shard file holds (the first QKV weight's layer
+    axis): the stage each layer was on when saved."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    metadata = FileSystemReader(str(checkpoint_dir)).read_metadata()
+    key = "decoder.layers.self_attention.linear_qkv.weight"
+    layers: dict[int, set[int]] = {}
+    for index, info in metadata.storage_data.items():
+        if index.fqn == key:
+            rank = int(info.relative_path.split("_")[2])
+            layers.setdefault(rank, set()).add(index.offset[0])
+    return layers
+
+
 def test_overlapped_grad_reduce_and_param_gather_match_one_rank(one_rank, tmp_path):
     """--overlap-grad-reduce and --overlap-param-gather at DP 2 with several buckets (each
     bucket's reduce-scatter started during the backward, its all-gather during the next forward):

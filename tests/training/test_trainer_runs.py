@@ -386,12 +386,23 @@ def test_use_mp_args_from_checkpoint_args_takes_the_saved_layout(tmp_path):
                             virtual_pipeline_model_parallel_size=2)
     from megastack.checkpoint.training_checkpoint import read_parallel_record
 
+    even = {"decoder_first_pipeline_num_layers": None, "decoder_last_pipeline_num_layers": None,
+            "account_for_embedding_in_pipeline_split": False,
+            "account_for_loss_in_pipeline_split": False}
     assert read_parallel_record(str(root)) == {
         "tensor_model_parallel_size": 2, "pipeline_model_parallel_size": 2,
-        "num_layers_per_virtual_pipeline_stage": 1}
+        "num_layers_per_virtual_pipeline_stage": 1, **even}
     with pytest.raises(ValueError, match="world size 1 is not divisible by "
                                          "--tensor-model-parallel-size 2"):
         build_pretrain_config(parse_args(argv[:-2]), None)
+    _rewrite_as_megatron_lm(root / "iter_0000001", num_layers=4, hidden_size=64,
+                            num_attention_heads=4, seq_length=64, padded_vocab_size=512,
+                            tensor_model_parallel_size=1, pipeline_model_parallel_size=2,
+                            decoder_last_pipeline_num_layers=3)
+    assert read_parallel_record(str(root)) == {
+        "tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 2,
+        "num_layers_per_virtual_pipeline_stage": None,
+        **even, "decoder_last_pipeline_num_layers": 3}
 
 
 def test_resume_with_the_other_optimizer_kind_names_the_flag(tmp_path):
