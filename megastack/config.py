@@ -253,7 +253,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # flag names), which a grown model does not inherit: its layer count is another.
 PIPELINE_SPLIT_FIELDS = ("decoder_first_pipeline_num_layers", "decoder_last_pipeline_num_layers",
                          "account_for_embedding_in_pipeline_split",
-                         "account_for_loss_in_pipeline_split")
+                         "account_for_loss_in_pipeline_split",
+                         "num_virtual_stages_per_pipeline_rank")
 
 
 @dataclass(frozen=True)
@@ -265,13 +266,17 @@ class ParallelConfig:
     num_layers_per_virtual_pipeline_stage: Optional[int] = None
     sequence_parallel: bool = False
     use_distributed_optimizer: bool = False
-    # Uneven pipeline stages (no interleaving), as megatron-core splits them: the first and/or
-    # last stage hold the given number of layers and the middle stages share the rest evenly;
-    # or the embedding and/or the loss count as one layer each in an even split.
+    # Uneven pipeline stages, as megatron-core splits them: the first and/or last stage hold
+    # the given number of layers and the middle stages share the rest evenly; or the embedding
+    # and/or the loss count as one layer each in an even split. Interleaved, each stage's
+    # layers are cut into num_virtual_stages_per_pipeline_rank equal chunks (Megatron-LM's
+    # other spelling of interleaving, the one it asks for with uneven stages; the trainer turns
+    # it into layers per virtual stage for even ones, which growth carries over).
     decoder_first_pipeline_num_layers: Optional[int] = None
     decoder_last_pipeline_num_layers: Optional[int] = None
     account_for_embedding_in_pipeline_split: bool = False
     account_for_loss_in_pipeline_split: bool = False
+    num_virtual_stages_per_pipeline_rank: Optional[int] = None
 
     @property
     def uneven_pipeline(self) -> bool:
@@ -281,31 +286,48 @@ class ParallelConfig:
                 or self.account_for_loss_in_pipeline_split)
 
     def stage_num_layers(self, num_layers: int) -> tuple[int, ...]:
-        """Transformer layers per pipeline stage, first to last (megatron-core's
-        get_num_layers_to_build for a layout that passed `validate`)."""
+        """Transformer layers per pipeline stage, first to last."""
         pp = self.pipeline_model_parallel_size
         first, last = self.decoder_first_pipeline_num_layers, self.decoder_last_pipeline_num_layers
         if first is not None or last is not None:
             middle_stages = pp - (first is not None) - (last is not None)
             middle = num_layers - (first or 0) - (last or 0)
-            per_middle = middle // middle_stages if middle_stages else 0
-            counts = [per_middle] * pp
+            stages = [middle // middle_stages if middle_stages else 0] * pp
             if first is not None:
-                counts[0] = first
+                stages[0] = first
             if last is not None:
-                counts[-1] = last
-            return tuple(counts)
+                stages[-1] = last
+            return tuple(stages)
         embedding = int(self.account_for_embedding_in_pipeline_split)
         loss = int(self.account_for_loss_in_pipeline_split)
-        per_stage = (num_layers + embedding + loss) // pp
-        counts = [per_stage] * pp
-        counts[0] -= embedding
-        counts[-1] -= loss
-        return tuple(counts)
+        stages = [(num_layers + embedding + loss) // pp] * pp
+        stages[0] -= embedding
+        stages[-1] -= loss
+        return tuple(stages)
+
+    def chunk_num_layers(self, num_layers: int) -> tuple[tuple[int, ...], ...]:
+        """Transformer layers per model chunk of each pipeline stage, [stage][chunk]
+        (megatron-core's get_num_layers_to_build, for a layout that passed `validate`)."""
+        chunks = self.virtual_pipeline_size(num_layers) or 1
+        stages = self.stage_num_layers(num_layers)
+        if self.decoder_first_pipeline_num_layers is not None or \
+                self.decoder_last_pipeline_num_layers is not None:
+            return tuple((n // chunks,) * chunks for n in stages)
+        # Even, or the embedding / loss counted as a layer of the very first / last chunk.
+        embedding = int(self.account_for_embedding_in_pipeline_split)
+        loss = int(self.account_for_loss_in_pipeline_split)
+        per_chunk = (num_layers + embedding + loss) // len(stages) // chunks
+        sizes = [[per_chunk] * chunks for _ in stages]
+        sizes[0][0] -= embedding
+        sizes[-1][-1] -= loss
+        return tuple(map(tuple, sizes))
 
     def virtual_pipeline_size(self, num_layers: int) -> Optional[int]:
         """Model chunks per pipeline stage, or None without interleaving (as in Megatron-LM, a
         virtual stage that holds a whole pipeline stage is no interleaving)."""
+        chunks = self.num_virtual_stages_per_pipeline_rank
+        if chunks is not None:
+            return chunks if chunks > 1 else None
         if self.num_layers_per_virtual_pipeline_stage is None:
             return None
         per_stage = num_layers // self.pipeline_model_parallel_size
@@ -355,6 +377,17 @@ class ParallelConfig:
                 f"--{flag_prefix}decoder-last-pipeline-num-layers"
             )
         v = self.num_layers_per_virtual_pipeline_stage
+        chunks = self.num_virtual_stages_per_pipeline_rank
+        chunks_flag = f"--{flag_prefix}num-virtual-stages-per-pipeline-rank"
+        if v is not None and chunks is not None:
+            raise ValueError(f"give {chunks_flag} or {vpp_flag}, not both")
+        if chunks is not None and not self.uneven_pipeline and (
+                chunks < 1 or model.num_layers % (pp * chunks) != 0):
+            raise ValueError(f"{chunks_flag} {chunks}: {layers_flag} {model.num_layers} must "
+                             f"split into {chunks} chunks on each of the {pp} pipeline ranks "
+                             f"({pp * chunks} equal chunks)")
+        if chunks is not None and chunks > 1 and pp < 2:
+            raise ValueError(f"{chunks_flag} needs {pp_flag} >= 2")
         if v is not None:
             if pp < 2:
                 raise ValueError(f"{vpp_flag} needs {pp_flag} >= 2")
@@ -367,7 +400,6 @@ class ParallelConfig:
         if self.sequence_parallel and tp == 1:
             # Megatron silently ignores it; say so instead of pretending it is on.
             logger.warning("--sequence-parallel has no effect with --tensor-model-parallel-size 1")
-
 
     def _validate_uneven_stages(self, num_layers: int, flag_prefix: str) -> None:
         pp = self.pipeline_model_parallel_size
@@ -385,38 +417,63 @@ class ParallelConfig:
             raise ValueError(f"{', '.join(given)} split the layers over pipeline stages: "
                              f"they need {pp_flag} >= 2")
         if self.num_layers_per_virtual_pipeline_stage is not None:
-            raise ValueError(f"{', '.join(given)} with the interleaved schedule "
-                             f"(--{flag_prefix}num-layers-per-virtual-pipeline-stage) is not "
-                             f"implemented: drop one of them")
+            raise ValueError(f"{', '.join(given)}: interleave uneven stages with "
+                             f"--{flag_prefix}num-virtual-stages-per-pipeline-rank (model chunks "
+                             f"per stage, as Megatron-LM asks), not "
+                             f"--{flag_prefix}num-layers-per-virtual-pipeline-stage")
+        chunks = self.num_virtual_stages_per_pipeline_rank
+        chunks_flag = f"--{flag_prefix}num-virtual-stages-per-pipeline-rank"
+        if chunks is not None and chunks < 1:
+            raise ValueError(f"{chunks_flag} must be >= 1, got {chunks}")
         first, last = self.decoder_first_pipeline_num_layers, self.decoder_last_pipeline_num_layers
         if first is not None or last is not None:
-            if self.account_for_embedding_in_pipeline_split or \
-                    self.account_for_loss_in_pipeline_split:
-                raise ValueError(f"{', '.join(given)}: the first/last stage's layer counts and "
-                                 f"--account-for-*-in-pipeline-split are two ways to say the "
-                                 f"same thing; keep one")
-            for flag, count in ((first_flag, first), (last_flag, last)):
-                if count is not None and not 1 <= count < num_layers:
-                    raise ValueError(f"{flag} {count} must be between 1 and the "
-                                     f"{num_layers - 1} layers the other stages leave")
-            middle_stages = pp - (first is not None) - (last is not None)
-            middle = num_layers - (first or 0) - (last or 0)
-            if middle_stages == 0 and middle != 0 or middle_stages > 0 and (
-                    middle <= 0 or middle % middle_stages != 0):
-                stated = " + ".join(f"{flag} {n}" for flag, n in
-                                    ((first_flag, first), (last_flag, last)) if n is not None)
+            self._validate_first_last(num_layers, flag_prefix, given)
+        else:
+            counted = num_layers + self.account_for_embedding_in_pipeline_split \
+                + self.account_for_loss_in_pipeline_split
+            # The stage that counts the embedding or loss must keep a transformer layer.
+            if counted % pp != 0 or counted // pp < 2:
                 raise ValueError(
-                    f"{stated} leave {middle} of the {num_layers} layers for the "
-                    f"{middle_stages} other pipeline stage(s) of {pp_flag} {pp}: they must "
-                    f"split evenly (at least one layer each)")
-            return
-        counted = num_layers + self.account_for_embedding_in_pipeline_split \
-            + self.account_for_loss_in_pipeline_split
-        if counted % pp != 0 or min(self.stage_num_layers(num_layers)) < 1:
+                    f"{' and '.join(given)}: {num_layers} layers + the embedding/loss counted "
+                    f"as layers = {counted} must split evenly over {pp_flag} {pp} with at least "
+                    f"one transformer layer per stage")
+        if chunks is not None and chunks > 1:
+            stages = self.stage_num_layers(num_layers)
+            uneven_chunks = [n for n in stages if n % chunks != 0]
+            if first is None and last is None:  # the first/last chunk holds the embedding/loss
+                uneven_chunks = [] if (counted // pp) % chunks == 0 else [counted // pp]
+            if uneven_chunks or min(map(min, self.chunk_num_layers(num_layers))) < 1:
+                raise ValueError(
+                    f"{chunks_flag} {chunks}: the pipeline stages' layers "
+                    f"({'/'.join(map(str, stages))}, from {', '.join(given)}) must split into "
+                    f"{chunks} equal chunks of at least one layer each"
+                    + (" (the embedding and loss count as a layer)" if first is None
+                       and last is None else ""))
+
+    def _validate_first_last(self, num_layers: int, flag_prefix: str, given: list[str]) -> None:
+        pp = self.pipeline_model_parallel_size
+        first_flag = f"--{flag_prefix}decoder-first-pipeline-num-layers"
+        last_flag = f"--{flag_prefix}decoder-last-pipeline-num-layers"
+        pp_flag = f"--{flag_prefix}pipeline-model-parallel-size"
+        first, last = self.decoder_first_pipeline_num_layers, self.decoder_last_pipeline_num_layers
+        if self.account_for_embedding_in_pipeline_split or self.account_for_loss_in_pipeline_split:
+            raise ValueError(f"{', '.join(given)}: the first/last stage's layer counts and "
+                             f"--account-for-*-in-pipeline-split are two ways to say the same "
+                             f"thing; keep one")
+        for flag, count in ((first_flag, first), (last_flag, last)):
+            if count is not None and not 1 <= count < num_layers:
+                raise ValueError(f"{flag} {count} must be between 1 and the "
+                                 f"{num_layers - 1} layers the other stages leave")
+        middle_stages = pp - (first is not None) - (last is not None)
+        middle = num_layers - (first or 0) - (last or 0)
+        if middle_stages == 0 and middle != 0 or middle_stages > 0 and (
+                middle <= 0 or middle % middle_stages != 0):
+            stated = " + ".join(f"{flag} {n}" for flag, n in
+                                ((first_flag, first), (last_flag, last)) if n is not None)
             raise ValueError(
-                f"{' and '.join(given)}: {num_layers} layers + the embedding/loss counted as "
-                f"layers = {counted} must split evenly over {pp_flag} {pp} with at least one "
-                f"transformer layer per stage")
+                f"{stated} leave {middle} of the {num_layers} layers for the "
+                f"{middle_stages} other pipeline stage(s) of {pp_flag} {pp}: they must "
+                f"split evenly (at least one layer each)")
 
 
 def _divisors(n: int) -> list[int]:

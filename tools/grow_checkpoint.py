@@ -67,6 +67,8 @@ def get_args(argv=None) -> argparse.Namespace:
                              "stage (default: an even split)")
     layout.add_argument("--target-decoder-last-pipeline-num-layers", type=int,
                         help="the grown model's layers on the last pipeline stage")
+    layout.add_argument("--target-num-virtual-stages-per-pipeline-rank", type=int,
+                        help="with uneven stages: interleaved model chunks per stage")
     layout.add_argument("--target-account-for-embedding-in-pipeline-split", action="store_true",
                         help="the first stage holds one layer fewer (the embedding counts as one)")
     layout.add_argument("--target-account-for-loss-in-pipeline-split", action="store_true",

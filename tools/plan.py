@@ -81,6 +81,9 @@ def get_args(argv=None) -> argparse.Namespace:
                             "even split; --account-for-*-in-pipeline-split apply to both phases)")
     group.add_argument("--target-decoder-last-pipeline-num-layers", type=int,
                        help="the grown model's layers on its last pipeline stage")
+    group.add_argument("--target-num-virtual-stages-per-pipeline-rank", type=int,
+                       help="the grown model's interleaved chunks per stage (instead of "
+                            "--target-num-layers-per-virtual-pipeline-stage)")
     group.add_argument("--target-micro-batch-size", type=int, help="default: the small phase's")
     group.add_argument("--target-global-batch-size", type=int, help="default: the small phase's")
     group.add_argument("--target-recompute-granularity", choices=["none", "selective", "full"],
@@ -120,6 +123,9 @@ def check_flags(args) -> None:
         "--target-tensor-parallel-size": args.target_tensor_parallel_size,
         "--target-pipeline-parallel-size": args.target_pipeline_parallel_size,
         "--target-num-layers-per-virtual-pipeline-stage": args.target_num_layers_per_virtual_pipeline_stage,
+        "--num-virtual-stages-per-pipeline-rank": args.num_virtual_stages_per_pipeline_rank,
+        "--target-num-virtual-stages-per-pipeline-rank":
+            args.target_num_virtual_stages_per_pipeline_rank,
         "--target-micro-batch-size": args.target_micro_batch_size,
         "--target-global-batch-size": args.target_global_batch_size,
     }
@@ -155,11 +161,11 @@ def default(value, fallback):
 
 
 def phase_layout(args, model, *, tp, pp, vpp, mbs, gbs, recompute, first=None,
-                 last=None) -> PhaseLayout:
+                 last=None, chunks=None) -> PhaseLayout:
     world = args.nnodes * args.nproc_per_node
     parallel = ParallelConfig(
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-        num_layers_per_virtual_pipeline_stage=vpp,
+        num_layers_per_virtual_pipeline_stage=vpp, num_virtual_stages_per_pipeline_rank=chunks,
         decoder_first_pipeline_num_layers=first, decoder_last_pipeline_num_layers=last,
         account_for_embedding_in_pipeline_split=args.account_for_embedding_in_pipeline_split,
         account_for_loss_in_pipeline_split=args.account_for_loss_in_pipeline_split,
@@ -191,6 +197,7 @@ def main(argv=None) -> int:
             gbs=args.global_batch_size, recompute=args.recompute_granularity,
             first=args.decoder_first_pipeline_num_layers,
             last=args.decoder_last_pipeline_num_layers,
+            chunks=args.num_virtual_stages_per_pipeline_rank,
         )
         if args.grow_to is None:
             print(format_phase(plan_phase("train", small, **options)))
@@ -208,6 +215,7 @@ def main(argv=None) -> int:
             recompute=None if target_recompute == "none" else target_recompute,
             first=args.target_decoder_first_pipeline_num_layers,
             last=args.target_decoder_last_pipeline_num_layers,
+            chunks=args.target_num_virtual_stages_per_pipeline_rank,
         )
         beyond_depth = small.model.replace(num_layers=large.model.num_layers).weight_differences(
             large.model)

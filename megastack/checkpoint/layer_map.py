@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from megastack.planning.stage_map import chunk_placements
+from megastack.config import ParallelConfig
+from megastack.planning.stage_map import layout_placements
 
 
 @dataclass(frozen=True)
@@ -22,30 +23,26 @@ class LayerPlacement:
     chunk: int
 
 
-def layer_stage_map(num_layers: int, pipeline_parallel_size: int,
-                    layers_per_virtual_stage: Optional[int] = None,
-                    stage_layers: Optional[Sequence[int]] = None) -> list[tuple[int, int]]:
-    """[(stage, chunk)] indexed by 0-based layer, for a layout that divides the layers evenly
-    or gives each stage `stage_layers`."""
+def layer_stage_map(num_layers: int, parallel: ParallelConfig) -> list[tuple[int, int]]:
+    """[(stage, chunk)] indexed by 0-based layer, for a layout that places every layer."""
     where: list[Optional[tuple[int, int]]] = [None] * num_layers
-    for placement in chunk_placements(num_layers, pipeline_parallel_size, layers_per_virtual_stage,
-                                      stage_layers):
+    for placement in layout_placements(num_layers, parallel):
         for layer in placement.layers:
-            where[layer] = (placement.stage, placement.chunk)
+            if layer < num_layers:
+                where[layer] = (placement.stage, placement.chunk)
     missing = [i for i, w in enumerate(where) if w is None]
     if missing:
-        raise ValueError(f"pipeline size {pipeline_parallel_size} (virtual stages of "
-                         f"{layers_per_virtual_stage} layers) does not place layers {missing} of "
-                         f"{num_layers}: the layout must divide the layer count")
+        raise ValueError(f"pipeline size {parallel.pipeline_model_parallel_size} (virtual stages "
+                         f"of {parallel.num_layers_per_virtual_pipeline_stage} layers) does not "
+                         f"place layers {missing} of {num_layers}: the layout must divide the "
+                         f"layer count")
     return [w for w in where if w is not None]
 
 
-def growth_layer_map(source_of_target: Sequence[int], pipeline_parallel_size: int,
-                     layers_per_virtual_stage: Optional[int] = None,
-                     stage_layers: Optional[Sequence[int]] = None) -> list[LayerPlacement]:
+def growth_layer_map(source_of_target: Sequence[int],
+                     parallel: ParallelConfig) -> list[LayerPlacement]:
     """One row per target layer: its source layer and its stage (and chunk) at the target."""
-    stages = layer_stage_map(len(source_of_target), pipeline_parallel_size, layers_per_virtual_stage,
-                             stage_layers)
+    stages = layer_stage_map(len(source_of_target), parallel)
     return [LayerPlacement(t, int(s), stage, chunk)
             for t, (s, (stage, chunk)) in enumerate(zip(source_of_target, stages))]
 

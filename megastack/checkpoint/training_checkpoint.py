@@ -142,18 +142,22 @@ def read_parallel_record(path: str) -> dict[str, Any]:
     source = record if record else vars(args)
     tp = source.get("tensor_model_parallel_size") or 1
     pp = source.get("pipeline_model_parallel_size") or 1
+    split = {"decoder_first_pipeline_num_layers": source.get("decoder_first_pipeline_num_layers"),
+             "decoder_last_pipeline_num_layers": source.get("decoder_last_pipeline_num_layers"),
+             "account_for_embedding_in_pipeline_split":
+                 bool(source.get("account_for_embedding_in_pipeline_split")),
+             "account_for_loss_in_pipeline_split":
+                 bool(source.get("account_for_loss_in_pipeline_split"))}
     per_stage = source.get("num_layers_per_virtual_pipeline_stage")
-    chunks = source.get("virtual_pipeline_model_parallel_size")
-    if per_stage is None and chunks and source.get("num_layers"):
-        per_stage = source["num_layers"] // pp // chunks  # Megatron-LM saves the chunk count too
+    # Megatron-LM saves the chunk count too; uneven stages keep it (their chunks differ).
+    chunks = source.get("num_virtual_stages_per_pipeline_rank") or \
+        source.get("virtual_pipeline_model_parallel_size")
+    uneven = any(split.values())
+    if per_stage is None and chunks and source.get("num_layers") and not uneven:
+        per_stage = source["num_layers"] // pp // chunks
     return {"tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp,
-            "num_layers_per_virtual_pipeline_stage": per_stage,
-            "decoder_first_pipeline_num_layers": source.get("decoder_first_pipeline_num_layers"),
-            "decoder_last_pipeline_num_layers": source.get("decoder_last_pipeline_num_layers"),
-            "account_for_embedding_in_pipeline_split":
-                bool(source.get("account_for_embedding_in_pipeline_split")),
-            "account_for_loss_in_pipeline_split":
-                bool(source.get("account_for_loss_in_pipeline_split"))}
+            "num_layers_per_virtual_pipeline_stage": per_stage, **split,
+            "num_virtual_stages_per_pipeline_rank": chunks if uneven else None}
 
 
 def _model_state(chunks: list[torch.nn.Module]) -> dict[str, Any]:

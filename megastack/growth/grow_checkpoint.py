@@ -93,6 +93,7 @@ class GrowthReport:
         s, t = self.source_model, self.target_model
         sp, tp = self.source_parallel, self.target_parallel
         vp = tp.num_layers_per_virtual_pipeline_stage
+        chunks = tp.num_virtual_stages_per_pipeline_rank
         optimizer = {
             "dropped": "dropped (train with a fresh optimizer and LR re-warmup)",
             "carried": "Adam moments carried through the depth operator",
@@ -105,6 +106,7 @@ class GrowthReport:
             f"target: {self.checkpoint_dir} ({t.num_layers} layers, hidden {t.hidden_size}, "
             f"{t.num_parameters() / 1e6:.1f}M params, TP{tp.tensor_model_parallel_size} "
             f"PP{tp.pipeline_model_parallel_size}" + (f" VP {vp} layers/chunk" if vp else "")
+            + (f" VP {chunks} chunks/stage" if chunks else "")
             + (" with " + "/".join(map(str, tp.stage_num_layers(t.num_layers)))
                + " layers per stage" if tp.uneven_pipeline else "") + ")",
             f"depth operator: {self.operator}, stacking list {list(self.stacking_list)}"
@@ -134,6 +136,7 @@ def grow_checkpoint(
     target_decoder_last_pipeline_num_layers: Optional[int] = None,
     target_account_for_embedding_in_pipeline_split: bool = False,
     target_account_for_loss_in_pipeline_split: bool = False,
+    target_num_virtual_stages_per_pipeline_rank: Optional[int] = None,
     keep_optimizer_state: bool = False,
     target_hidden_size: Optional[int] = None,
     target_ffn_hidden_size: Optional[int] = None,
@@ -179,15 +182,12 @@ def grow_checkpoint(
     split = dict(decoder_first_pipeline_num_layers=target_decoder_first_pipeline_num_layers,
                  decoder_last_pipeline_num_layers=target_decoder_last_pipeline_num_layers,
                  account_for_embedding_in_pipeline_split=target_account_for_embedding_in_pipeline_split,
-                 account_for_loss_in_pipeline_split=target_account_for_loss_in_pipeline_split)
+                 account_for_loss_in_pipeline_split=target_account_for_loss_in_pipeline_split,
+                 num_virtual_stages_per_pipeline_rank=target_num_virtual_stages_per_pipeline_rank)
     dst_parallel = _target_parallel(src_parallel, dst_model, target_tensor_parallel_size,
                                     target_pipeline_parallel_size,
                                     target_num_layers_per_virtual_pipeline_stage, split)
-    layer_map = growth_layer_map(
-        plan.layers, dst_parallel.pipeline_model_parallel_size,
-        dst_parallel.num_layers_per_virtual_pipeline_stage,
-        dst_parallel.stage_num_layers(dst_model.num_layers) if dst_parallel.uneven_pipeline
-        else None)
+    layer_map = growth_layer_map(plan.layers, dst_parallel)
     _check_destination(dst, ckpt, force)
     check_output_dir(f"--save {dst}", os.path.dirname(os.path.abspath(dst)))
 
@@ -319,9 +319,12 @@ def _target_parallel(src: ParallelConfig, model: ModelConfig, tp: Optional[int],
     """The source's layout with the target flags given; an uneven pipeline split only where
     `split` (PIPELINE_SPLIT_FIELDS) asks for one: the source's was for another layer count."""
     split = {**_EVEN_SPLIT, **(split or {})}
-    inherited = vp_layers is None and pp is None and \
+    # Uneven stages are interleaved by their own chunk count, if at all.
+    own_split = ParallelConfig(**split).uneven_pipeline or \
+        split["num_virtual_stages_per_pipeline_rank"] is not None
+    inherited = vp_layers is None and pp is None and not own_split and \
         src.num_layers_per_virtual_pipeline_stage is not None
-    if vp_layers is None and pp is None:
+    if inherited:
         vp_layers = src.num_layers_per_virtual_pipeline_stage
     if vp_layers == 0:  # said explicitly: no interleaving
         vp_layers = None

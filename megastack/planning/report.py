@@ -82,8 +82,7 @@ def format_memory(plan: PhasePlan) -> str:
 def format_layout(plan: PhasePlan) -> str:
     lay = plan.layout
     m = lay.model
-    interleave = (f", {lay.virtual_pipeline_size} virtual chunks of {lay.layers_per_chunk} layers"
-                  if lay.interleaved else "")
+    interleave = f", {_chunks(lay)}" if lay.interleaved else ""
     flags = [
         lay.precision,
         "distributed optimizer" if lay.parallel.use_distributed_optimizer else "replicated optimizer",
@@ -102,6 +101,12 @@ def format_layout(plan: PhasePlan) -> str:
         f"({lay.global_batch_size * m.seq_length:,} tokens per step)",
         "  " + ", ".join(flags),
     ])
+
+
+def _chunks(layout) -> str:
+    sizes = {n for stage in layout.parallel.chunk_num_layers(layout.model.num_layers) for n in stage}
+    return (f"{layout.virtual_pipeline_size} virtual chunks"
+            + (f" of {sizes.pop()} layers" if len(sizes) == 1 else " per stage"))
 
 
 def _stage_layers(layout) -> str:
@@ -125,7 +130,7 @@ def format_growth(plan: GrowthPlan, stacking_list: Optional[str] = None,
         + (f", --stacking-list {stacking_list!r}" if stacking_list else "")
         + f"; re-shard TP {small.layout.tensor_parallel_size} PP {small.layout.pipeline_parallel_size}"
         f" -> TP {large.layout.tensor_parallel_size} PP {large.layout.pipeline_parallel_size}"
-        + (f" (virtual chunks of {large.layout.layers_per_chunk})" if large.layout.interleaved else ""),
+        + (f" ({_chunks(large.layout)})" if large.layout.interleaved else ""),
         "  before growth:", format_stage_map(small),
         "  after growth:", format_stage_map(large),
         f"  grown checkpoint weights: {plan.grown_weights_bytes / GIB:.1f} GiB; then trained with a "

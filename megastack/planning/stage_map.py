@@ -1,11 +1,12 @@
 """Which transformer layers each pipeline stage (and virtual chunk) holds.
 
-megatron-core (`get_transformer_layer_offset`, even split, no custom layout) gives model chunk
-`c` of pipeline stage `p` the `Lv` consecutive layers starting at `(c * PP + p) * Lv`, where
-`Lv = L / (PP * V)`. Without interleaving V = 1 and stage `p` holds `[p * L/PP, (p+1) * L/PP)`.
-With uneven stages (`stage_layers`, from ParallelConfig.stage_num_layers; no interleaving)
-stage `p` holds the next `stage_layers[p]` layers. The word embedding lives in chunk 0 of stage
-0; the final norm and output layer in the last chunk of the last stage.
+megatron-core (`get_transformer_layer_offset`, no custom layout) fills the model chunks round by
+round: chunk 0 of stage 0, chunk 0 of stage 1, ..., chunk 0 of the last stage, then chunk 1 of
+stage 0, and so on, each holding the next run of layers. With an even split every chunk holds
+`Lv = L / (PP * V)` layers, so chunk `c` of stage `p` starts at `(c * PP + p) * Lv`; without
+interleaving V = 1 and stage `p` holds `[p * L/PP, (p+1) * L/PP)`. Uneven stages
+(ParallelConfig.chunk_num_layers) only change the run lengths. The word embedding lives in chunk
+0 of stage 0; the final norm and output layer in the last chunk of the last stage.
 """
 
 from __future__ import annotations
@@ -34,46 +35,37 @@ class ChunkPlacement:
 
 def chunk_placements(
     num_layers: int, pipeline_parallel_size: int, layers_per_virtual_stage: Optional[int] = None,
-    stage_layers: Optional[Sequence[int]] = None,
 ) -> list[ChunkPlacement]:
-    """All (stage, chunk) placements, ordered by stage then chunk.
+    """All (stage, chunk) placements of an even split, ordered by stage then chunk.
 
-    Assumes a layout that passed `validate_layout` (even divisions, or uneven `stage_layers`
-    that sum to `num_layers`).
+    Assumes a layout that passed `validate_layout` (even divisions).
     """
-    pp = pipeline_parallel_size
-    if stage_layers is not None:
-        assert layers_per_virtual_stage is None and len(stage_layers) == pp
-        assert sum(stage_layers) == num_layers, (stage_layers, num_layers)
-        starts = [sum(stage_layers[:stage]) for stage in range(pp)]
-        return [ChunkPlacement(stage=stage, chunk=0, first_layer=starts[stage],
-                               num_layers=stage_layers[stage], has_embedding=stage == 0,
-                               has_output_layer=stage == pp - 1) for stage in range(pp)]
-    per_stage = num_layers // pp
+    per_stage = num_layers // pipeline_parallel_size
     per_chunk = layers_per_virtual_stage or per_stage
-    chunks = per_stage // per_chunk
-    placements = []
-    for stage in range(pp):
-        for chunk in range(chunks):
-            placements.append(
-                ChunkPlacement(
-                    stage=stage,
-                    chunk=chunk,
-                    first_layer=(chunk * pp + stage) * per_chunk,
-                    num_layers=per_chunk,
-                    has_embedding=stage == 0 and chunk == 0,
-                    has_output_layer=stage == pp - 1 and chunk == chunks - 1,
-                )
-            )
-    return placements
+    return placements_of_chunks([[per_chunk] * (per_stage // per_chunk)]
+                                * pipeline_parallel_size)
+
+
+def placements_of_chunks(chunk_layers: Sequence[Sequence[int]]) -> list[ChunkPlacement]:
+    """The placements of chunks holding `chunk_layers[stage][chunk]` layers each, ordered by
+    stage then chunk."""
+    pp, chunks = len(chunk_layers), len(chunk_layers[0])
+    assert all(len(sizes) == chunks for sizes in chunk_layers), chunk_layers
+    placements, first_layer = [], 0
+    for chunk in range(chunks):  # megatron-core's order: round by round over the stages
+        for stage in range(pp):
+            placements.append(ChunkPlacement(
+                stage=stage, chunk=chunk, first_layer=first_layer,
+                num_layers=chunk_layers[stage][chunk],
+                has_embedding=stage == 0 and chunk == 0,
+                has_output_layer=stage == pp - 1 and chunk == chunks - 1))
+            first_layer += chunk_layers[stage][chunk]
+    return sorted(placements, key=lambda p: (p.stage, p.chunk))
 
 
 def layout_placements(num_layers: int, parallel: ParallelConfig) -> list[ChunkPlacement]:
-    """`chunk_placements` for a model of `num_layers` layers laid out by `parallel`."""
-    return chunk_placements(
-        num_layers, parallel.pipeline_model_parallel_size,
-        parallel.num_layers_per_virtual_pipeline_stage,
-        parallel.stage_num_layers(num_layers) if parallel.uneven_pipeline else None)
+    """The placements of a model of `num_layers` layers laid out by `parallel`."""
+    return placements_of_chunks(parallel.chunk_num_layers(num_layers))
 
 
 def stage_of_layer(placements: list[ChunkPlacement], layer: int) -> tuple[int, int]:

@@ -711,6 +711,8 @@ def add_growth_args(p: argparse.ArgumentParser) -> None:
                         "split; --account-for-*-in-pipeline-split apply to both phases)")
     g.add_argument("--target-decoder-last-pipeline-num-layers", type=int,
                    help="the grown model's layers on its last pipeline stage")
+    g.add_argument("--target-num-virtual-stages-per-pipeline-rank", type=int,
+                   help="the grown model's interleaved chunks per stage with uneven stages")
     g.add_argument("--lr-after-growth", type=float)
     g.add_argument("--lr-warmup-iters-after-growth", type=int)
 
@@ -938,7 +940,6 @@ def _checkpoint_parallel_flags(args: argparse.Namespace) -> None:
         for name, value in layout.items() if value not in (None, False)))
     for name, value in layout.items():
         setattr(args, name, value)
-    args.num_virtual_stages_per_pipeline_rank = None
 
 
 def model_config_from_args(args: argparse.Namespace, vocab_size: Optional[int],
@@ -1335,7 +1336,11 @@ def _virtual_stages_to_layers(args: argparse.Namespace, model: ModelConfig) -> N
     """Megatron-LM's two spellings of the interleaved schedule: chunks per pipeline rank, or
     layers per chunk (which megastack's layouts and growth plans use)."""
     vp = args.num_virtual_stages_per_pipeline_rank
-    if vp is None:
+    uneven = (args.decoder_first_pipeline_num_layers is not None
+              or args.decoder_last_pipeline_num_layers is not None
+              or args.account_for_embedding_in_pipeline_split
+              or args.account_for_loss_in_pipeline_split)
+    if vp is None or uneven:  # uneven stages keep the chunk count (ParallelConfig checks it)
         return
     _check(args.num_layers_per_virtual_pipeline_stage is None,
            "give --num-virtual-stages-per-pipeline-rank or --num-layers-per-virtual-pipeline-"
@@ -1384,6 +1389,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
         decoder_last_pipeline_num_layers=args.decoder_last_pipeline_num_layers,
         account_for_embedding_in_pipeline_split=args.account_for_embedding_in_pipeline_split,
         account_for_loss_in_pipeline_split=args.account_for_loss_in_pipeline_split,
+        num_virtual_stages_per_pipeline_rank=args.num_virtual_stages_per_pipeline_rank,
     )
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     parallel.validate(model, world_size)
@@ -1672,6 +1678,7 @@ _GROWTH_ONLY_FLAGS = {
         "--target-num-layers-per-virtual-pipeline-stage",
     "target_decoder_first_pipeline_num_layers": "--target-decoder-first-pipeline-num-layers",
     "target_decoder_last_pipeline_num_layers": "--target-decoder-last-pipeline-num-layers",
+    "target_num_virtual_stages_per_pipeline_rank": "--target-num-virtual-stages-per-pipeline-rank",
     "lr_after_growth": "--lr-after-growth",
     "lr_warmup_iters_after_growth": "--lr-warmup-iters-after-growth",
     "target_hidden_size": "--target-hidden-size",
@@ -1746,6 +1753,7 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
         decoder_last_pipeline_num_layers=args.target_decoder_last_pipeline_num_layers,
         account_for_embedding_in_pipeline_split=parallel.account_for_embedding_in_pipeline_split,
         account_for_loss_in_pipeline_split=parallel.account_for_loss_in_pipeline_split,
+        num_virtual_stages_per_pipeline_rank=args.target_num_virtual_stages_per_pipeline_rank,
     )
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     try:

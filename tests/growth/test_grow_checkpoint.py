@@ -84,9 +84,7 @@ def test_layer_map_matches_megatron_placement(run):
         parallel = ParallelConfig(pipeline_model_parallel_size=layout["pp"],
                                   num_layers_per_virtual_pipeline_stage=layout["vp_layers"],
                                   **layout["split"])
-        stage_layers = parallel.stage_num_layers(8) if parallel.uneven_pipeline else None
-        for layer, (stage, chunk) in enumerate(layer_stage_map(8, layout["pp"], layout["vp_layers"],
-                                                               stage_layers)):
+        for layer, (stage, chunk) in enumerate(layer_stage_map(8, parallel)):
             chunks = expected.setdefault(stage, [])
             while len(chunks) <= chunk:
                 chunks.append([])

@@ -118,6 +118,15 @@ UNEVEN = [
     (24, 4, dict(num_layers_per_virtual_pipeline_stage=3)),
     (8, 2, UNEVEN[0]), (8, 2, UNEVEN[1]), (14, 4, UNEVEN[2]), (11, 4, dict(decoder_first_pipeline_num_layers=2)),
     (7, 2, UNEVEN[3]), (11, 4, UNEVEN[3]), (7, 4, UNEVEN[4]), (10, 4, UNEVEN[5]), (7, 3, UNEVEN[5]),
+    # interleaved: every stage's layers in equal chunks (the embedding / loss counted in the
+    # first / last chunk)
+    (12, 2, dict(decoder_first_pipeline_num_layers=4, num_virtual_stages_per_pipeline_rank=2)),
+    (16, 4, dict(decoder_first_pipeline_num_layers=2, decoder_last_pipeline_num_layers=2,
+                 num_virtual_stages_per_pipeline_rank=2)),
+    (21, 4, dict(decoder_last_pipeline_num_layers=3, num_virtual_stages_per_pipeline_rank=3)),
+    (7, 2, dict(UNEVEN[3], num_virtual_stages_per_pipeline_rank=2)),
+    (14, 4, dict(UNEVEN[5], num_virtual_stages_per_pipeline_rank=2)),
+    (11, 3, dict(UNEVEN[4], num_virtual_stages_per_pipeline_rank=2)),
 ])
 def test_layer_map_matches_megatron_offsets(num_layers, pp, split):
     from megatron.core.transformer.transformer_block import get_num_layers_to_build
@@ -162,6 +171,15 @@ def test_uneven_stages_need_pipelining_and_no_interleaving():
     model = ModelConfig.from_name("tiny-8l")
     with pytest.raises(ValueError, match="need --target-pipeline-model-parallel-size >= 2"):
         ParallelConfig(decoder_first_pipeline_num_layers=3).validate(model, flag_prefix="target-")
-    with pytest.raises(ValueError, match="with the interleaved schedule"):
+    with pytest.raises(ValueError, match="interleave uneven stages with "
+                                         "--num-virtual-stages-per-pipeline-rank"):
         ParallelConfig(pipeline_model_parallel_size=2, num_layers_per_virtual_pipeline_stage=1,
                        decoder_last_pipeline_num_layers=2).validate(model)
+    with pytest.raises(ValueError, match=r"--num-virtual-stages-per-pipeline-rank 2: the "
+                                         r"pipeline stages' layers \(3/5"):
+        ParallelConfig(pipeline_model_parallel_size=2, num_virtual_stages_per_pipeline_rank=2,
+                       decoder_first_pipeline_num_layers=3).validate(model)
+    with pytest.raises(ValueError, match=r"\(3/4, from --account-for-embedding-in-pipeline-"):
+        ParallelConfig(pipeline_model_parallel_size=2, num_virtual_stages_per_pipeline_rank=3,
+                       account_for_embedding_in_pipeline_split=True).validate(
+            ModelConfig.from_name("tiny-8l", num_layers=7))

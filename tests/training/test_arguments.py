@@ -267,6 +267,17 @@ def test_uneven_pipeline_stages_in_both_phases(monkeypatch):
     assert cfg.growth.target_parallel.stage_num_layers(12) == (6, 6)
     with pytest.raises(ValueError, match="--decoder-first-pipeline-num-layers 4 must be between 1"):
         config(pp2 + ["--decoder-first-pipeline-num-layers", "4"])
+    # Interleaved: Megatron-LM's chunk count, kept as such for uneven stages.
+    cfg = config(pp2 + ["--global-batch-size", "4", "--decoder-first-pipeline-num-layers", "2",
+                        "--num-virtual-stages-per-pipeline-rank", "2"] + GROW
+                 + ["--stacking-list", "0-3*3", "--target-decoder-last-pipeline-num-layers", "4",
+                    "--target-num-virtual-stages-per-pipeline-rank", "2"])
+    assert cfg.parallel.chunk_num_layers(4) == ((1, 1), (1, 1))
+    assert cfg.growth.target_parallel.chunk_num_layers(12) == ((4, 4), (2, 2))
+    with pytest.raises(ValueError, match="interleave uneven stages with "
+                                         "--num-virtual-stages-per-pipeline-rank"):
+        config(pp2 + ["--global-batch-size", "4", "--decoder-first-pipeline-num-layers", "2",
+                      "--num-layers-per-virtual-pipeline-stage", "1"])
 
 
 def test_vocab_padding_does_not_depend_on_tp():

@@ -100,16 +100,17 @@ def test_resume_at_another_layout_matches_straight_run(one_rank, tmp_path):
 
 
 def test_uneven_pipeline_stages_match_one_rank(one_rank, tmp_path):
-    """PP2 with 1 + 3 layers for 3 iterations; resumed with 3 + 1, the saved layers placed on
-    the other stages."""
+    """PP2 with 1 + 3 layers for 3 iterations; resumed interleaved, 2 + 2 layers in two
+    chunks per stage, the saved layers placed on the other stages."""
     save, metrics = tmp_path / "ckpt", tmp_path / "m.jsonl"
     common = TINY + ITERS + ["--pipeline-model-parallel-size", "2"]
     run_pretrain(common + ["--decoder-first-pipeline-num-layers", "1", "--save", str(save),
                            "--exit-interval", "3"], nproc=2, metrics=metrics)
     assert _layers_written_by_rank(save / "iter_0000003") == {0: {0}, 1: {1, 2, 3}}
-    run_pretrain(common + ["--decoder-last-pipeline-num-layers", "1", "--load", str(save),
+    run_pretrain(common + ["--decoder-last-pipeline-num-layers", "2",
+                           "--num-virtual-stages-per-pipeline-rank", "2", "--load", str(save),
                            "--save", str(save)], nproc=2, metrics=metrics)
-    assert _layers_written_by_rank(save / "iter_0000006") == {0: {0, 1, 2}, 1: {3}}
+    assert _layers_written_by_rank(save / "iter_0000006") == {0: {0, 2}, 1: {1, 3}}
     losses = read_metrics(metrics)
     assert sorted(losses) == [1, 2, 3, 4, 5, 6]
     _assert_same(one_rank["loss"], losses, range(1, 7), 1e-4)

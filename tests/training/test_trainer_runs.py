@@ -388,7 +388,8 @@ def test_use_mp_args_from_checkpoint_args_takes_the_saved_layout(tmp_path):
 
     even = {"decoder_first_pipeline_num_layers": None, "decoder_last_pipeline_num_layers": None,
             "account_for_embedding_in_pipeline_split": False,
-            "account_for_loss_in_pipeline_split": False}
+            "account_for_loss_in_pipeline_split": False,
+            "num_virtual_stages_per_pipeline_rank": None}
     assert read_parallel_record(str(root)) == {
         "tensor_model_parallel_size": 2, "pipeline_model_parallel_size": 2,
         "num_layers_per_virtual_pipeline_stage": 1, **even}
@@ -398,11 +399,12 @@ def test_use_mp_args_from_checkpoint_args_takes_the_saved_layout(tmp_path):
     _rewrite_as_megatron_lm(root / "iter_0000001", num_layers=4, hidden_size=64,
                             num_attention_heads=4, seq_length=64, padded_vocab_size=512,
                             tensor_model_parallel_size=1, pipeline_model_parallel_size=2,
-                            decoder_last_pipeline_num_layers=3)
+                            decoder_last_pipeline_num_layers=2,
+                            virtual_pipeline_model_parallel_size=2)
     assert read_parallel_record(str(root)) == {
         "tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 2,
         "num_layers_per_virtual_pipeline_stage": None,
-        **even, "decoder_last_pipeline_num_layers": 3}
+        **even, "decoder_last_pipeline_num_layers": 2, "num_virtual_stages_per_pipeline_rank": 2}
 
 
 def test_resume_with_the_other_optimizer_kind_names_the_flag(tmp_path):
