@@ -773,6 +773,10 @@ UNSUPPORTED_FLAGS = {  # attr: (flag, why and what instead, number of values it 
                            "megastack's architectures", 0),
     "init_method_xavier_uniform": ("--init-method-xavier-uniform", "weights are initialised "
                                    "normal with --init-method-std", 0),
+    "pipeline_model_parallel_layout": ("--pipeline-model-parallel-layout", "custom pipeline "
+                                       "layouts are not implemented: split the layers unevenly "
+                                       "with --decoder-first-pipeline-num-layers / "
+                                       "--decoder-last-pipeline-num-layers", 1),
     "num_experts": ("--num-experts", "megastack trains dense GPT models (mixture-of-experts "
                     "layers are not implemented)", 1),
     "use_torch_fsdp2": ("--use-torch-fsdp2", _NO_FSDP, 0),

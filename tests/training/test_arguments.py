@@ -540,6 +540,8 @@ def test_sample_based_schedule_flags_become_iterations():
     (["--train-iters", "4", "--decoder-first-pipeline-num-layers", "3"],
      "--decoder-first-pipeline-num-layers split the layers over pipeline stages: they need "
      "--pipeline-model-parallel-size >= 2"),
+    (["--train-iters", "4", "--pipeline-model-parallel-layout", "Et|tL"],
+     "--pipeline-model-parallel-layout: custom pipeline layouts are not implemented"),
     (["--train-iters", "4", "--async-save"], "--async-save writes the --save checkpoints"),
     (["--train-iters", "4", "--rampup-batch-size", "8", "2", "64"],
      "the start batch size must be smaller than the --global-batch-size 8"),
