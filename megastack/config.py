@@ -425,9 +425,12 @@ class ParallelConfig:
         chunks_flag = f"--{flag_prefix}num-virtual-stages-per-pipeline-rank"
         if chunks is not None and chunks < 1:
             raise ValueError(f"{chunks_flag} must be >= 1, got {chunks}")
-        first, last = self.decoder_first_pipeline_num_layers, self.decoder_last_pipeline_num_layers
-        if first is not None or last is not None:
+        counts_given = self.decoder_first_pipeline_num_layers is not None or \
+            self.decoder_last_pipeline_num_layers is not None
+        if counts_given:
             self._validate_first_last(num_layers, flag_prefix, given)
+            # what each stage splits into chunks
+            stage_slots = self.stage_num_layers(num_layers)
         else:
             counted = num_layers + self.account_for_embedding_in_pipeline_split \
                 + self.account_for_loss_in_pipeline_split
@@ -437,18 +440,16 @@ class ParallelConfig:
                     f"{' and '.join(given)}: {num_layers} layers + the embedding/loss counted "
                     f"as layers = {counted} must split evenly over {pp_flag} {pp} with at least "
                     f"one transformer layer per stage")
-        if chunks is not None and chunks > 1:
-            stages = self.stage_num_layers(num_layers)
-            uneven_chunks = [n for n in stages if n % chunks != 0]
-            if first is None and last is None:  # the first/last chunk holds the embedding/loss
-                uneven_chunks = [] if (counted // pp) % chunks == 0 else [counted // pp]
-            if uneven_chunks or min(map(min, self.chunk_num_layers(num_layers))) < 1:
-                raise ValueError(
-                    f"{chunks_flag} {chunks}: the pipeline stages' layers "
-                    f"({'/'.join(map(str, stages))}, from {', '.join(given)}) must split into "
-                    f"{chunks} equal chunks of at least one layer each"
-                    + (" (the embedding and loss count as a layer)" if first is None
-                       and last is None else ""))
+            stage_slots = (counted // pp,) * pp  # the embedding/loss fill a chunk's slot
+        if chunks is not None and chunks > 1 and (
+                any(n % chunks for n in stage_slots)
+                or min(map(min, self.chunk_num_layers(num_layers))) < 1):
+            raise ValueError(
+                f"{chunks_flag} {chunks}: the pipeline stages' layers "
+                f"({'/'.join(map(str, self.stage_num_layers(num_layers)))}, from "
+                f"{', '.join(given)}) must split into {chunks} equal chunks of at least one "
+                f"layer each" + ("" if counts_given else
+                                 " (the embedding and loss count as a layer)"))
 
     def _validate_first_last(self, num_layers: int, flag_prefix: str, given: list[str]) -> None:
         pp = self.pipeline_model_parallel_size
