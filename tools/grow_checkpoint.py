@@ -16,6 +16,7 @@ import logging
 import sys
 
 from megastack.growth.depth import DEPTH_OPERATORS
+from megastack.training.arguments import add_target_pipeline_split_args
 from megastack.growth.width import WIDTH_OPERATORS
 
 
@@ -62,13 +63,7 @@ def get_args(argv=None) -> argparse.Namespace:
     layout.add_argument("--target-num-layers-per-virtual-pipeline-stage", type=int,
                         help="default: the source's when --target-pipeline-parallel-size is not "
                              "given; 0 for no interleaving")
-    layout.add_argument("--target-decoder-first-pipeline-num-layers", type=int,
-                        help="uneven stages: the grown model's layers on the first pipeline "
-                             "stage (default: an even split)")
-    layout.add_argument("--target-decoder-last-pipeline-num-layers", type=int,
-                        help="the grown model's layers on the last pipeline stage")
-    layout.add_argument("--target-num-virtual-stages-per-pipeline-rank", type=int,
-                        help="with uneven stages: interleaved model chunks per stage")
+    add_target_pipeline_split_args(layout, "or the --target-account-for-* flags below")
     layout.add_argument("--target-account-for-embedding-in-pipeline-split", action="store_true",
                         help="the first stage holds one layer fewer (the embedding counts as one)")
     layout.add_argument("--target-account-for-loss-in-pipeline-split", action="store_true",

@@ -32,6 +32,7 @@ from megastack.planning.activations import DEFAULT_RECOMPUTE_MODULES, RECOMPUTE_
 from megastack.training.arguments import (
     add_model_args,
     add_parallel_args,
+    add_target_pipeline_split_args,
     model_config_from_args,
     padded_vocab_size,
     token_count,
@@ -76,14 +77,7 @@ def get_args(argv=None) -> argparse.Namespace:
     group.add_argument("--target-pipeline-parallel-size", type=int, help="default: the small phase's")
     group.add_argument("--target-num-layers-per-virtual-pipeline-stage", type=int,
                        help="default: no interleaving")
-    group.add_argument("--target-decoder-first-pipeline-num-layers", type=int,
-                       help="the grown model's layers on its first pipeline stage (default: an "
-                            "even split; --account-for-*-in-pipeline-split apply to both phases)")
-    group.add_argument("--target-decoder-last-pipeline-num-layers", type=int,
-                       help="the grown model's layers on its last pipeline stage")
-    group.add_argument("--target-num-virtual-stages-per-pipeline-rank", type=int,
-                       help="the grown model's interleaved chunks per stage (instead of "
-                            "--target-num-layers-per-virtual-pipeline-stage)")
+    add_target_pipeline_split_args(group, "--account-for-*-in-pipeline-split apply to both phases")
     group.add_argument("--target-micro-batch-size", type=int, help="default: the small phase's")
     group.add_argument("--target-global-batch-size", type=int, help="default: the small phase's")
     group.add_argument("--target-recompute-granularity", choices=["none", "selective", "full"],

@@ -706,15 +706,22 @@ def add_growth_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-tensor-model-parallel-size", type=int)
     g.add_argument("--target-pipeline-model-parallel-size", type=int)
     g.add_argument("--target-num-layers-per-virtual-pipeline-stage", type=int)
-    g.add_argument("--target-decoder-first-pipeline-num-layers", type=int,
-                   help="the grown model's layers on its first pipeline stage (default: an even "
-                        "split; --account-for-*-in-pipeline-split apply to both phases)")
-    g.add_argument("--target-decoder-last-pipeline-num-layers", type=int,
-                   help="the grown model's layers on its last pipeline stage")
-    g.add_argument("--target-num-virtual-stages-per-pipeline-rank", type=int,
-                   help="the grown model's interleaved chunks per stage with uneven stages")
+    add_target_pipeline_split_args(g, "--account-for-*-in-pipeline-split apply to both phases")
     g.add_argument("--lr-after-growth", type=float)
     g.add_argument("--lr-warmup-iters-after-growth", type=int)
+
+
+def add_target_pipeline_split_args(group, note: str) -> None:
+    """The grown model's uneven pipeline stages (growth in one run, tools/grow_checkpoint.py,
+    tools/plan.py); `note` says where the --account-for-* flags come from."""
+    group.add_argument("--target-decoder-first-pipeline-num-layers", type=int,
+                       help=f"the grown model's layers on its first pipeline stage (default: an "
+                            f"even split; {note})")
+    group.add_argument("--target-decoder-last-pipeline-num-layers", type=int,
+                       help="the grown model's layers on its last pipeline stage")
+    group.add_argument("--target-num-virtual-stages-per-pipeline-rank", type=int,
+                       help="the grown model's interleaved chunks per stage (with uneven stages, "
+                            "or instead of --target-num-layers-per-virtual-pipeline-stage)")
 
 
 # Megatron-LM flags that ask for what megastack always does: accepted, so that Megatron scripts
