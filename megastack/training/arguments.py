@@ -702,7 +702,8 @@ def add_growth_args(p: argparse.ArgumentParser) -> None:
                         "a factor rising from 0 at the growth point to 1 over this many "
                         "iterations (the grown model starts as the small one); in a growth run, "
                         "or training a checkpoint grown with --operator random or "
-                        "--width-operator random")
+                        "--width-operator random (about half the iterations after growth did "
+                        "best in benchmarks/growth/msg)")
     g.add_argument("--target-tensor-model-parallel-size", type=int)
     g.add_argument("--target-pipeline-model-parallel-size", type=int)
     g.add_argument("--target-num-layers-per-virtual-pipeline-stage", type=int)
