@@ -16,8 +16,8 @@ import logging
 import sys
 
 from megastack.growth.depth import DEPTH_OPERATORS
-from megastack.training.arguments import add_target_pipeline_split_args
 from megastack.growth.width import WIDTH_OPERATORS
+from megastack.training.arguments import add_target_pipeline_split_args
 
 
 def get_args(argv=None) -> argparse.Namespace:
