@@ -322,6 +322,18 @@ class ParallelConfig:
         sizes[-1][-1] -= loss
         return tuple(map(tuple, sizes))
 
+    def with_layers_per_virtual_stage(self, num_layers: int) -> "ParallelConfig":
+        """An even split's interleaving given as chunks per rank, as layers per chunk (what
+        growth carries over to the grown model); uneven stages keep their chunk count. For a
+        layout that passed `validate`."""
+        chunks = self.num_virtual_stages_per_pipeline_rank
+        if chunks is None or self.uneven_pipeline:
+            return self
+        return dataclasses.replace(
+            self, num_virtual_stages_per_pipeline_rank=None,
+            num_layers_per_virtual_pipeline_stage=num_layers
+            // (self.pipeline_model_parallel_size * chunks))
+
     def virtual_pipeline_size(self, num_layers: int) -> Optional[int]:
         """Model chunks per pipeline stage, or None without interleaving (as in Megatron-LM, a
         virtual stage that holds a whole pipeline stage is no interleaving)."""

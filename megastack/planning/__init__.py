@@ -9,11 +9,11 @@ from .memory import GIB, PhaseMemory, StageMemory, estimate_memory, in_flight_ch
 from .parameters import StageParameters, layer_parameters, stage_parameter_counts, total_parameters
 from .plan import H100_MEMORY_BYTES, GrowthPlan, PhasePlan, plan_growth, plan_phase
 from .report import format_growth, format_phase, format_stage_map
-from .stage_map import ChunkPlacement, chunk_placements, layout_placements, stage_of_layer
+from .stage_map import ChunkPlacement, layout_placements, stage_of_layer
 
 __all__ = [
     "ChunkPlacement", "GIB", "GrowthPlan", "H100_MEMORY_BYTES", "LayerActivationTerms", "PhaseLayout",
-    "PhaseMemory", "PhasePlan", "StageMemory", "StageParameters", "chunk_placements", "estimate_memory",
+    "PhaseMemory", "PhasePlan", "StageMemory", "StageParameters", "estimate_memory",
     "format_growth", "format_phase", "format_stage_map", "in_flight_chunk_microbatches",
     "layer_activation_bytes", "layer_activation_terms", "layer_parameters", "layout_placements",
     "plan_growth", "plan_phase", "stage_of_layer", "stage_parameter_counts", "total_parameters", "validate_layout",

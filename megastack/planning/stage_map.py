@@ -12,7 +12,7 @@ interleaving V = 1 and stage `p` holds `[p * L/PP, (p+1) * L/PP)`. Uneven stages
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 from megastack.config import ParallelConfig
 
@@ -31,19 +31,6 @@ class ChunkPlacement:
     @property
     def layers(self) -> range:
         return range(self.first_layer, self.first_layer + self.num_layers)
-
-
-def chunk_placements(
-    num_layers: int, pipeline_parallel_size: int, layers_per_virtual_stage: Optional[int] = None,
-) -> list[ChunkPlacement]:
-    """All (stage, chunk) placements of an even split, ordered by stage then chunk.
-
-    Assumes a layout that passed `validate_layout` (even divisions).
-    """
-    per_stage = num_layers // pipeline_parallel_size
-    per_chunk = layers_per_virtual_stage or per_stage
-    return placements_of_chunks([[per_chunk] * (per_stage // per_chunk)]
-                                * pipeline_parallel_size)
 
 
 def placements_of_chunks(chunk_layers: Sequence[Sequence[int]]) -> list[ChunkPlacement]:

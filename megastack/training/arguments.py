@@ -1344,28 +1344,6 @@ def _validate_deterministic_mode(args: argparse.Namespace) -> None:
                f"{algo if algo is not None else 'none'}")
 
 
-def _virtual_stages_to_layers(args: argparse.Namespace, model: ModelConfig) -> None:
-    """Megatron-LM's two spellings of the interleaved schedule: chunks per pipeline rank, or
-    layers per chunk (which megastack's layouts and growth plans use)."""
-    vp = args.num_virtual_stages_per_pipeline_rank
-    uneven = (args.decoder_first_pipeline_num_layers is not None
-              or args.decoder_last_pipeline_num_layers is not None
-              or args.account_for_embedding_in_pipeline_split
-              or args.account_for_loss_in_pipeline_split)
-    if vp is None or uneven:  # uneven stages keep the chunk count (ParallelConfig checks it)
-        return
-    _check(args.num_layers_per_virtual_pipeline_stage is None,
-           "give --num-virtual-stages-per-pipeline-rank or --num-layers-per-virtual-pipeline-"
-           "stage, not both")
-    stages = vp * args.pipeline_model_parallel_size
-    _check(vp >= 1 and model.num_layers % stages == 0,
-           f"--num-virtual-stages-per-pipeline-rank {vp}: --num-layers {model.num_layers} must "
-           f"split into {vp} chunks on each of the {args.pipeline_model_parallel_size} pipeline "
-           f"ranks ({stages} equal chunks)")
-    args.num_layers_per_virtual_pipeline_stage = model.num_layers // stages
-    args.num_virtual_stages_per_pipeline_rank = None  # converted once
-
-
 def _is_number(s: str) -> bool:
     try:
         float(s)
@@ -1390,7 +1368,6 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     if args.use_mp_args_from_checkpoint_args:
         _checkpoint_parallel_flags(args)
     _check_megatron_compat(args, model)
-    _virtual_stages_to_layers(args, model)
     parallel = ParallelConfig(
         tensor_model_parallel_size=args.tensor_model_parallel_size,
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,
@@ -1405,6 +1382,7 @@ def build_pretrain_config(args: argparse.Namespace, vocab_size: Optional[int]) -
     )
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     parallel.validate(model, world_size)
+    parallel = parallel.with_layers_per_virtual_stage(model.num_layers)
     dp = world_size // (parallel.tensor_model_parallel_size * parallel.pipeline_model_parallel_size)
     mbs = args.micro_batch_size
     _check(mbs >= 1, f"--micro-batch-size must be >= 1, got {mbs}")
@@ -1772,6 +1750,7 @@ def growth_config_from_args(args: argparse.Namespace, model: ModelConfig,
         target_parallel.validate(target_model, world_size, flag_prefix="target-")
     except ValueError as e:
         raise ValueError(f"the grown model's layout: {e}") from None
+    target_parallel = target_parallel.with_layers_per_virtual_stage(target_model.num_layers)
     target_dp = world_size // (target_parallel.tensor_model_parallel_size
                                * target_parallel.pipeline_model_parallel_size)
     mbs = args.micro_batch_size
